@@ -1,0 +1,41 @@
+// swift-tools-version: 6.1
+import PackageDescription
+
+let package = Package(
+    name: "swraid",
+    platforms: [.macOS(.v14)],
+    products: [
+        .executable(name: "swraid", targets: ["swraid"]),
+        .library(name: "RaidMath", targets: ["RaidMath"]),
+        .library(name: "MDFormat", targets: ["MDFormat"]),
+        .library(name: "MDOffline", targets: ["MDOffline"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
+        .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
+        .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
+    ],
+    targets: [
+        // Pure layers: no I/O, no clock, no randomness.
+        .target(name: "RaidMath"),
+        .target(name: "MDFormat"),
+        // Member access (pread/pwrite/fsync) through one file.
+        .target(name: "DiskIO", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        // Offline assembly (read-only streaming) and array creation on real members.
+        .target(name: "MDOffline", dependencies: ["RaidMath", "MDFormat", "DiskIO"]),
+        .executableTarget(
+            name: "swraid",
+            dependencies: [
+                "RaidMath", "MDFormat", "DiskIO", "MDOffline",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+            ]),
+        .target(name: "TestSupport", dependencies: ["MDFormat"], path: "Tests/TestSupport"),
+        .testTarget(
+            name: "RaidMathTests",
+            dependencies: ["RaidMath", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
+        .testTarget(name: "MDFormatTests", dependencies: ["MDFormat", "RaidMath", "TestSupport"]),
+        .testTarget(name: "MDOfflineTests", dependencies: ["MDOffline", "MDFormat", "DiskIO", "TestSupport"]),
+        .testTarget(name: "CLITests", dependencies: ["swraid", "TestSupport"]),
+    ],
+    swiftLanguageModes: [.v6]
+)

@@ -1,0 +1,189 @@
+// SIMD kernels over raw buffers. These are the hot loops: whole chunks go through them.
+//
+// Lane types matter in Swift 6.3 (see perf-ceilings.md): XOR uses `SIMD8<UInt64>` lanes; the
+// GF(2^8) multiply-by-2 needs per-byte shifts and compares, which `SIMD16<UInt8>` lowers to
+// single SSE2 instructions (wider UInt8 vectors fall back to byte loops).
+
+@usableFromInline typealias XorLane = SIMD8<UInt64>
+@usableFromInline typealias ByteLane = SIMD16<UInt8>
+
+/// Bytes processed per iteration of the main loops; buffers are handled in these blocks with a
+/// scalar tail for whatever remains.
+public let kernelBlockBytes = 64
+
+@inline(__always)
+func mul2(_ q: ByteLane) -> ByteLane {
+    // Bytes with the top bit set are negative as Int8: the compare yields an all-ones mask.
+    let negative = unsafeBitCast(q, to: SIMD16<Int8>.self) .< SIMD16<Int8>(repeating: 0)
+    let mask = unsafeBitCast(SIMD16<Int8>(repeating: 0).replacing(with: -1, where: negative), to: ByteLane.self)
+    return (q &+ q) ^ (mask & ByteLane(repeating: GF256.polynomialLowByte))
+}
+
+/// `dst = XOR of sources`. `dst` may alias one of the sources.
+@inline(never)
+public func xorKernel(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int
+) {
+    precondition(!sources.isEmpty && byteCount >= 0)
+    let n = sources.count
+    let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
+    var off = 0
+    while off < blocks {
+        var acc = sources[0].loadUnaligned(fromByteOffset: off, as: XorLane.self)
+        var j = 1
+        while j < n {
+            acc ^= sources[j].loadUnaligned(fromByteOffset: off, as: XorLane.self)
+            j &+= 1
+        }
+        dst.storeBytes(of: acc, toByteOffset: off, as: XorLane.self)
+        off &+= kernelBlockBytes
+    }
+    while off < byteCount {
+        var b = sources[0].load(fromByteOffset: off, as: UInt8.self)
+        for j in 1..<n { b ^= sources[j].load(fromByteOffset: off, as: UInt8.self) }
+        dst.storeBytes(of: b, toByteOffset: off, as: UInt8.self)
+        off &+= 1
+    }
+}
+
+/// P = XOR of `sources`, Q = sum of g^i * sources[i] (i = syndrome slot), by Horner's rule from
+/// the highest slot down, as md's `gen_syndrome` does. `p`/`q` must not alias a source.
+@inline(never)
+public func pqKernel(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer,
+    byteCount: Int
+) {
+    precondition(!sources.isEmpty && byteCount >= 0)
+    let n = sources.count
+    let last = sources[n - 1]
+    let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
+    var off = 0
+    while off < blocks {
+        var p0 = last.loadUnaligned(fromByteOffset: off, as: ByteLane.self)
+        var p1 = last.loadUnaligned(fromByteOffset: off &+ 16, as: ByteLane.self)
+        var p2 = last.loadUnaligned(fromByteOffset: off &+ 32, as: ByteLane.self)
+        var p3 = last.loadUnaligned(fromByteOffset: off &+ 48, as: ByteLane.self)
+        var q0 = p0, q1 = p1, q2 = p2, q3 = p3
+        var z = n &- 2
+        while z >= 0 {
+            let s = sources[z]
+            let d0 = s.loadUnaligned(fromByteOffset: off, as: ByteLane.self)
+            let d1 = s.loadUnaligned(fromByteOffset: off &+ 16, as: ByteLane.self)
+            let d2 = s.loadUnaligned(fromByteOffset: off &+ 32, as: ByteLane.self)
+            let d3 = s.loadUnaligned(fromByteOffset: off &+ 48, as: ByteLane.self)
+            p0 ^= d0; p1 ^= d1; p2 ^= d2; p3 ^= d3
+            q0 = mul2(q0) ^ d0; q1 = mul2(q1) ^ d1; q2 = mul2(q2) ^ d2; q3 = mul2(q3) ^ d3
+            z &-= 1
+        }
+        p.storeBytes(of: p0, toByteOffset: off, as: ByteLane.self)
+        p.storeBytes(of: p1, toByteOffset: off &+ 16, as: ByteLane.self)
+        p.storeBytes(of: p2, toByteOffset: off &+ 32, as: ByteLane.self)
+        p.storeBytes(of: p3, toByteOffset: off &+ 48, as: ByteLane.self)
+        q.storeBytes(of: q0, toByteOffset: off, as: ByteLane.self)
+        q.storeBytes(of: q1, toByteOffset: off &+ 16, as: ByteLane.self)
+        q.storeBytes(of: q2, toByteOffset: off &+ 32, as: ByteLane.self)
+        q.storeBytes(of: q3, toByteOffset: off &+ 48, as: ByteLane.self)
+        off &+= kernelBlockBytes
+    }
+    while off < byteCount {
+        var pb = last.load(fromByteOffset: off, as: UInt8.self)
+        var qb = pb
+        var z = n - 2
+        while z >= 0 {
+            let d = sources[z].load(fromByteOffset: off, as: UInt8.self)
+            pb ^= d
+            qb = GF256.mul2(qb) ^ d
+            z -= 1
+        }
+        p.storeBytes(of: pb, toByteOffset: off, as: UInt8.self)
+        q.storeBytes(of: qb, toByteOffset: off, as: UInt8.self)
+        off &+= 1
+    }
+}
+
+/// `dst = a * x ^ b * y` over GF(2^8), byte-wise (`y` may be nil, meaning b = 0).
+/// Multiplication by a constant is done by doubling through its bits, with per-bit masks instead
+/// of branches so the loop stays SIMD. `dst` may alias `x` or `y`.
+@inline(never)
+public func gfMulAddKernel(
+    _ a: UInt8, _ x: UnsafeRawPointer, _ b: UInt8, _ y: UnsafeRawPointer?, into dst: UnsafeMutableRawPointer,
+    byteCount: Int
+) {
+    precondition(byteCount >= 0)
+    // masks[i] selects the doubled value g^i * x when bit i of the constant is set.
+    var maskA = [ByteLane](repeating: ByteLane(repeating: 0), count: 8)
+    var maskB = [ByteLane](repeating: ByteLane(repeating: 0), count: 8)
+    for bit in 0..<8 {
+        if a & (1 << bit) != 0 { maskA[bit] = ByteLane(repeating: 0xFF) }
+        if b & (1 << bit) != 0 { maskB[bit] = ByteLane(repeating: 0xFF) }
+    }
+    let topA = a == 0 ? 0 : 8 - a.leadingZeroBitCount
+    let topB = (b == 0 || y == nil) ? 0 : 8 - b.leadingZeroBitCount
+    let lanes = byteCount / 16 * 16
+    var off = 0
+    maskA.withUnsafeBufferPointer { ma in
+        maskB.withUnsafeBufferPointer { mb in
+            while off < lanes {
+                var acc = ByteLane(repeating: 0)
+                var t = x.loadUnaligned(fromByteOffset: off, as: ByteLane.self)
+                var bit = 0
+                while bit < topA {
+                    acc ^= t & ma[bit]
+                    t = mul2(t)
+                    bit &+= 1
+                }
+                if let y {
+                    t = y.loadUnaligned(fromByteOffset: off, as: ByteLane.self)
+                    bit = 0
+                    while bit < topB {
+                        acc ^= t & mb[bit]
+                        t = mul2(t)
+                        bit &+= 1
+                    }
+                }
+                dst.storeBytes(of: acc, toByteOffset: off, as: ByteLane.self)
+                off &+= 16
+            }
+        }
+    }
+    while off < byteCount {
+        var v = GF256.mul(a, x.load(fromByteOffset: off, as: UInt8.self))
+        if let y { v ^= GF256.mul(b, y.load(fromByteOffset: off, as: UInt8.self)) }
+        dst.storeBytes(of: v, toByteOffset: off, as: UInt8.self)
+        off &+= 1
+    }
+}
+
+/// True when the two buffers hold the same bytes (SIMD compare, early exit).
+public func buffersEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, byteCount: Int) -> Bool {
+    let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
+    var off = 0
+    while off < blocks {
+        let x = a.loadUnaligned(fromByteOffset: off, as: XorLane.self) ^ b.loadUnaligned(fromByteOffset: off, as: XorLane.self)
+        if x != XorLane(repeating: 0) { return false }
+        off &+= kernelBlockBytes
+    }
+    while off < byteCount {
+        if a.load(fromByteOffset: off, as: UInt8.self) != b.load(fromByteOffset: off, as: UInt8.self) { return false }
+        off &+= 1
+    }
+    return true
+}
+
+/// True when every byte is zero.
+public func bufferIsZero(_ a: UnsafeRawPointer, byteCount: Int) -> Bool {
+    let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
+    var off = 0
+    var acc = XorLane(repeating: 0)
+    while off < blocks {
+        acc |= a.loadUnaligned(fromByteOffset: off, as: XorLane.self)
+        if off & 4095 == 4032 && acc != XorLane(repeating: 0) { return false }
+        off &+= kernelBlockBytes
+    }
+    if acc != XorLane(repeating: 0) { return false }
+    while off < byteCount {
+        if a.load(fromByteOffset: off, as: UInt8.self) != 0 { return false }
+        off &+= 1
+    }
+    return true
+}

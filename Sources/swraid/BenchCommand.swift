@@ -1,0 +1,138 @@
+import ArgumentParser
+import RaidMath
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Bench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Benchmarks (figures, not tests).", subcommands: [ParityBench.self])
+}
+
+/// Intel ISA-L's parity functions, loaded at run time if the library is installed, so that both
+/// are measured side by side in one process (`apt install libisal2`).
+struct ISAL {
+    typealias GenFunction = @convention(c) (Int32, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Int32
+    let xorGen: GenFunction
+    let pqGen: GenFunction
+
+    static func load() -> ISAL? {
+        for name in ["libisal.so.2", "libisal.so"] {
+            guard let handle = dlopen(name, RTLD_NOW) else { continue }
+            guard let x = dlsym(handle, "xor_gen"), let pq = dlsym(handle, "pq_gen") else { continue }
+            return ISAL(xorGen: unsafeBitCast(x, to: GenFunction.self), pqGen: unsafeBitCast(pq, to: GenFunction.self))
+        }
+        return nil
+    }
+}
+
+struct ParityBench: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "parity",
+        abstract: "GB/s of data processed by XOR and P+Q, beside ISA-L when installed.",
+        discussion: """
+            Same method as shared/tools/perf/parity_bench.c: each figure is the median of 3 \
+            trials of at least 0.3 s; "1 GiB" walks stripes laid out over a 1 GiB arena. Build \
+            with -c release.
+            """)
+
+    @Flag(help: "Shorter trials and a 256 MiB working set (a smoke run, figures less stable).")
+    var quick = false
+
+    @Flag(name: .customLong("no-isal"), help: "Do not load ISA-L even if it is installed.")
+    var noISAL = false
+
+    enum Kind: String { case xor, pq }
+
+    func run() throws {
+        let arenaBytes = quick ? 256 << 20 : 1 << 30
+        let minSeconds = quick ? 0.05 : 0.3
+        let isal = noISAL ? nil : ISAL.load()
+        #if DEBUG
+        printError("warning: debug build; run `swift run -c release swraid bench parity` for real figures")
+        #endif
+        let arena = UnsafeMutableRawPointer.allocate(byteCount: arenaBytes + (4 << 20), alignment: 4096)
+        defer { arena.deallocate() }
+        // Non-trivial contents, as parity_bench.c fills its arena.
+        let words = arena.bindMemory(to: UInt64.self, capacity: (arenaBytes + (4 << 20)) / 8)
+        for i in 0..<((arenaBytes + (4 << 20)) / 8) { words[i] = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 }
+
+        print("# swraid bench parity: GB/s of data bytes in, one core, median of 3 trials")
+        print("# ISA-L: \(isal == nil ? "not found (apt install libisal2 to compare)" : "loaded (libisal.so.2)")")
+        let header = ["operation", "chunk", "working set", "swraid", "ISA-L", "ratio", "target"]
+        print(row(header))
+        let cases: [(Kind, Int)] = [(.xor, 4), (.xor, 8), (.pq, 4), (.pq, 8)]
+        for outOfCache in [false, true] {
+            for chunk in [64 << 10, 512 << 10] {
+                for (kind, k) in cases {
+                    let ours = median { trial(kind: kind, k: k, chunk: chunk, outOfCache: outOfCache, arena: arena, arenaBytes: arenaBytes, minSeconds: minSeconds, isal: nil) }
+                    let theirs = isal.map { lib in
+                        median { trial(kind: kind, k: k, chunk: chunk, outOfCache: outOfCache, arena: arena, arenaBytes: arenaBytes, minSeconds: minSeconds, isal: lib) }
+                    }
+                    let ratio = theirs.map { formatFixed(ours / $0, digits: 2) } ?? "-"
+                    let target = outOfCache ? ">=0.90" : ">=0.60"
+                    print(row([
+                        "\(kind == .xor ? "xor" : "p+q") \(k)+\(kind == .xor ? 1 : 2)", "\(chunk >> 10)K",
+                        outOfCache ? "\(arenaBytes >> 20) MiB" : "in cache", formatFixed(ours, digits: 1),
+                        theirs.map { formatFixed($0, digits: 1) } ?? "-", ratio, target,
+                    ]))
+                    fflush(nil)
+                }
+            }
+        }
+    }
+
+    func row(_ cells: [String]) -> String {
+        let widths = [11, 6, 12, 8, 8, 6, 7]
+        return zip(cells, widths).map { cell, width in cell.padding(toLength: width) }.joined(separator: " ")
+    }
+
+    func median(_ body: () -> Double) -> Double {
+        _ = body()  // warm-up
+        let r = (0..<3).map { _ in body() }.sorted()
+        return r[1]
+    }
+
+    /// One trial: stripes of k data chunks followed by their parity, walked until `minSeconds`.
+    func trial(
+        kind: Kind, k: Int, chunk: Int, outOfCache: Bool, arena: UnsafeMutableRawPointer, arenaBytes: Int,
+        minSeconds: Double, isal: ISAL?
+    ) -> Double {
+        let parityCount = kind == .xor ? 1 : 2
+        let stripeBytes = (k + parityCount) * chunk
+        let stripes = outOfCache ? arenaBytes / stripeBytes : 1
+        let sources = UnsafeMutableBufferPointer<UnsafeRawPointer>.allocate(capacity: k)
+        let all = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: k + 2)
+        defer { sources.deallocate(); all.deallocate() }
+        let start = monotonicSeconds()
+        var elapsed = 0.0
+        var ops = 0
+        repeat {
+            for s in 0..<stripes {
+                let base = arena + s * stripeBytes
+                if let isal {
+                    for i in 0..<(k + parityCount) { all[i] = base + i * chunk }
+                    _ = kind == .xor
+                        ? isal.xorGen(Int32(k + 1), Int32(chunk), all) : isal.pqGen(Int32(k + 2), Int32(chunk), all)
+                } else {
+                    for i in 0..<k { sources[i] = UnsafeRawPointer(base + i * chunk) }
+                    if kind == .xor {
+                        xorKernel(UnsafeBufferPointer(sources), into: base + k * chunk, byteCount: chunk)
+                    } else {
+                        pqKernel(UnsafeBufferPointer(sources), p: base + k * chunk, q: base + (k + 1) * chunk, byteCount: chunk)
+                    }
+                }
+                ops += 1
+            }
+            elapsed = monotonicSeconds() - start
+        } while elapsed < minSeconds
+        return Double(ops * k * chunk) / elapsed / 1e9
+    }
+}
+
+extension String {
+    func padding(toLength width: Int) -> String {
+        count >= width ? self : self + String(repeating: " ", count: width - count)
+    }
+}

@@ -1,0 +1,87 @@
+import ArgumentParser
+import DiskIO
+import MDOffline
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Cat: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Assemble an array read-only from its members and stream its data.",
+        discussion: """
+            Members may be given in any order; roles come from the superblocks. Name an absent \
+            member 'missing' or leave it out: it is rebuilt from parity, as is a stale member \
+            (one whose events are behind the others'). Refuses when the data cannot be correct.
+            """)
+
+    @Option(name: [.short, .long], help: "Write the array's data to this file instead of standard output.")
+    var output: String?
+
+    @Flag(name: [.short, .long], help: "Read even a degraded array that was not shut down cleanly.")
+    var force = false
+
+    @Flag(name: [.short, .long], help: "Print the members used and left out on standard error.")
+    var verbose = false
+
+    @Argument(help: "Member images or devices, or 'missing'.")
+    var members: [String]
+
+    func run() throws {
+        try failingCleanly {
+            let array = try OfflineArray(paths: members, force: force)
+            if verbose || !array.plan.missingRoles.isEmpty || !array.plan.excluded.isEmpty {
+                for note in array.notes { printError(note) }
+            }
+            if let path = output, array.members.contains(where: { $0.path == path }) {
+                throw CommandFailure(message: "--output \(path) is one of the members")
+            }
+            let sink = try OutputSink(path: output)
+            defer { sink.close() }
+            let bar = (output != nil && isatty(2) != 0) || verbose ? ProgressBar(action: "copy") : nil
+            try array.stream(sink: { try sink.write($0) }, progress: { bar?.update(done: $0, total: $1) })
+            bar?.finish()
+            try sink.finish()
+        }
+    }
+}
+
+/// Where streamed array data goes: standard output or a new file.
+final class OutputSink {
+    let fd: Int32
+    let path: String
+    let ownsDescriptor: Bool
+
+    init(path: String?) throws {
+        if let path {
+            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw CommandFailure(message: "\(path): cannot create: \(String(cString: strerror(errno)))") }
+            self.path = path
+            ownsDescriptor = true
+        } else {
+            fd = 1
+            self.path = "standard output"
+            ownsDescriptor = false
+        }
+    }
+
+    func write(_ buffer: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw CommandFailure(message: "\(path): write failed: \(String(cString: strerror(errno)))")
+            }
+            done += n
+        }
+    }
+
+    func finish() throws {
+        if ownsDescriptor && fsync(fd) != 0 {
+            throw CommandFailure(message: "\(path): flush failed: \(String(cString: strerror(errno)))")
+        }
+    }
+
+    func close() { if ownsDescriptor { _ = Glibc.close(fd) } }
+}

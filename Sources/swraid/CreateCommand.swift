@@ -1,0 +1,160 @@
+import ArgumentParser
+import MDFormat
+import MDOffline
+
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Create: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Create an md RAID4/5/6 array (v1.2 metadata) on member files or devices.",
+        discussion: """
+            Options mean what they mean to mdadm --create. A member file that does not exist is \
+            created just large enough (give --size). Unless --assume-clean, parity is made \
+            consistent with the members' current contents before the array is marked clean.
+            """)
+
+    @Option(name: [.short, .long], help: "RAID level: 4, 5 or 6 (raid5 and so on also work).")
+    var level: String
+
+    @Option(name: [.customShort("n"), .customLong("raid-devices")], help: "Number of members (roles).")
+    var raidDevices: Int
+
+    @Option(name: [.short, .long], help: "Chunk size; a bare number is KiB (default 512K).")
+    var chunk: String = "512K"
+
+    @Option(name: [.customLong("layout"), .customLong("parity"), .customShort("p")], help: "Layout name (left-symmetric, la, ...) or number.")
+    var layout: String = "default"
+
+    @Option(name: [.short, .long], help: "internal, none, or auto (mdadm 4.2: internal above 100 GiB per member).")
+    var bitmap: String = "auto"
+
+    @Option(name: .customLong("bitmap-chunk"), help: "Bytes of member data per bitmap bit; a bare number is KiB.")
+    var bitmapChunk: String?
+
+    @Option(name: [.customShort("z"), .long], help: "Space to use on each member; a bare number is KiB.")
+    var size: String?
+
+    @Option(name: [.customShort("N"), .long], help: "Array name (stored as homehost:name).")
+    var name: String = "0"
+
+    @Option(name: .long, help: "Host name recorded with the array name; <none> for none.")
+    var homehost: String?
+
+    @Flag(name: .customLong("assume-clean"), help: "Do not make parity consistent; mark the array clean.")
+    var assumeClean = false
+
+    @Flag(name: [.short, .long], help: "Overwrite members that already hold an md superblock.")
+    var force = false
+
+    @Flag(name: [.short, .long], help: "Print nothing but errors.")
+    var quiet = false
+
+    @Argument(help: "Member files or block devices, in role order.")
+    var members: [String]
+
+    func run() throws {
+        try failingCleanly {
+            let request = try makeRequest()
+            var options = CreateOptions()
+            options.assumeClean = assumeClean
+            options.force = force
+            let creator = try ArrayCreator(paths: members, request: request, options: options)
+            let plan = creator.plan
+            let sb = plan.superblocks[0]
+            if !quiet {
+                print("swraid: creating \(plan.geometry.level) array \(formatMDUUID(sb.setUUID)) '\(sb.setName)'")
+                print("  \(plan.geometry.raidDisks) devices, layout \(plan.geometry.layout), chunk \(plan.geometry.chunkSectors / 2)K, "
+                    + "data offset \(plan.dataOffsetSectors) sectors, \(plan.geometry.memberDataSectors / 2)K used per member, "
+                    + "array size \(plan.geometry.arraySectors / 2)K"
+                    + (plan.bitmap.map { ", internal bitmap \($0.chunkSizeBytes / 1024)K chunks" } ?? ""))
+                for (i, path) in members.enumerated() where creator.newMembers[i] {
+                    print("  \(path): new file of \(plan.memberSizesSectors[i] * 512) bytes")
+                }
+            }
+            let bar = quiet || assumeClean ? nil : ProgressBar(action: "resync")
+            try creator.run { done, total in bar?.update(done: done, total: total) }
+            bar?.finish()
+            if !quiet {
+                print("swraid: array created \(assumeClean ? "(--assume-clean: parity not checked)" : "with consistent parity"), state clean")
+            }
+        }
+    }
+
+    func makeRequest() throws -> CreateRequest {
+        guard let raidLevel = RaidLevel(name: level) else {
+            throw CommandFailure(message: "invalid raid level '\(level)': swraid creates raid4, raid5 or raid6")
+        }
+        guard raidDevices >= raidLevel.minimumRaidDisks else {
+            throw CommandFailure(message: "\(raidLevel) needs at least \(raidLevel.minimumRaidDisks) raid devices, not \(raidDevices)")
+        }
+        guard members.count == raidDevices else {
+            throw CommandFailure(message: "\(members.count) members given for --raid-devices \(raidDevices)")
+        }
+        guard let chunkBytes = SizeArgument.parseBytes(chunk) else {
+            throw CommandFailure(message: "invalid chunk size '\(chunk)'")
+        }
+        guard chunkBytes >= 4096, chunkBytes.nonzeroBitCount == 1, chunkBytes % 1024 == 0 else {
+            throw CommandFailure(message: "invalid chunk size '\(chunk)': must be a power of two of at least 4K")
+        }
+        guard let raidLayout = RaidLayout(name: layout, level: raidLevel) else {
+            let names = RaidLayout.valid(for: raidLevel).compactMap(\.name).joined(separator: ", ")
+            throw CommandFailure(message: "unknown \(raidLevel) layout '\(layout)'; valid: \(names)")
+        }
+        let bitmapChoice: BitmapChoice
+        switch bitmap {
+        case "internal": bitmapChoice = .internal_
+        case "none": bitmapChoice = .none
+        case "auto": bitmapChoice = .auto
+        default: throw CommandFailure(message: "invalid --bitmap '\(bitmap)': use internal, none or auto")
+        }
+        var bitmapChunkBytes: UInt64? = nil
+        if let text = bitmapChunk {
+            guard let bytes = SizeArgument.parseBytes(text), bytes >= 4096, bytes.nonzeroBitCount == 1 else {
+                throw CommandFailure(message: "invalid --bitmap-chunk '\(text)': must be a power of two of at least 4K")
+            }
+            bitmapChunkBytes = bytes
+        }
+        var sizeSectors: UInt64? = nil
+        if let text = size {
+            guard let bytes = SizeArgument.parseBytes(text), bytes >= chunkBytes else {
+                throw CommandFailure(message: "invalid --size '\(text)': must be at least one chunk")
+            }
+            sizeSectors = bytes / 512
+        }
+        guard !name.isEmpty, name.utf8.count <= 31, !name.contains("\0") else {
+            throw CommandFailure(message: "invalid array name '\(name)': 1 to 31 bytes")
+        }
+        let host: String?
+        switch homehost {
+        case "<none>": host = nil
+        case nil, "<system>": host = systemHostName()
+        case let h?: host = h
+        }
+        var request = CreateRequest(
+            level: raidLevel, raidDisks: raidDevices, memberSizesSectors: [], arrayUUID: randomBytes(16),
+            deviceUUIDs: (0..<raidDevices).map { _ in randomBytes(16) }, timeSeconds: UInt64(time(nil)))
+        request.chunkKiB = chunkBytes / 1024
+        request.layout = raidLayout
+        request.bitmap = bitmapChoice
+        request.bitmapChunkBytes = bitmapChunkBytes
+        request.sizeSectors = sizeSectors
+        request.name = name
+        request.homehost = host
+        return request
+    }
+}
+
+func systemHostName() -> String? {
+    var buffer = [CChar](repeating: 0, count: 256)
+    guard gethostname(&buffer, buffer.count) == 0 else { return nil }
+    let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+    return name.isEmpty ? nil : name
+}
+
+/// Random bytes for UUIDs (the CLI shell draws randomness; the format layer never does).
+func randomBytes(_ count: Int) -> [UInt8] {
+    var generator = SystemRandomNumberGenerator()
+    return (0..<count).map { _ in UInt8.random(in: 0...255, using: &generator) }
+}

@@ -1,0 +1,74 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// Monotonic seconds, for progress and benchmarks (the CLI shell may read clocks).
+func monotonicSeconds() -> Double {
+    var t = timespec()
+    clock_gettime(CLOCK_MONOTONIC, &t)
+    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
+}
+
+/// md's progress line, as /proc/mdstat prints it:
+/// `[====>................]  resync = 21.4% (224256/1046528) finish=0.6min speed=22425K/sec`
+/// Redrawn in place on a terminal (at most 10 times a second); elsewhere printed at each 10 %.
+final class ProgressBar {
+    let action: String
+    let unitsPerKiB: Double
+    let start = monotonicSeconds()
+    var lastDraw = 0.0
+    var lastDecile = -1
+    let interactive: Bool
+    var finished = false
+
+    /// `action` is md's word for the work (resync, check, recover, copy...). Progress counts
+    /// 512-byte sectors; md shows KiB.
+    init(action: String) {
+        self.action = action
+        self.unitsPerKiB = 2
+        interactive = isatty(2) != 0
+    }
+
+    func update(done: UInt64, total: UInt64) {
+        let now = monotonicSeconds()
+        let fraction = total == 0 ? 1 : Double(done) / Double(total)
+        let decile = Int(fraction * 10)
+        if interactive {
+            guard now - lastDraw >= 0.1 || done == total else { return }
+        } else {
+            guard decile != lastDecile else { return }
+        }
+        lastDraw = now
+        lastDecile = decile
+        let line = Self.render(action: action, done: done / 2, total: total / 2, elapsed: now - start)
+        write(interactive ? "\r" + line + "\u{1B}[K" : line + "\n")
+        if done >= total { finish() }
+    }
+
+    func finish() {
+        guard !finished else { return }
+        finished = true
+        if interactive { write("\n") }
+    }
+
+    private func write(_ text: String) {
+        var t = text
+        t.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+        fflush(nil)
+    }
+
+    /// The mdstat line for `done` of `total` KiB after `elapsed` seconds.
+    static func render(action: String, done: UInt64, total: UInt64, elapsed: Double) -> String {
+        let width = 20
+        let fraction = total == 0 ? 1.0 : min(1, Double(done) / Double(total))
+        let filled = Int(fraction * Double(width))
+        var bar = "["
+        bar += String(repeating: "=", count: max(0, filled - (filled < width ? 0 : 1)))
+        if filled < width { bar += ">" + String(repeating: ".", count: width - filled - 1) } else { bar += "=" }
+        bar += "]"
+        let speed = elapsed > 0 ? Double(done) / elapsed : 0
+        let remainingMinutes = speed > 0 ? Double(total - done) / speed / 60 : 0
+        let percent = formatFixed(fraction * 100, digits: 1)
+        return "\(bar)  \(action) = \(percent)% (\(done)/\(total)) finish=\(formatFixed(remainingMinutes, digits: 1))min speed=\(UInt64(speed))K/sec"
+    }
+}

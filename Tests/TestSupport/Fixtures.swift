@@ -1,0 +1,70 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+/// The mdpattern-v1 data the fixtures hold (shared/fixtures/README.md): sector S of seed K is
+/// 64 little-endian words, w[0] = S, w[1] = K, w[j] = splitmix64(K ^ (S*64 + j)).
+public enum MDPattern {
+    public static func splitmix64(_ x: UInt64) -> UInt64 {
+        var z = x &+ 0x9e37_79b9_7f4a_7c15
+        z = (z ^ (z >> 30)) &* 0xbf58_476d_1ce4_e5b9
+        z = (z ^ (z >> 27)) &* 0x94d0_49bb_1331_11eb
+        return z ^ (z >> 31)
+    }
+
+    public static func sector(_ s: UInt64, seed: UInt64) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: 512)
+        for j in 0..<64 {
+            let w: UInt64 = j == 0 ? s : j == 1 ? seed : splitmix64(seed ^ (s &* 64 &+ UInt64(j)))
+            for b in 0..<8 { out[j * 8 + b] = UInt8(truncatingIfNeeded: w >> (8 * UInt64(b))) }
+        }
+        return out
+    }
+
+    public static func bytes(startSector: UInt64, sectors: Int, seed: UInt64) -> [UInt8] {
+        (0..<UInt64(sectors)).flatMap { sector(startSector + $0, seed: seed) }
+    }
+}
+
+/// Locates ../shared/fixtures relative to the package root; nil (tests skip) when absent.
+public enum FixturePaths {
+    public static var packageRoot: String {
+        // #filePath is .../Tests/TestSupport/Fixtures.swift
+        var parts = #filePath.split(separator: "/", omittingEmptySubsequences: false)
+        parts.removeLast(3)
+        return parts.joined(separator: "/")
+    }
+
+    public static var fixturesRoot: String? {
+        let path = packageRoot + "/../shared/fixtures"
+        var st = stat()
+        return stat(path + "/fixtures.json", &st) == 0 ? path : nil
+    }
+
+    public static let skipMessage = "../shared/fixtures is absent (a clone outside the workspace): kernel-made fixture tests skipped"
+}
+
+/// A temporary directory removed when the value is released.
+public final class TemporaryDirectory {
+    public let path: String
+
+    public init(_ prefix: String = "swraid-test") {
+        var template = Array("/tmp/\(prefix).XXXXXX".utf8CString)
+        path = String(cString: mkdtemp(&template)!)
+    }
+
+    deinit {
+        if let dir = opendir(path) {
+            while let entry = readdir(dir) {
+                let name = withUnsafePointer(to: entry.pointee.d_name) {
+                    $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
+                }
+                if name != "." && name != ".." { unlink(path + "/" + name) }
+            }
+            closedir(dir)
+        }
+        rmdir(path)
+    }
+
+    public func file(_ name: String) -> String { path + "/" + name }
+}

@@ -36,7 +36,8 @@ final class ProgressBar {
         if interactive {
             guard now - lastDraw >= 0.1 || done == total else { return }
         } else {
-            guard decile != lastDecile else { return }
+            // Off a terminal: a line per 10 %, and none at all for work done within a second.
+            guard decile != lastDecile, now - start >= 1 || done >= total else { return }
         }
         lastDraw = now
         lastDecile = decile
@@ -52,23 +53,22 @@ final class ProgressBar {
     }
 
     private func write(_ text: String) {
+        fflush(nil)
         var t = text
         t.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
         fflush(nil)
     }
 
-    /// The mdstat line for `done` of `total` KiB after `elapsed` seconds.
+    /// The mdstat line for `done` of `total` KiB after `elapsed` seconds: 20 cells, per-mille/50
+    /// `=` signs, a `>`, the rest dots; the percentage truncated to a tenth as md does.
     static func render(action: String, done: UInt64, total: UInt64, elapsed: Double) -> String {
-        let width = 20
-        let fraction = total == 0 ? 1.0 : min(1, Double(done) / Double(total))
-        let filled = Int(fraction * Double(width))
-        var bar = "["
-        bar += String(repeating: "=", count: max(0, filled - (filled < width ? 0 : 1)))
-        if filled < width { bar += ">" + String(repeating: ".", count: width - filled - 1) } else { bar += "=" }
-        bar += "]"
+        let perMille = total == 0 ? 1000 : Int(min(1000, done * 1000 / total))
+        let filled = perMille / 50
+        let bar = "[" + String(repeating: "=", count: filled) + ">" + String(repeating: ".", count: 20 - filled) + "]"
+        let whole = String(perMille / 10)
+        let percent = String(repeating: " ", count: max(0, 3 - whole.count)) + whole + "." + String(perMille % 10)
         let speed = elapsed > 0 ? Double(done) / elapsed : 0
-        let remainingMinutes = speed > 0 ? Double(total - done) / speed / 60 : 0
-        let percent = formatFixed(fraction * 100, digits: 1)
-        return "\(bar)  \(action) = \(percent)% (\(done)/\(total)) finish=\(formatFixed(remainingMinutes, digits: 1))min speed=\(UInt64(speed))K/sec"
+        let remainingMinutes = speed > 0 ? Double(total - min(done, total)) / speed / 60 : 0
+        return "\(bar)  \(action) =\(percent)% (\(done)/\(total)) finish=\(formatFixed(remainingMinutes, digits: 1))min speed=\(UInt64(speed))K/sec"
     }
 }

@@ -12,8 +12,8 @@
 #   qemu-md-check.sh [options] IMAGE...
 #     --expect-sha256 HEX   fail unless sha256(/dev/md0) == HEX
 #     --expect-bytes N      fail unless size(/dev/md0) == N bytes
-#     --expect-clean        fail if the kernel started a resync/recovery at
-#                           assembly (i.e. the superblocks were not clean)
+#     --expect-clean        fail if the kernel ran a resync/recovery after
+#                           assembly (superblocks dirty or members behind)
 #     --timeout SECONDS     hard limit for the whole VM run (default 300)
 #     --log FILE            keep the VM console log in FILE
 #     -h, --help
@@ -136,7 +136,7 @@ finish() {
     echo "--- kernel md messages"
     dmesg | grep -E '\] md' | tail -n 40
     sync
-    r done
+    r "done"
     poweroff -f; reboot -f; echo o >/proc/sysrq-trigger
     while :; do sleep 60; done
 }
@@ -151,7 +151,7 @@ for a in $(cat /proc/cmdline); do
         swraid.wait=*) WAIT=${a#*=} ;;
     esac
 done
-r kernel=$(uname -r)
+r "kernel=$(uname -r)"
 
 # Kernel modules, in dependency order (list made by the host). Some are
 # optional alternatives (crc32c-intel needs SSE4.2, which TCG's default CPU
@@ -165,11 +165,11 @@ for m in $(cat /etc/swraid-required); do
 done
 r modules=$mods
 
-nvd() { ls /sys/block | grep -c '^vd'; }
+nvd() { c=0; for d in /sys/block/vd*; do [ -e "$d" ] && c=$((c+1)); done; echo $c; }
 havedisks() { [ "$(nvd)" -ge "$ND" ]; }
 poll 300 havedisks
 DISKS=$(for d in /sys/block/vd*; do [ -e "$d" ] && echo "/dev/${d##*/}"; done)
-r disks=$(nvd)
+r "disks=$(nvd)"
 havedisks || fail "assemble=fail reason=only_$(nvd)_of_${ND}_disks_appeared"
 
 echo "--- mdadm --assemble --run /dev/md0" $DISKS
@@ -184,11 +184,11 @@ fi
 r assemble=ok
 md=/sys/block/md0/md
 r array_state_at_assembly=$state
-r sync_action_at_assembly=$(cat $md/sync_action)
+r "sync_action_at_assembly=$(cat $md/sync_action)"
 echo "--- /proc/mdstat"; cat /proc/mdstat
 echo "--- mdadm --detail /dev/md0"; mdadm --detail /dev/md0
-r level=$(cat $md/level) raid_disks=$(cat $md/raid_disks) degraded=$(cat $md/degraded 2>/dev/null)
-r layout=$(cat $md/layout 2>/dev/null) chunk_size=$(cat $md/chunk_size 2>/dev/null)
+r "level=$(cat $md/level) raid_disks=$(cat $md/raid_disks) degraded=$(cat $md/degraded 2>/dev/null)"
+r "layout=$(cat $md/layout 2>/dev/null) chunk_size=$(cat $md/chunk_size 2>/dev/null)"
 
 # Do not let md throttle the scrub (nothing else runs in this VM).
 echo 2000000 >/proc/sys/dev/raid/speed_limit_max
@@ -202,9 +202,9 @@ poll $((WAIT*10)) idle || fail "check=timeout phase=initial_sync"
 init=$(dmesg | sed -n 's/.*md: \(resync\|recovery\|reshape\) of RAID array md0.*/\1/p' | head -n 1)
 r initial_sync=${init:-none}
 echo check >$md/sync_action || fail "check=fail reason=sync_action_write"
-poll $((WAIT*10)) idle || { r mismatch_cnt=$(cat $md/mismatch_cnt); fail "check=timeout"; }
+poll $((WAIT*10)) idle || { r "mismatch_cnt=$(cat $md/mismatch_cnt)"; fail "check=timeout"; }
 r check=ok
-r mismatch_cnt=$(cat $md/mismatch_cnt)
+r "mismatch_cnt=$(cat $md/mismatch_cnt)"
 # md skips the scrub when no redundancy is left (raid5 with 1 missing, raid6
 # with 2): mismatch_cnt=0 then proves nothing about parity.
 lvl=$(cat $md/level) deg=$(cat $md/degraded 2>/dev/null || echo 0)
@@ -228,7 +228,7 @@ chmod 755 "$1"
 # Modules for virtio disks and raid456 with all dependencies (and soft
 # dependencies), in load order; prints module file paths.  Targets that are
 # modules (not built in) are written to $work/required.  Prefer
-# modprobe --show-depends; fall back to recursive modinfo (hard deps only).
+# modprobe --show-depends; fall back to recursive modinfo (depends + softdep pre).
 TARGET_MODS="virtio_pci virtio_blk raid456"
 resolve_mods() {
     local m out
@@ -336,7 +336,9 @@ ndisks=${#images[@]}
 vm_wait=$(( timeout_s * 2 / 3 ))
 drives=()
 for img in "${images[@]}"; do
-    drives+=(-drive "file=${img//,/,,},format=raw,if=virtio,snapshot=on")
+    # file.filename= (not file=) so names with ':' are never taken as a
+    # protocol prefix; ',' is escaped by doubling (qemu option syntax).
+    drives+=(-drive "if=virtio,format=raw,snapshot=on,file.driver=file,file.filename=${img//,/,,}")
 done
 start=$(date +%s)
 : >"$log"

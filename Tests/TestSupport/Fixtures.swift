@@ -26,6 +26,26 @@ public enum MDPattern {
     }
 }
 
+/// Deterministic pseudo-random bytes (splitmix64 words), fast enough for megabytes in tests.
+public func pseudoRandomData(_ count: Int, seed: UInt64) -> [UInt8] {
+    var out = [UInt8](repeating: 0, count: count)
+    out.withUnsafeMutableBytes { raw in
+        var state = seed
+        var i = 0
+        while i + 8 <= count {
+            state &+= 0x9e37_79b9_7f4a_7c15
+            raw.storeBytes(of: MDPattern.splitmix64(state).littleEndian, toByteOffset: i, as: UInt64.self)
+            i += 8
+        }
+        while i < count {
+            state &+= 1
+            raw[i] = UInt8(truncatingIfNeeded: MDPattern.splitmix64(state))
+            i += 1
+        }
+    }
+    return out
+}
+
 /// Locates ../shared/fixtures relative to the package root; nil (tests skip) when absent.
 public enum FixturePaths {
     public static var packageRoot: String {

@@ -145,7 +145,9 @@ public struct CreatePlan: Sendable {
             throw CreateError.invalidChunk("invalid chunk size \(chunkKiB)K: must be a power of two from 4K up")
         }
         let chunkSectors = chunkKiB * 2
-        guard RaidLayout.valid(for: request.level).contains(request.layout) else {
+        // raid4 has one placement (parity on the last disk); mdadm records its layout as 0.
+        let storedLayout = request.level == .raid4 ? RaidLayout(rawValue: 0) : request.layout
+        guard request.level == .raid4 || RaidLayout.valid(for: request.level).contains(request.layout) else {
             throw CreateError.invalidLayout("layout \(request.layout.rawValue) is not valid for \(request.level)")
         }
         let superOffset: UInt64 = 8
@@ -190,7 +192,7 @@ public struct CreatePlan: Sendable {
         }
         do {
             geometry = try RaidGeometry(
-                level: request.level, layout: request.layout, raidDisks: n, chunkSectors: chunkSectors, memberDataSectors: size)
+                level: request.level, layout: storedLayout, raidDisks: n, chunkSectors: chunkSectors, memberDataSectors: size)
         } catch let error as GeometryError {
             throw CreateError.geometry(error)
         }
@@ -256,7 +258,7 @@ public struct CreatePlan: Sendable {
             sb.ctime = request.timeSeconds & MDSuperblock1.timeSecondsMask
             sb.utime = sb.ctime
             sb.level = request.level.rawValue
-            sb.layout = request.layout.rawValue
+            sb.layout = storedLayout.rawValue
             sb.sizeSectors = size
             sb.chunkSectors = UInt32(chunkSectors)
             sb.raidDisks = UInt32(n)

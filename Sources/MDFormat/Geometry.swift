@@ -53,7 +53,7 @@ public struct RaidLayout: RawRepresentable, Hashable, Sendable, CustomStringConv
     /// The layouts md accepts for `level`.
     public static func valid(for level: RaidLevel) -> [RaidLayout] {
         switch level {
-        case .raid4: return [.parityLast]
+        case .raid4: return [.parityLast]  // the only placement; stored as 0 by mdadm
         case .raid5: return (0...5).map { RaidLayout(rawValue: $0) }
         case .raid6: return ([0, 1, 2, 3, 4, 5, 8, 9, 10, 16, 17, 18, 19, 20] as [UInt32]).map { RaidLayout(rawValue: $0) }
         }
@@ -75,8 +75,7 @@ public struct RaidLayout: RawRepresentable, Hashable, Sendable, CustomStringConv
         } else {
             found = Self.names.first { $0.1 == text }?.0
         }
-        guard let value = found, candidates.contains(RaidLayout(rawValue: value)) || (level == .raid4 && value == 5)
-        else { return nil }
+        guard let value = found, candidates.contains(RaidLayout(rawValue: value)) else { return nil }
         self.init(rawValue: value)
     }
 

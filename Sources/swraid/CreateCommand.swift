@@ -98,7 +98,8 @@ struct Create: ParsableCommand {
         guard chunkBytes >= 4096, chunkBytes.nonzeroBitCount == 1, chunkBytes % 1024 == 0 else {
             throw CommandFailure(message: "invalid chunk size '\(chunk)': must be a power of two of at least 4K")
         }
-        guard let raidLayout = RaidLayout(name: layout, level: raidLevel) else {
+        let layoutName = raidLevel == .raid4 && layout == "default" ? "parity-last" : layout
+        guard let raidLayout = RaidLayout(name: layoutName, level: raidLevel) else {
             let names = RaidLayout.valid(for: raidLevel).compactMap(\.name).joined(separator: ", ")
             throw CommandFailure(message: "unknown \(raidLevel) layout '\(layout)'; valid: \(names)")
         }

@@ -21,7 +21,9 @@ let package = Package(
     targets: [
         // Pure layers: no I/O, no clock, no randomness.
         // Optimised even in debug builds: the tests push hundreds of MiB through these loops.
-        .target(name: "RaidMath", swiftSettings: optimizedInDebug),
+        .target(name: "RaidMath", dependencies: ["CX86Intrinsics"], swiftSettings: optimizedInDebug),
+        // Header-only: clang's SSE2 intrinsics for non-temporal stores (see shim.h).
+        .systemLibrary(name: "CX86Intrinsics"),
         .target(name: "MDFormat"),
         // Member access (pread/pwrite/fsync) through one file.
         .target(name: "DiskIO", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),

@@ -4,12 +4,62 @@
 // GF(2^8) multiply-by-2 needs per-byte shifts and compares, which `SIMD16<UInt8>` lowers to
 // single SSE2 instructions (wider UInt8 vectors fall back to byte loops).
 
+#if arch(x86_64)
+import CX86Intrinsics
+#endif
+
 @usableFromInline typealias XorLane = SIMD8<UInt64>
 @usableFromInline typealias ByteLane = SIMD16<UInt8>
 
 /// Bytes processed per iteration of the main loops; buffers are handled in these blocks with a
 /// scalar tail for whatever remains.
 public let kernelBlockBytes = 64
+
+/// Stores 16 bytes at `dst + offset`, bypassing the cache when `streaming` (then `dst + offset`
+/// must be 16-byte aligned and `finishStreaming()` must follow the last such store).
+@inline(__always)
+func store(_ value: SIMD16<UInt8>, _ dst: UnsafeMutableRawPointer, _ offset: Int, streaming: Bool) {
+    #if arch(x86_64)
+    if streaming {
+        _mm_stream_si128((dst + offset).assumingMemoryBound(to: SIMD2<Int64>.self), unsafeBitCast(value, to: SIMD2<Int64>.self))
+        return
+    }
+    #endif
+    dst.storeBytes(of: value, toByteOffset: offset, as: SIMD16<UInt8>.self)
+}
+
+@inline(__always)
+func store(_ value: XorLane, _ dst: UnsafeMutableRawPointer, _ offset: Int, streaming: Bool) {
+    #if arch(x86_64)
+    if streaming {
+        let parts = unsafeBitCast(value, to: (SIMD16<UInt8>, SIMD16<UInt8>, SIMD16<UInt8>, SIMD16<UInt8>).self)
+        store(parts.0, dst, offset, streaming: true)
+        store(parts.1, dst, offset &+ 16, streaming: true)
+        store(parts.2, dst, offset &+ 32, streaming: true)
+        store(parts.3, dst, offset &+ 48, streaming: true)
+        return
+    }
+    #endif
+    dst.storeBytes(of: value, toByteOffset: offset, as: XorLane.self)
+}
+
+/// Orders streaming stores before anything that follows (another thread may read the parity).
+@inline(__always)
+func finishStreaming(_ streaming: Bool) {
+    #if arch(x86_64)
+    if streaming { swraid_store_fence() }
+    #endif
+}
+
+/// Streaming stores need 16-byte alignment; they are only worth it for whole blocks.
+@inline(__always)
+func canStream(_ pointers: UnsafeMutableRawPointer...) -> Bool {
+    #if arch(x86_64)
+    return pointers.allSatisfy { UInt(bitPattern: $0) & 15 == 0 }
+    #else
+    return false
+    #endif
+}
 
 @inline(__always)
 func mul2(_ q: ByteLane) -> ByteLane {
@@ -19,15 +69,35 @@ func mul2(_ q: ByteLane) -> ByteLane {
     return (q &+ q) ^ (mask & ByteLane(repeating: GF256.polynomialLowByte))
 }
 
-/// `dst = XOR of sources`. `dst` may alias one of the sources.
+/// `dst = XOR of sources`. `dst` may alias one of the sources. With `nonTemporal`, `dst` is
+/// written around the cache (for parity headed to a member write rather than read back soon).
 @inline(never)
 public func xorKernel(
-    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int,
+    nonTemporal: Bool = false
 ) {
     precondition(!sources.isEmpty && byteCount >= 0)
+    let streaming = nonTemporal && canStream(dst)
+    defer { finishStreaming(streaming) }
     let n = sources.count
-    let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
     var off = 0
+    // Two lanes (128 bytes) per pass over the sources, then at most one single lane.
+    let pairs = byteCount / (2 * kernelBlockBytes) * (2 * kernelBlockBytes)
+    while off < pairs {
+        var a = sources[0].loadUnaligned(fromByteOffset: off, as: XorLane.self)
+        var b = sources[0].loadUnaligned(fromByteOffset: off &+ 64, as: XorLane.self)
+        var j = 1
+        while j < n {
+            let s = sources[j]
+            a ^= s.loadUnaligned(fromByteOffset: off, as: XorLane.self)
+            b ^= s.loadUnaligned(fromByteOffset: off &+ 64, as: XorLane.self)
+            j &+= 1
+        }
+        store(a, dst, off, streaming: streaming)
+        store(b, dst, off &+ 64, streaming: streaming)
+        off &+= 2 * kernelBlockBytes
+    }
+    let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
     while off < blocks {
         var acc = sources[0].loadUnaligned(fromByteOffset: off, as: XorLane.self)
         var j = 1
@@ -35,7 +105,7 @@ public func xorKernel(
             acc ^= sources[j].loadUnaligned(fromByteOffset: off, as: XorLane.self)
             j &+= 1
         }
-        dst.storeBytes(of: acc, toByteOffset: off, as: XorLane.self)
+        store(acc, dst, off, streaming: streaming)
         off &+= kernelBlockBytes
     }
     while off < byteCount {
@@ -48,12 +118,15 @@ public func xorKernel(
 
 /// P = XOR of `sources`, Q = sum of g^i * sources[i] (i = syndrome slot), by Horner's rule from
 /// the highest slot down, as md's `gen_syndrome` does. `p`/`q` must not alias a source.
+/// `nonTemporal` as for `xorKernel`.
 @inline(never)
 public func pqKernel(
     _ sources: UnsafeBufferPointer<UnsafeRawPointer>, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer,
-    byteCount: Int
+    byteCount: Int, nonTemporal: Bool = false
 ) {
     precondition(!sources.isEmpty && byteCount >= 0)
+    let streaming = nonTemporal && canStream(p, q)
+    defer { finishStreaming(streaming) }
     let n = sources.count
     let last = sources[n - 1]
     let blocks = byteCount / kernelBlockBytes * kernelBlockBytes
@@ -67,6 +140,9 @@ public func pqKernel(
         var z = n &- 2
         while z >= 0 {
             let s = sources[z]
+            #if arch(x86_64)
+            swraid_prefetch(s + (off &+ 1024))
+            #endif
             let d0 = s.loadUnaligned(fromByteOffset: off, as: ByteLane.self)
             let d1 = s.loadUnaligned(fromByteOffset: off &+ 16, as: ByteLane.self)
             let d2 = s.loadUnaligned(fromByteOffset: off &+ 32, as: ByteLane.self)
@@ -75,14 +151,14 @@ public func pqKernel(
             q0 = mul2(q0) ^ d0; q1 = mul2(q1) ^ d1; q2 = mul2(q2) ^ d2; q3 = mul2(q3) ^ d3
             z &-= 1
         }
-        p.storeBytes(of: p0, toByteOffset: off, as: ByteLane.self)
-        p.storeBytes(of: p1, toByteOffset: off &+ 16, as: ByteLane.self)
-        p.storeBytes(of: p2, toByteOffset: off &+ 32, as: ByteLane.self)
-        p.storeBytes(of: p3, toByteOffset: off &+ 48, as: ByteLane.self)
-        q.storeBytes(of: q0, toByteOffset: off, as: ByteLane.self)
-        q.storeBytes(of: q1, toByteOffset: off &+ 16, as: ByteLane.self)
-        q.storeBytes(of: q2, toByteOffset: off &+ 32, as: ByteLane.self)
-        q.storeBytes(of: q3, toByteOffset: off &+ 48, as: ByteLane.self)
+        store(p0, p, off, streaming: streaming)
+        store(p1, p, off &+ 16, streaming: streaming)
+        store(p2, p, off &+ 32, streaming: streaming)
+        store(p3, p, off &+ 48, streaming: streaming)
+        store(q0, q, off, streaming: streaming)
+        store(q1, q, off &+ 16, streaming: streaming)
+        store(q2, q, off &+ 32, streaming: streaming)
+        store(q3, q, off &+ 48, streaming: streaming)
         off &+= kernelBlockBytes
     }
     while off < byteCount {

@@ -59,15 +59,17 @@ public final class ParityScratch {
 /// Parity generation and reconstruction over whole blocks (SIMD kernels underneath).
 public enum Parity {
     /// RAID5 parity (and RAID5 reconstruction of one lost block): `dst = XOR of blocks`.
-    public static func xor(_ blocks: [UnsafeRawPointer], into dst: UnsafeMutableRawPointer, byteCount: Int) {
-        blocks.withUnsafeBufferPointer { xorKernel($0, into: dst, byteCount: byteCount) }
+    /// `nonTemporal`: the result goes to a member write, not back to the CPU soon.
+    public static func xor(_ blocks: [UnsafeRawPointer], into dst: UnsafeMutableRawPointer, byteCount: Int, nonTemporal: Bool = false) {
+        blocks.withUnsafeBufferPointer { xorKernel($0, into: dst, byteCount: byteCount, nonTemporal: nonTemporal) }
     }
 
     /// RAID6 P and Q over data blocks given in syndrome-slot order (slot 0 first).
     public static func pq(
-        slots: [UnsafeRawPointer], p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer, byteCount: Int
+        slots: [UnsafeRawPointer], p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer, byteCount: Int,
+        nonTemporal: Bool = false
     ) {
-        slots.withUnsafeBufferPointer { pqKernel($0, p: p, q: q, byteCount: byteCount) }
+        slots.withUnsafeBufferPointer { pqKernel($0, p: p, q: q, byteCount: byteCount, nonTemporal: nonTemporal) }
     }
 
     /// Rebuilds up to two lost blocks of a RAID6 row in place. `slots` are the data blocks in

@@ -34,7 +34,8 @@ let package = Package(
             dependencies: [
                 "RaidMath", "MDFormat", "DiskIO", "MDOffline",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-            ]),
+            ],
+            swiftSettings: optimizedInDebug),
         .target(name: "TestSupport", dependencies: ["MDFormat"], path: "Tests/TestSupport", swiftSettings: optimizedInDebug),
         .testTarget(
             name: "RaidMathTests",

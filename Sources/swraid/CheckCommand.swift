@@ -22,7 +22,9 @@ struct Check: ParsableCommand {
             print("mismatch_cnt \(report.mismatchSectors)")
             if verbose {
                 for (role, sector) in report.located {
-                    print("  4K block at member sector \(sector) of role \(role) disagrees with the others")
+                    let member = array.plan.memberForRole[role].map { array.members[$0] }
+                    let device = member.map { " (device sector \($0.superblock.dataOffsetSectors + sector))" } ?? ""
+                    print("  role \(role) \(member?.path ?? "?"): 4K block at data sector \(sector)\(device) disagrees with the others")
                 }
             }
             if report.mismatchSectors != 0 { throw ExitCode(2) }

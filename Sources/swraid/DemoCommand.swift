@@ -14,7 +14,7 @@ struct Demo: ParsableCommand {
     @Option(help: "Directory for the member files (default: a new one under /tmp).")
     var dir: String?
 
-    @Option(help: "Size of each member file in MiB.")
+    @Option(name: .customLong("member-mib"), help: "Size of each member file in MiB.")
     var memberMiB: Int = 64
 
     func run() throws {
@@ -31,7 +31,7 @@ struct Demo: ParsableCommand {
 
             section("Create the array: md v1.2 metadata, 64K chunks, internal write-intent bitmap")
             try runSelf(["create", "--level", "6", "--raid-devices", "6", "--chunk", "64K", "--bitmap", "internal",
-                         "--bitmap-chunk", "1M", "--name", "demo", "--force"] + members)
+                         "--bitmap-chunk", "1M", "--name", "demo"] + members)
 
             section("Inspect a member the way mdadm --examine does")
             try runSelf(["examine", members[0]])

@@ -131,6 +131,15 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
             #expect(row.get(n + 1) == expected.q)
             Parity.xor(sources, into: row.buffers[n], byteCount: length)
             #expect(row.get(n) == expected.p)
+            // The streaming-store paths (parity headed for a member write) give the same bytes.
+            row.scribble(n)
+            row.scribble(n + 1)
+            Parity.pq(slots: sources, p: row.buffers[n], q: row.buffers[n + 1], byteCount: length, nonTemporal: true)
+            #expect(row.get(n) == expected.p)
+            #expect(row.get(n + 1) == expected.q)
+            row.scribble(n)
+            Parity.xor(sources, into: row.buffers[n], byteCount: length, nonTemporal: true)
+            #expect(row.get(n) == expected.p)
         }
     }
 

@@ -29,6 +29,9 @@ struct Cat: ParsableCommand {
 
     func run() throws {
         try failingCleanly {
+            if output == nil && isatty(1) != 0 {
+                throw CommandFailure(message: "refusing to write array data to a terminal: give --output FILE or pipe it")
+            }
             let array = try OfflineArray(paths: members, force: force)
             if verbose || !array.plan.missingRoles.isEmpty || !array.plan.excluded.isEmpty {
                 for note in array.notes { printError(note) }

@@ -1,3 +1,4 @@
+import TestSupport
 import Testing
 
 @testable import MDFormat
@@ -149,21 +150,4 @@ func renderRow(_ g: RaidGeometry, _ row: UInt64) -> String {
         #expect(RaidLayout(name: "7", level: .raid6) == nil)
         #expect(RaidLayout(name: "diagonal", level: .raid5) == nil)
     }
-}
-
-/// GF(2^8) by shift-and-add, independent of RaidMath's tables.
-enum GF256Reference {
-    static func mul(_ a: UInt8, _ b: UInt8) -> UInt8 {
-        var result: UInt8 = 0
-        var x = a
-        var y = b
-        while y != 0 {
-            if y & 1 != 0 { result ^= x }
-            x = (x << 1) ^ ((x & 0x80) != 0 ? 0x1d : 0)
-            y >>= 1
-        }
-        return result
-    }
-
-    static func pow2(_ i: Int) -> UInt8 { (0..<i).reduce(UInt8(1)) { v, _ in mul(v, 2) } }
 }

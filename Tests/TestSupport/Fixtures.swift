@@ -88,3 +88,21 @@ public final class TemporaryDirectory {
 
     public func file(_ name: String) -> String { path + "/" + name }
 }
+
+/// GF(2^8) arithmetic by shift-and-add with md's polynomial 0x11D, independent of RaidMath's
+/// tables, for checking them.
+public enum GF256Reference {
+    public static func mul(_ a: UInt8, _ b: UInt8) -> UInt8 {
+        var result: UInt8 = 0
+        var x = a
+        var y = b
+        while y != 0 {
+            if y & 1 != 0 { result ^= x }
+            x = (x << 1) ^ ((x & 0x80) != 0 ? 0x1d : 0)
+            y >>= 1
+        }
+        return result
+    }
+
+    public static func pow2(_ i: Int) -> UInt8 { (0..<i).reduce(UInt8(1)) { v, _ in mul(v, 2) } }
+}

@@ -29,7 +29,7 @@ public enum DiskIOError: Error, CustomStringConvertible, Equatable {
 
 /// A member device: a regular file or a block device, accessed with positioned reads and
 /// writes. Every system call the package makes on members goes through this type.
-public final class MemberFile: @unchecked Sendable {
+public final class MemberFile {
     public enum Mode: Sendable { case readOnly, readWrite }
 
     public let path: String

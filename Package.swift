@@ -17,6 +17,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
+        .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
     ],
     targets: [
         // Pure layers: no I/O, no clock, no randomness.
@@ -25,6 +26,16 @@ let package = Package(
         // Header-only: clang's SSE2 intrinsics for non-temporal stores (see shim.h).
         .systemLibrary(name: "CX86Intrinsics"),
         .target(name: "MDFormat"),
+        // The array's state machine: owns all state, never blocks, does no I/O (design.md §3).
+        .target(
+            name: "RaidCore",
+            dependencies: ["RaidMath", "MDFormat", .product(name: "DequeModule", package: "swift-collections")],
+            swiftSettings: optimizedInDebug),
+        // Seeded scheduler, simulated members, workloads and checkers around the same core.
+        .target(
+            name: "RaidSimulation",
+            dependencies: ["RaidCore", "MDFormat", "RaidMath"],
+            swiftSettings: optimizedInDebug),
         // Member access (pread/pwrite/fsync) through one file.
         .target(name: "DiskIO", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // Offline assembly (read-only streaming) and array creation on real members.
@@ -32,7 +43,7 @@ let package = Package(
         .executableTarget(
             name: "swraid",
             dependencies: [
-                "RaidMath", "MDFormat", "DiskIO", "MDOffline",
+                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: optimizedInDebug),
@@ -41,6 +52,8 @@ let package = Package(
             name: "RaidMathTests",
             dependencies: ["RaidMath", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(name: "MDFormatTests", dependencies: ["MDFormat", "RaidMath", "TestSupport"]),
+        .testTarget(name: "RaidCoreTests", dependencies: ["RaidCore", "MDFormat", "RaidSimulation", "TestSupport"]),
+        .testTarget(name: "RaidSimulationTests", dependencies: ["RaidSimulation", "RaidCore"]),
         .testTarget(name: "MDOfflineTests", dependencies: ["MDOffline", "MDFormat", "DiskIO", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["swraid", "MDOffline", "TestSupport"]),
     ],

@@ -73,6 +73,8 @@ public struct CreateRequest: Sendable {
     public var sizeSectors: UInt64? = nil
     public var name: String = "0"
     public var homehost: String? = nil
+    /// `--data-offset`: sectors before the data (default: mdadm 4.2's choice from the size).
+    public var dataOffsetSectors: UInt64? = nil
     /// Existing member sizes in sectors, nil for a member file that is yet to be created.
     public var memberSizesSectors: [UInt64?]
     /// Random bytes supplied by the caller (the format layer draws none itself).
@@ -155,18 +157,21 @@ public struct CreatePlan: Sendable {
         // data_offset from the first device (mdadm uses the first device for all). A device that
         // does not exist yet is sized as data_offset + size, so iterate to a fixed point.
         let requestedSize = request.sizeSectors.map { $0 / chunkSectors * chunkSectors }
+        if let forced = request.dataOffsetSectors, forced < 24 {
+            throw CreateError.invalidChunk("data offset \(forced) sectors leaves no room for the superblock")
+        }
         let firstSize: UInt64
         if let existing = request.memberSizesSectors[0] {
             firstSize = existing
         } else {
             guard let size = requestedSize else { throw CreateError.sizeNeeded(member: 0) }
-            var offset = MDCreateDefaults.dataOffsetSectors(deviceSizeSectors: size, chunkKiB: chunkKiB)
-            for _ in 0..<4 {
+            var offset = request.dataOffsetSectors ?? MDCreateDefaults.dataOffsetSectors(deviceSizeSectors: size, chunkKiB: chunkKiB)
+            for _ in 0..<4 where request.dataOffsetSectors == nil {
                 offset = MDCreateDefaults.dataOffsetSectors(deviceSizeSectors: size + offset, chunkKiB: chunkKiB)
             }
             firstSize = size + offset
         }
-        let dataOffset = MDCreateDefaults.dataOffsetSectors(deviceSizeSectors: firstSize, chunkKiB: chunkKiB)
+        let dataOffset = request.dataOffsetSectors ?? MDCreateDefaults.dataOffsetSectors(deviceSizeSectors: firstSize, chunkKiB: chunkKiB)
 
         var devSizes: [UInt64] = []
         for (i, existing) in request.memberSizesSectors.enumerated() {

@@ -14,7 +14,7 @@ func monotonicSeconds() -> Double {
 /// Redrawn in place on a terminal (at most 10 times a second); elsewhere printed at each 10 %.
 final class ProgressBar {
     let action: String
-    let unitsPerKiB: Double
+    let unitsPerKiB: Int
     let start = monotonicSeconds()
     var lastDraw = 0.0
     var lastDecile = -1
@@ -23,9 +23,11 @@ final class ProgressBar {
 
     /// `action` is md's word for the work (resync, check, recover, copy...). Progress counts
     /// 512-byte sectors; md shows KiB.
-    init(action: String) {
+    /// `countsSectors`: progress is in 512-byte sectors, shown in KiB as md does; otherwise
+    /// items are shown as they are.
+    init(action: String, countsSectors: Bool = true) {
         self.action = action
-        self.unitsPerKiB = 2
+        self.unitsPerKiB = countsSectors ? 2 : 1
         interactive = isatty(2) != 0
     }
 
@@ -41,7 +43,8 @@ final class ProgressBar {
         }
         lastDraw = now
         lastDecile = decile
-        let line = Self.render(action: action, done: done / 2, total: total / 2, elapsed: now - start)
+        let divisor = UInt64(unitsPerKiB)
+        let line = Self.render(action: action, done: done / divisor, total: total / divisor, elapsed: now - start)
         write(interactive ? "\r" + line + "\u{1B}[K" : line + "\n")
         if done >= total { finish() }
     }

@@ -13,7 +13,7 @@ struct Swraid: ParsableCommand {
             Members are image files or block devices carrying md v1.x superblocks; the words and \
             defaults are mdadm's.
             """,
-        subcommands: [Demo.self, Create.self, Examine.self, Cat.self, Check.self, Bench.self])
+        subcommands: [Demo.self, Create.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self])
 }
 
 /// One line on stderr, prefixed like mdadm's messages.

@@ -1,0 +1,526 @@
+import MDFormat
+import RaidMath
+
+/// What a member I/O was for, so its completion can be routed.
+enum IOContext {
+    case stripeRead(Stripe, role: Int)
+    case stripeWrite(Stripe, role: Int)
+    case stripeRewrite(Stripe, role: Int)
+    case stripeVerify(Stripe, role: Int)
+    case directRead(Piece, member: Int)
+    case flush(ClientOp, member: Int)
+    case superblockWrite(member: Int)
+    /// The bitmap image (header and bits), one write per member for each batch of changes.
+    case bitmapWrite(member: Int)
+}
+
+/// The array's state machine (design.md §3): it owns every piece of array state, never blocks
+/// and does no I/O. Events go in; actions (member I/O, completions, timers) come out. Waiting is
+/// data: a parked request, a stripe waiting for the superblock, a control command waiting for a
+/// sync to stop. One owner calls `handle`; nothing here is shared across threads.
+public final class RaidCore {
+    public let geometry: RaidGeometry
+    public internal(set) var config: CoreConfig
+    let variant: FaultyCoreVariant
+    let unitBytes: Int
+    let unitSectors: UInt64
+    /// Stripe units per member.
+    let unitCount: UInt64
+
+    var members: [Member]
+    /// `roleMember[slot]` = member index holding the slot (in sync or rebuilding), nil if empty.
+    var roleMember: [Int?]
+    var now: Nanoseconds = 0
+    var out: [CoreAction] = []
+
+    // Stripe cache.
+    var stripes: [Stripe] = []
+    var freeStripes: [Stripe] = []
+    var stripeByUnit: [UInt64: Stripe] = [:]
+    /// Items waiting for a free stripe, oldest first (a state, never a blocking wait).
+    var stripeWaiters: [StripeItem] = []
+    var stripeWaitersHead = 0
+
+    // Requests.
+    var nextIOID: MemberIOID = 1
+    var ioContexts: [MemberIOID: IOContext] = [:]
+    var requestsInFlight = 0
+    /// Write requests admitted and not completed (md's writes_pending).
+    var writesPending = 0
+
+    // Array state.
+    var readAuto = true
+    var readOnly = false
+    var superblocks: SuperblockProtocol
+    var sync: SyncEngine
+    var bitmap: WriteIntentBitmap?
+    /// Stripes parked until the superblock is dirty on disk or bitmap bits are written.
+    var metadataWaiters: [Stripe] = []
+    /// When the safe-mode timer is due (a later arm replaces an earlier one).
+    var safeModeDeadline: Nanoseconds?
+    var scratch = ParityScratch(byteCount: 4096)
+    /// pumpSync is running (a nested call asks it to go round once more instead of recursing).
+    var pumpingSync = false
+    var pumpAgain = false
+    let zeroBlock: [UInt8]
+
+    // Counters.
+    public internal(set) var counters = CoreCounters()
+
+    public init(assembly: CoreAssembly, config: CoreConfig = CoreConfig(), variant: FaultyCoreVariant = [], now: Nanoseconds = 0) throws {
+        precondition(CoreConfig.stripeCacheSizeRange.contains(config.stripeCacheSize))
+        precondition(config.stripeSizeBytes >= 4096 && config.stripeSizeBytes.nonzeroBitCount == 1)
+        geometry = assembly.geometry
+        self.config = config
+        self.variant = variant
+        unitBytes = min(config.stripeSizeBytes, geometry.chunkBytes)
+        unitSectors = UInt64(unitBytes / 512)
+        unitCount = geometry.memberDataSectors / unitSectors
+        self.now = now
+        zeroBlock = [UInt8](repeating: 0, count: unitBytes)
+
+        var table: [Member] = []
+        for (index, input) in assembly.members.enumerated() {
+            let role: MemberRole
+            if let slot = assembly.roles.firstIndex(where: { $0 == index }) {
+                role = .active(slot: slot)
+            } else if assembly.spares.contains(index) {
+                role = .spare
+            } else {
+                role = .removed
+            }
+            table.append(Member(name: input.name, template: input.superblock, deviceSizeSectors: input.deviceSizeSectors, role: role))
+        }
+        members = table
+        roleMember = assembly.roles
+        superblocks = SuperblockProtocol(freshest: assembly.freshest)
+        sync = SyncEngine(totalSectors: geometry.memberDataSectors)
+        if let header = assembly.bitmap, let area = assembly.bitmapArea {
+            bitmap = WriteIntentBitmap(
+                header: header, area: area, memberDataSectors: geometry.memberDataSectors,
+                arrayEvents: assembly.freshest.events)
+        }
+        // A dirty array needs a resync from where the last one stopped (md's recovery_cp).
+        sync.recoveryCheckpointSectors = assembly.freshest.resyncOffsetSectors
+        superblocks.inSync = assembly.freshest.isClean
+        for _ in 0..<config.stripeCacheSize { freeStripes.append(Stripe(slot: stripes.count, raidDisks: geometry.raidDisks)) }
+        stripes = freeStripes
+        freeStripes.reverse()
+    }
+
+    // MARK: - driving
+
+    /// Actions due at start: a needed resync or recovery begins once the array is writable.
+    public func start(now: Nanoseconds) -> [CoreAction] {
+        self.now = now
+        log("assembled \(geometry.level) with \(members.filter(\.isActive).count) of \(geometry.raidDisks) members, \(superblocks.inSync ? "clean" : "dirty")")
+        if let bitmap { armTimer(.bitmapDaemon, at: now + UInt64(bitmap.daemonSleepSeconds) * nanosPerSecond) }
+        checkRecovery()
+        return takeActions()
+    }
+
+    public func handle(_ event: CoreEvent, now: Nanoseconds) -> [CoreAction] {
+        precondition(now >= self.now, "time went backwards")
+        self.now = now
+        switch event {
+        case .client(let id, let request): admit(id: id, request: request)
+        case .control(let id, let command): handleControl(id: id, command: command)
+        case .memberIOCompleted(let id, let result): memberIOCompleted(id: id, result: result)
+        case .timerFired(let timer): timerFired(timer)
+        }
+        return takeActions()
+    }
+
+    func takeActions() -> [CoreAction] {
+        let actions = out
+        out.removeAll(keepingCapacity: true)
+        return actions
+    }
+
+    func log(_ text: String) { out.append(.log(text)) }
+
+    func armTimer(_ timer: TimerID, at deadline: Nanoseconds) { out.append(.armTimer(timer, atNanos: deadline)) }
+
+    func newIO(_ context: IOContext) -> MemberIOID {
+        let id = nextIOID
+        nextIOID += 1
+        ioContexts[id] = context
+        return id
+    }
+
+    // MARK: - geometry helpers
+
+    var dataDisks: Int { geometry.dataDisks }
+
+    /// Byte offset on `member` of stripe unit `unit`.
+    func memberOffset(_ member: Int, unit: UInt64) -> UInt64 {
+        (members[member].dataOffsetSectors + unit * unitSectors) * 512
+    }
+
+    /// Whether `role`'s member holds valid data for `unit` (in sync there and not failed).
+    func roleReadable(_ role: Int, unit: UInt64) -> Bool {
+        guard let m = roleMember[role], case .active = members[m].role else { return false }
+        if let rebuilt = members[m].recoveryOffsetSectors { return (unit + 1) * unitSectors <= rebuilt }
+        return true
+    }
+
+    /// Whether writes for `unit` go to `role`'s member (in sync there, or rebuilt past it).
+    func roleWritable(_ role: Int, unit: UInt64) -> Bool { roleReadable(role, unit: unit) }
+
+    /// Members not in sync in their slot (failed, missing or rebuilding): md's `degraded`.
+    public var degradedCount: Int {
+        (0..<geometry.raidDisks).filter { role in
+            guard let m = roleMember[role], members[m].isActive else { return true }
+            return members[m].recoveryOffsetSectors != nil
+        }.count
+    }
+
+    /// More members lost than the level tolerates.
+    public var isBroken: Bool {
+        (0..<geometry.raidDisks).filter { role in
+            guard let m = roleMember[role], members[m].isActive else { return true }
+            return false
+        }.count > geometry.maxDegraded
+    }
+
+    // MARK: - client requests
+
+    func admit(id: RequestID, request: ClientRequest) {
+        counters.clientRequests += 1
+        sync.lastClientActivity = now
+        let op = ClientOp(id: id, request: request)
+        if let problem = validate(request) {
+            out.append(.completeClient(id, .failed(.invalid(problem))))
+            return
+        }
+        guard requestsInFlight < config.maxRequestsInFlight else {
+            counters.rejectedBusy += 1
+            out.append(.completeClient(id, .failed(.busy)))
+            return
+        }
+        if isBroken {
+            out.append(.completeClient(id, .failed(.io)))
+            return
+        }
+        if op.isWrite && readOnly {
+            out.append(.completeClient(id, .failed(.readOnly)))
+            return
+        }
+        requestsInFlight += 1
+        if case .flush = request {
+            startFlush(op)
+            return
+        }
+        if op.isWrite { beginWrite(op) }
+        let pieces = split(op)
+        if pieces.isEmpty {
+            finishPieces(op, count: 0)
+            return
+        }
+        op.remaining = pieces.count
+        for piece in pieces { route(piece) }
+    }
+
+    func validate(_ request: ClientRequest) -> String? {
+        let size = geometry.arraySectors * 512
+        func check(_ offset: UInt64, _ length: Int) -> String? {
+            if offset % 512 != 0 || length % 512 != 0 { return "offset \(offset) and length \(length) must be multiples of 512" }
+            if length < 0 || offset > size || UInt64(length) > size - offset {
+                return "range \(offset)+\(length) is outside the array (\(size) bytes)"
+            }
+            return nil
+        }
+        switch request {
+        case .read(let o, let l), .trim(let o, let l), .writeZeroes(let o, let l, _): return check(o, l)
+        case .write(let o, let d, _): return check(o, d.count)
+        case .flush: return nil
+        }
+    }
+
+    /// Cuts a request into pieces that each fall in one data block of one stripe unit.
+    func split(_ op: ClientOp) -> [Piece] {
+        let start: UInt64
+        let length: Int
+        var wholeUnitsOnly = false
+        switch op.request {
+        case .read(let o, let l): start = o; length = l
+        case .write(let o, let d, _): start = o; length = d.count
+        case .writeZeroes(let o, let l, _): start = o; length = l
+        case .trim(let o, let l): start = o; length = l; wholeUnitsOnly = true
+        case .flush: return []
+        }
+        var pieces: [Piece] = []
+        var pos = start
+        let end = start + UInt64(length)
+        while pos < end {
+            let sector = pos / 512
+            let at = geometry.locate(arraySector: sector)
+            let unit = at.memberSectorRelative / unitSectors
+            let inUnitSector = at.memberSectorRelative % unitSectors
+            let offsetInBlock = Int(inUnitSector) * 512 + Int(pos % 512)
+            let n = min(unitBytes - offsetInBlock, Int(end - pos))
+            pieces.append(Piece(
+                op: op, unit: unit, dataIndex: at.dataIndex, disk: at.disk, offsetInBlock: offsetInBlock, length: n,
+                offsetInRequest: Int(pos - start), isWrite: op.isWrite))
+            pos += UInt64(n)
+        }
+        if wholeUnitsOnly {
+            // TRIM zeroes only stripe units it covers completely (a full-stripe write, so parity
+            // stays right); the rest is left as it is, which TRIM allows.
+            var covered: [UInt64: Int] = [:]
+            for p in pieces where p.offsetInBlock == 0 && p.length == unitBytes { covered[p.unit, default: 0] += 1 }
+            pieces = pieces.filter { covered[$0.unit] == dataDisks }
+        }
+        return pieces
+    }
+
+    /// Sends a piece to its stripe, straight to the member (healthy reads), or to the queue of
+    /// items waiting for a free stripe.
+    func route(_ piece: Piece) {
+        if let stripe = stripeByUnit[piece.unit], !(variant.contains(.readAroundQueuedWrites) && !piece.isWrite) {
+            stripe.enqueue(piece.isWrite ? .write(piece) : .read(piece))
+            handleStripe(stripe)
+            return
+        }
+        if !piece.isWrite && (!hasStripeWaiters || variant.contains(.readAroundQueuedWrites)) && roleReadable(piece.disk, unit: piece.unit) {
+            // Healthy read: bypass the stripe cache, as md's chunk-aligned reads do.
+            let member = roleMember[piece.disk]!
+            let id = newIO(.directRead(piece, member: member))
+            counters.directReads += 1
+            out.append(.memberRead(id, member: member, offsetBytes: memberOffset(member, unit: piece.unit) + UInt64(piece.offsetInBlock), length: piece.length))
+            return
+        }
+        enqueueForStripe(piece.isWrite ? .write(piece) : .read(piece))
+    }
+
+    var hasStripeWaiters: Bool { stripeWaitersHead < stripeWaiters.count }
+
+    /// Gives the item a stripe now, or parks it until one frees (strictly in arrival order).
+    func enqueueForStripe(_ item: StripeItem) {
+        if !hasStripeWaiters, let stripe = stripeFor(unit: item.unit) {
+            stripe.enqueue(item)
+            handleStripe(stripe)
+        } else {
+            stripeWaiters.append(item)
+            counters.parkedForStripe += 1
+        }
+    }
+
+    /// The active stripe for `unit`, or a free one set up for it; nil when the cache is full.
+    func stripeFor(unit: UInt64) -> Stripe? {
+        if let stripe = stripeByUnit[unit] { return stripe }
+        guard let stripe = freeStripes.popLast() else { return nil }
+        stripe.reset(unit: unit, row: geometry.stripeRow(unit * unitSectors / geometry.chunkSectors))
+        stripeByUnit[unit] = stripe
+        return stripe
+    }
+
+    public var stripeCacheActive: Int { stripeByUnit.count }
+
+    func releaseStripe(_ stripe: Stripe) {
+        precondition(stripe.isIdle)
+        stripeByUnit[stripe.unit] = nil
+        if stripes.count > config.stripeCacheSize {
+            stripes.removeAll { $0 === stripe }  // the cache was shrunk while this was busy
+        } else {
+            freeStripes.append(stripe)
+        }
+        serveStripeWaiters()
+    }
+
+    /// Hands freed stripes to parked items, oldest first.
+    func serveStripeWaiters() {
+        while hasStripeWaiters {
+            let item = stripeWaiters[stripeWaitersHead]
+            guard let stripe = stripeFor(unit: item.unit) else { return }
+            stripeWaitersHead += 1
+            if stripeWaitersHead == stripeWaiters.count {
+                stripeWaiters.removeAll(keepingCapacity: true)
+                stripeWaitersHead = 0
+            }
+            stripe.enqueue(item)
+            handleStripe(stripe)
+        }
+    }
+
+    public var parkedForStripe: Int { stripeWaiters.count - stripeWaitersHead }
+
+    // MARK: - completion of client work
+
+    func finishPieces(_ op: ClientOp, count: Int, error: ClientError? = nil) {
+        if let error, op.failed == nil { op.failed = error }
+        op.remaining -= count
+        precondition(op.remaining >= 0)
+        guard op.remaining == 0 else { return }
+        requestsInFlight -= 1
+        if op.isWrite { endWrite() }
+        if let error = op.failed {
+            out.append(.completeClient(op.id, .failed(error)))
+        } else if case .read = op.request {
+            out.append(.completeClient(op.id, .data(op.buffer)))
+        } else {
+            out.append(.completeClient(op.id, .done))
+        }
+    }
+
+    // MARK: - flush
+
+    func startFlush(_ op: ClientOp) {
+        let targets = members.indices.filter { members[$0].isActive }
+        if variant.contains(.flushWithoutMemberFlush) || targets.isEmpty {
+            op.remaining = 1
+            finishPieces(op, count: 1)
+            return
+        }
+        op.remaining = targets.count
+        for m in targets {
+            out.append(.memberFlush(newIO(.flush(op, member: m)), member: m))
+        }
+    }
+
+    // MARK: - member I/O completions
+
+    func memberIOCompleted(id: MemberIOID, result: MemberIOResult) {
+        guard let context = ioContexts.removeValue(forKey: id) else {
+            preconditionFailure("completion for unknown member I/O \(id)")
+        }
+        switch context {
+        case .stripeRead(let stripe, let role):
+            stripe.pendingIO -= 1
+            stripe.reading[role] = false
+            if case .success(let bytes) = result, bytes.count == unitBytes {
+                stripe.blocks[role] = bytes
+            } else {
+                readError(stripe: stripe, role: role)
+            }
+            handleStripe(stripe)
+        case .stripeWrite(let stripe, let role):
+            stripe.pendingIO -= 1
+            if case .failure = result {
+                stripe.writeFailures.append(role)
+                if let m = roleMember[role] { failMember(m, reason: "write error") }
+            }
+            handleStripe(stripe)
+        case .stripeRewrite(let stripe, let role):
+            stripe.pendingIO -= 1
+            if case .failure = result, let m = roleMember[role] {
+                failMember(m, reason: "rewrite after read error failed")
+            } else if let m = roleMember[role], members[m].isActive {
+                // md re-reads the rewritten block to be sure the sector was remapped.
+                stripe.pendingIO += 1
+                out.append(.memberRead(newIO(.stripeVerify(stripe, role: role)), member: m, offsetBytes: memberOffset(m, unit: stripe.unit), length: unitBytes))
+                return
+            }
+            handleStripe(stripe)
+        case .stripeVerify(let stripe, let role):
+            stripe.pendingIO -= 1
+            if case .success(let bytes) = result, bytes == stripe.blocks[role] {
+                counters.correctedReadErrors += 1
+                if let m = roleMember[role] { members[m].template.cntCorrectedRead += 1 }
+            } else if let m = roleMember[role] {
+                failMember(m, reason: "block still unreadable after rewrite")
+            }
+            handleStripe(stripe)
+        case .directRead(let piece, let member):
+            if case .success(let bytes) = result, bytes.count == piece.length {
+                piece.op.buffer.replaceSubrange(piece.offsetInRequest..<(piece.offsetInRequest + piece.length), with: bytes)
+                finishPieces(piece.op, count: 1)
+            } else {
+                // md retries a failed direct read through the stripe cache, which rebuilds the
+                // block from the other members and rewrites it.
+                counters.readErrors += 1
+                noteReadError(member: member)
+                enqueueForStripe(.read(piece))
+            }
+        case .flush(let op, let member):
+            if case .failure = result { failMember(member, reason: "flush failed") }
+            finishPieces(op, count: 1, error: isBroken ? .io : nil)
+        case .superblockWrite(let member):
+            superblockWriteCompleted(member: member, ok: result != .failure)
+        case .bitmapWrite(let member):
+            bitmapWriteCompleted(member: member, ok: result != .failure)
+        }
+    }
+
+    /// A member read failed for a stripe: rebuild the block from the others and rewrite it.
+    func readError(stripe: Stripe, role: Int) {
+        counters.readErrors += 1
+        stripe.readFailed[role] = true
+        guard let m = roleMember[role] else { return }
+        noteReadError(member: m)
+        if members[m].isActive { stripe.needsRewrite[role] = true }
+    }
+
+    /// md's `max_read_errors`: past it the member is failed instead of repaired.
+    func noteReadError(member m: Int) {
+        members[m].readErrors += 1
+        if members[m].readErrors > config.maxReadErrors {
+            failMember(m, reason: "more than max_read_errors (\(config.maxReadErrors)) read errors")
+        }
+    }
+
+    /// md_error: the member is faulty, the array degraded, the superblocks say so.
+    func failMember(_ m: Int, reason: String) {
+        guard case .active(let slot) = members[m].role else {
+            if members[m].role == .spare {
+                members[m].role = .faulty
+                superblocks.devicesChanged = true
+                requestSuperblockUpdate()
+            }
+            return
+        }
+        members[m].role = .faulty
+        members[m].recoveryOffsetSectors = nil
+        roleMember[slot] = nil
+        counters.memberFailures += 1
+        log("member \(m) (\(members[m].name)), role \(slot): faulty (\(reason)); \(isBroken ? "array broken" : "array degraded")")
+        superblocks.devicesChanged = true
+        requestSuperblockUpdate()
+        sync.memberFailed()
+        bitmap?.arrayDegraded = true
+        checkRecovery()
+        if isBroken { failEverythingQueued() }
+    }
+
+    /// Beyond redundancy nothing can be read or written correctly: fail what waits.
+    func failEverythingQueued() {
+        for stripe in stripes where stripeByUnit[stripe.unit] === stripe { handleStripe(stripe) }
+        while hasStripeWaiters {
+            let item = stripeWaiters[stripeWaitersHead]
+            stripeWaitersHead += 1
+            switch item {
+            case .read(let p), .write(let p): finishPieces(p.op, count: 1, error: .io)
+            case .sync(let u): syncUnitDone(u, abandoned: true)
+            }
+        }
+        stripeWaiters.removeAll()
+        stripeWaitersHead = 0
+    }
+
+    // MARK: - timers
+
+    func timerFired(_ timer: TimerID) {
+        switch timer {
+        case .safeMode: safeModeTimerFired()
+        case .syncThrottle: sync.throttledUntil = nil; pumpSync()
+        case .bitmapDaemon: bitmapDaemonFired()
+        }
+    }
+}
+
+/// Running totals, for tests, the simulator and metrics.
+public struct CoreCounters: Sendable, Equatable {
+    public var clientRequests = 0
+    public var directReads = 0
+    public var parkedForStripe = 0
+    public var rejectedBusy = 0
+    public var readErrors = 0
+    public var correctedReadErrors = 0
+    public var memberFailures = 0
+    public var superblockUpdates = 0
+    public var readModifyWrites = 0
+    public var reconstructWrites = 0
+    public var degradedWrites = 0
+    public var bitmapWrites = 0
+    public var rebuiltBlocks = 0
+}

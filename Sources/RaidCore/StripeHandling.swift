@@ -1,0 +1,409 @@
+import MDFormat
+import RaidMath
+
+enum FetchResult {
+    /// Member reads were issued; come back when they complete.
+    case waiting
+    /// Every needed block is up to date (read or rebuilt).
+    case ready
+    /// Too many blocks of the stripe are unreadable to rebuild what is needed.
+    case lost
+}
+
+extension RaidCore {
+    /// md's handle_stripe: move the stripe's head item(s) on as far as they can go now.
+    func handleStripe(_ s: Stripe) {
+        while true {
+            if s.pendingIO > 0 { return }
+            switch s.phase {
+            case .idle:
+                guard let head = s.head else {
+                    if stripeByUnit[s.unit] === s { releaseStripe(s) }
+                    return
+                }
+                switch head {
+                case .read:
+                    while case .read(let p)? = s.head {
+                        s.readBatch.append(p)
+                        s.popHead()
+                    }
+                    s.phase = .reading
+                case .write:
+                    while case .write(let p)? = s.head {
+                        s.writeBatch.append(p)
+                        s.popHead()
+                    }
+                    s.phase = .preparingWrite
+                    planWrite(s)
+                case .sync(let unit):
+                    s.popHead()
+                    s.syncUnit = unit
+                    s.phase = .syncing
+                }
+            case .reading:
+                if isBroken {
+                    failBatch(&s.readBatch, error: .io)
+                    s.phase = .idle
+                    continue
+                }
+                let needed = Set(s.readBatch.map(\.disk))
+                switch fetch(s, needed: needed) {
+                case .waiting: return
+                case .lost:
+                    failBatch(&s.readBatch, error: .io)
+                case .ready:
+                    if startRepairs(s) { return }
+                    for p in s.readBatch {
+                        let block = s.blocks[p.disk]!
+                        p.op.buffer.replaceSubrange(
+                            p.offsetInRequest..<(p.offsetInRequest + p.length),
+                            with: block[p.offsetInBlock..<(p.offsetInBlock + p.length)])
+                        finishPieces(p.op, count: 1)
+                    }
+                    s.readBatch.removeAll()
+                }
+                s.phase = .idle
+            case .preparingWrite:
+                if isBroken {
+                    failBatch(&s.writeBatch, error: .io)
+                    s.phase = .idle
+                    continue
+                }
+                switch fetch(s, needed: writeNeeds(s)) {
+                case .waiting: return
+                case .lost:
+                    failBatch(&s.writeBatch, error: .io)
+                    s.phase = .idle
+                case .ready:
+                    if startRepairs(s) { return }
+                    s.phase = .waitingForMetadata
+                }
+            case .waitingForMetadata:
+                if !metadataReady(for: s) {
+                    if !s.waitingForMetadata {
+                        s.waitingForMetadata = true
+                        metadataWaiters.append(s)
+                    }
+                    return
+                }
+                s.waitingForMetadata = false
+                issueWrites(s)
+                s.phase = .writing
+            case .writing:
+                let failed = isBroken
+                for p in s.writeBatch { finishPieces(p.op, count: 1, error: failed ? .io : nil) }
+                bitmap?.endWrite(unit: s.unit, unitSectors: unitSectors, degraded: degradedCount > 0)
+                s.writeBatch.removeAll()
+                s.writeFailures.removeAll()
+                s.phase = .idle
+            case .syncing:
+                if let unit = s.syncUnit, !syncStep(s, unit) { return }
+            case .syncWriting:
+                finishSyncStep(s)
+            case .repairing:
+                // The rewrite (and its verifying re-read) finished; carry on with the head work.
+                s.phase = s.readBatch.isEmpty ? (s.writeBatch.isEmpty ? (s.syncUnit == nil ? .idle : .syncing) : .preparingWrite) : .reading
+            }
+        }
+    }
+
+    func failBatch(_ batch: inout [Piece], error: ClientError) {
+        for p in batch { finishPieces(p.op, count: 1, error: error) }
+        batch.removeAll()
+    }
+
+    /// Makes the blocks of `needed` roles up to date: read them from their members, or, when a
+    /// member cannot serve its block, read all the others and rebuild it from parity.
+    func fetch(_ s: Stripe, needed: Set<Int>) -> FetchResult {
+        var unreadable: [Int] = []
+        var issued = false
+        for role in needed.sorted() where s.blocks[role] == nil {
+            if s.reading[role] {
+                issued = true
+            } else if roleReadable(role, unit: s.unit) && !s.readFailed[role] {
+                issueStripeRead(s, role: role)
+                issued = true
+            } else {
+                unreadable.append(role)
+            }
+        }
+        if issued { return .waiting }
+        if unreadable.isEmpty { return .ready }
+        // Rebuild: every other block must be read first.
+        var missing: [Int] = []
+        for role in 0..<geometry.raidDisks where s.blocks[role] == nil {
+            if roleReadable(role, unit: s.unit) && !s.readFailed[role] {
+                if !s.reading[role] { issueStripeRead(s, role: role) }
+                issued = true
+            } else {
+                missing.append(role)
+            }
+        }
+        if issued { return .waiting }
+        guard missing.count <= geometry.maxDegraded else { return .lost }
+        rebuild(s, missing: missing)
+        return .ready
+    }
+
+    func issueStripeRead(_ s: Stripe, role: Int) {
+        let m = roleMember[role]!
+        s.reading[role] = true
+        s.pendingIO += 1
+        out.append(.memberRead(newIO(.stripeRead(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), length: unitBytes))
+    }
+
+    /// Computes the blocks of `missing` roles from the others (all up to date).
+    func rebuild(_ s: Stripe, missing: [Int]) {
+        let row = s.row!
+        for role in missing { s.blocks[role] = [UInt8](repeating: 0, count: unitBytes) }
+        withBlockPointers(s) { ptr in
+            switch geometry.level {
+            case .raid4, .raid5:
+                let lost = missing[0]
+                let sources = (0..<geometry.raidDisks).filter { $0 != lost }.map { UnsafeRawPointer(ptr[$0]) }
+                Parity.xor(sources, into: ptr[lost], byteCount: unitBytes)
+            case .raid6:
+                let zero = UnsafeMutableRawPointer.allocate(byteCount: unitBytes, alignment: 64)
+                defer { zero.deallocate() }
+                zero.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
+                var slots = [UnsafeMutableRawPointer](repeating: zero, count: row.syndromeSlotCount)
+                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = ptr[disk] }
+                var lost: [RAID6Block] = []
+                for role in missing {
+                    switch row.content(ofDisk: role) {
+                    case .p: lost.append(.p)
+                    case .q: lost.append(.q)
+                    case .data(let dd):
+                        let slot = row.syndromeSlot[dd]
+                        lost.append(.data(slot: variant.contains(.wrongReconstruction) ? (slot + 1) % max(1, row.syndromeSlotCount) : slot))
+                    }
+                }
+                try! Parity.reconstructRAID6(slots: slots, p: ptr[row.pDisk], q: ptr[row.qDisk!], lost: lost, byteCount: unitBytes, scratch: scratch)
+            }
+        }
+        counters.rebuiltBlocks += missing.count
+    }
+
+    /// Runs `body` with pointers to every block of the stripe (all must be present).
+    func withBlockPointers<R>(_ s: Stripe, _ body: ([UnsafeMutableRawPointer]) throws -> R) rethrows -> R {
+        let buffers = (0..<geometry.raidDisks).map { role -> UnsafeMutableRawPointer in
+            let p = UnsafeMutableRawPointer.allocate(byteCount: unitBytes, alignment: 64)
+            if let block = s.blocks[role] {
+                block.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: unitBytes) }
+            } else {
+                p.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
+            }
+            return p
+        }
+        defer {
+            for (role, p) in buffers.enumerated() {
+                if s.blocks[role] != nil {
+                    s.blocks[role] = Array(UnsafeRawBufferPointer(start: p, count: unitBytes))
+                }
+                p.deallocate()
+            }
+        }
+        return try body(buffers)
+    }
+
+    /// After a failed read was rebuilt, md writes the good data back and reads it again.
+    /// Returns true when such repairs were started (the stripe waits for them).
+    func startRepairs(_ s: Stripe) -> Bool {
+        var started = false
+        for role in 0..<geometry.raidDisks where s.needsRewrite[role] {
+            s.needsRewrite[role] = false
+            guard let m = roleMember[role], members[m].isActive, let block = s.blocks[role], !readOnly else { continue }
+            s.pendingIO += 1
+            out.append(.memberWrite(newIO(.stripeRewrite(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: block, fua: false))
+            started = true
+        }
+        if started { s.phase = .repairing }
+        return started
+    }
+
+    // MARK: - writes
+
+    /// Data indices the batch writes, and which of them it overwrites completely.
+    func writeCoverage(_ s: Stripe) -> (written: Set<Int>, full: Set<Int>) {
+        var written = Set<Int>()
+        var bytesCovered: [Int: [Bool]] = [:]
+        for p in s.writeBatch {
+            written.insert(p.dataIndex)
+            var map = bytesCovered[p.dataIndex] ?? [Bool](repeating: false, count: unitBytes / 512)
+            for sector in (p.offsetInBlock / 512)..<((p.offsetInBlock + p.length) / 512) { map[sector] = true }
+            bytesCovered[p.dataIndex] = map
+        }
+        let full = Set(bytesCovered.filter { $0.value.allSatisfy { $0 } }.keys)
+        return (written, full)
+    }
+
+    /// md's handle_stripe_dirtying: read-modify-write or reconstruct-write, whichever reads less
+    /// (reconstruct-write forced where parity may be stale), or a full rebuild when degraded.
+    func planWrite(_ s: Stripe) {
+        let row = s.row!
+        let (written, full) = writeCoverage(s)
+        let everyRoleReadable = (0..<geometry.raidDisks).allSatisfy { roleReadable($0, unit: s.unit) && !s.readFailed[$0] }
+        if !everyRoleReadable {
+            s.writeMode = .degraded
+            counters.degradedWrites += 1
+            return
+        }
+        let parityRoles = [row.pDisk] + (row.qDisk.map { [$0] } ?? [])
+        let rcwNeeds = (0..<dataDisks).filter { !full.contains($0) }.map { row.dataDisk[$0] }
+        let rmwNeeds = written.map { row.dataDisk[$0] } + parityRoles
+        let rcwReads = rcwNeeds.filter { s.blocks[$0] == nil }.count
+        let rmwReads = rmwNeeds.filter { s.blocks[$0] == nil }.count
+        if !parityKnownGood(unit: s.unit) || rcwReads <= rmwReads {
+            s.writeMode = .reconstructWrite
+            counters.reconstructWrites += 1
+        } else {
+            s.writeMode = .readModifyWrite
+            counters.readModifyWrites += 1
+        }
+    }
+
+    func writeNeeds(_ s: Stripe) -> Set<Int> {
+        let row = s.row!
+        let (written, full) = writeCoverage(s)
+        switch s.writeMode {
+        case .degraded:
+            return Set(0..<geometry.raidDisks)
+        case .reconstructWrite:
+            return Set((0..<dataDisks).filter { !full.contains($0) }.map { row.dataDisk[$0] })
+        case .readModifyWrite:
+            return Set(written.map { row.dataDisk[$0] } + [row.pDisk] + (row.qDisk.map { [$0] } ?? []))
+        }
+    }
+
+    /// Where parity may be stale (a resync has not passed it, or its bitmap region is dirty
+    /// from an unclean stop), writes must recompute it from the data.
+    func parityKnownGood(unit: UInt64) -> Bool {
+        let sector = unit * unitSectors
+        if sector >= sync.recoveryCheckpointSectors { return false }
+        if let bitmap, bitmap.needsResync(memberSector: sector) { return false }
+        return true
+    }
+
+    /// The superblock says "dirty" on disk and the bitmap bits for this stripe are set.
+    func metadataReady(for s: Stripe) -> Bool {
+        if !variant.contains(.writeBeforeDirtySuperblock) && superblocks.changePending { return false }
+        if let bitmap, !bitmap.readyToWrite(unit: s.unit, unitSectors: unitSectors) {
+            scheduleBitmapWrite()
+            return false
+        }
+        return true
+    }
+
+    /// Called when the superblock or bitmap writes a parked stripe waited for are done.
+    func wakeMetadataWaiters() {
+        let waiting = metadataWaiters
+        metadataWaiters.removeAll()
+        for s in waiting where s.waitingForMetadata {
+            // It parks itself again if what it waits for is still not on disk.
+            s.waitingForMetadata = false
+            handleStripe(s)
+        }
+    }
+
+    /// Applies the batch to the blocks, recomputes parity, and writes what changed.
+    func issueWrites(_ s: Stripe) {
+        let row = s.row!
+        let (written, _) = writeCoverage(s)
+        // New contents of written data blocks.
+        var newBlocks: [Int: [UInt8]] = [:]
+        for dd in written.sorted() {
+            let disk = row.dataDisk[dd]
+            newBlocks[dd] = s.blocks[disk] ?? [UInt8](repeating: 0, count: unitBytes)
+        }
+        for p in s.writeBatch {
+            var block = newBlocks[p.dataIndex]!
+            if let data = p.op.data {
+                block.replaceSubrange(p.offsetInBlock..<(p.offsetInBlock + p.length), with: data[p.offsetInRequest..<(p.offsetInRequest + p.length)])
+            } else {
+                block.replaceSubrange(p.offsetInBlock..<(p.offsetInBlock + p.length), with: repeatElement(0, count: p.length))
+            }
+            newBlocks[p.dataIndex] = block
+        }
+        let partial = s.writeBatch.contains { $0.length < unitBytes }
+        let skipParity = variant.contains(.skipParityOnPartialWrite) && partial
+        if s.writeMode == .readModifyWrite {
+            // P ^= old ^ new; Q ^= g^slot · (old ^ new).
+            var p = s.blocks[row.pDisk]!
+            var q = row.qDisk.map { s.blocks[$0]! }
+            for dd in written.sorted() {
+                let old = s.blocks[row.dataDisk[dd]]!
+                let new = newBlocks[dd]!
+                var delta = [UInt8](repeating: 0, count: unitBytes)
+                old.withUnsafeBytes { o in new.withUnsafeBytes { n in delta.withUnsafeMutableBytes { d in
+                    Parity.xor([o.baseAddress!, n.baseAddress!], into: d.baseAddress!, byteCount: unitBytes)
+                } } }
+                p.withUnsafeMutableBytes { pp in delta.withUnsafeBytes { d in
+                    Parity.xor([UnsafeRawPointer(pp.baseAddress!), d.baseAddress!], into: pp.baseAddress!, byteCount: unitBytes)
+                } }
+                if q != nil {
+                    let g = GF256.pow2(row.syndromeSlot[dd])
+                    q!.withUnsafeMutableBytes { qq in delta.withUnsafeBytes { d in
+                        gfMulAddKernel(1, qq.baseAddress!, g, d.baseAddress!, into: qq.baseAddress!, byteCount: unitBytes)
+                    } }
+                }
+            }
+            for (dd, block) in newBlocks { s.blocks[row.dataDisk[dd]] = block }
+            if !skipParity {
+                s.blocks[row.pDisk] = p
+                if let qDisk = row.qDisk { s.blocks[qDisk] = q }
+            }
+        } else {
+            for (dd, block) in newBlocks { s.blocks[row.dataDisk[dd]] = block }
+            if !skipParity { computeParity(s) }
+        }
+        var roles = written.map { row.dataDisk[$0] }
+        if !skipParity { roles += [row.pDisk] + (row.qDisk.map { [$0] } ?? []) }
+        let fua = s.writeBatch.contains { $0.op.fua }
+        bitmap?.startWrite(unit: s.unit, unitSectors: unitSectors)
+        for role in roles.sorted() where roleWritable(role, unit: s.unit) {
+            let m = roleMember[role]!
+            s.pendingIO += 1
+            out.append(.memberWrite(newIO(.stripeWrite(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: fua))
+        }
+        // A rebuilding member past its recovery point gets nothing: recovery will write it.
+    }
+
+    /// P (and Q) from the stripe's data blocks, all of which must be up to date.
+    func computeParity(_ s: Stripe) {
+        let row = s.row!
+        withBlockPointers(s) { ptr in
+            let data = row.dataDisk.map { UnsafeRawPointer(ptr[$0]) }
+            if let qDisk = row.qDisk {
+                let zero = UnsafeMutableRawPointer.allocate(byteCount: unitBytes, alignment: 64)
+                defer { zero.deallocate() }
+                zero.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
+                var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zero), count: row.syndromeSlotCount)
+                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(ptr[disk]) }
+                if s.blocks[row.pDisk] == nil { s.blocks[row.pDisk] = zeroBlock }
+                if s.blocks[qDisk] == nil { s.blocks[qDisk] = zeroBlock }
+                Parity.pq(slots: slots, p: ptr[row.pDisk], q: ptr[qDisk], byteCount: unitBytes)
+            } else {
+                if s.blocks[row.pDisk] == nil { s.blocks[row.pDisk] = zeroBlock }
+                Parity.xor(data, into: ptr[row.pDisk], byteCount: unitBytes)
+            }
+        }
+    }
+
+    // MARK: - write accounting (md_write_start / md_write_end)
+
+    func beginWrite(_ op: ClientOp) {
+        writesPending += 1
+        if readAuto {
+            readAuto = false
+            log("first write: array switches from read-auto to read-write")
+            checkRecovery()
+        }
+        markDirtyIfClean()
+    }
+
+    func endWrite() {
+        writesPending -= 1
+        precondition(writesPending >= 0)
+        armSafeMode()
+    }
+}

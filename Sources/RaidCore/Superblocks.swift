@@ -1,0 +1,172 @@
+import MDFormat
+
+/// md's in-memory view of the clean/dirty protocol and superblock updates.
+struct SuperblockProtocol {
+    /// md `in_sync`: no write may be in flight; on disk this is resync_offset = MaxSector.
+    var inSync: Bool = true
+    /// md `MD_SB_CHANGE_PENDING`: the array went dirty in memory and that is not on disk yet;
+    /// data writes wait for it (`write-pending`).
+    var changePending = false
+    /// md `safemode == 1`: the safe-mode timer fired and the array is about to be marked clean.
+    var safeModeFired = false
+    var events: UInt64
+    /// md `can_decrease_events`: the last update was a pure clean→dirty one.
+    var canDecreaseEvents = false
+    /// Roles or member states changed since the last update (not a pure clean/dirty change).
+    var devicesChanged = false
+    var update: InFlightUpdate?
+    var updateRequested = false
+    /// Control commands waiting for the next update to complete (e.g. `echo active`).
+    var waiters: [RequestID] = []
+    /// Roles and the clean flag as on disk after the last completed update.
+    var persistedClean: Bool
+
+    struct InFlightUpdate {
+        var outstanding: Int
+        /// The update writes "dirty": when it lands, waiting data writes may go.
+        var clearsPending: Bool
+        var clean: Bool
+        var waiters: [RequestID]
+    }
+
+    init(freshest: MDSuperblock1) {
+        events = freshest.events
+        inSync = freshest.isClean
+        persistedClean = freshest.isClean
+    }
+}
+
+extension RaidCore {
+    /// md_write_start: the first write after `clean` marks the array dirty, and data writes wait
+    /// until that is on disk.
+    func markDirtyIfClean() {
+        superblocks.safeModeFired = false
+        guard superblocks.inSync else { return }
+        superblocks.inSync = false
+        superblocks.changePending = true
+        requestSuperblockUpdate()
+    }
+
+    /// md_write_end: every finished write pushes the safe-mode deadline out.
+    func armSafeMode() {
+        guard config.safeModeDelayNanos > 0 else { return }
+        armTimer(.safeMode, at: now + config.safeModeDelayNanos)
+        safeModeDeadline = now + config.safeModeDelayNanos
+    }
+
+    func safeModeTimerFired() {
+        guard let deadline = safeModeDeadline, now >= deadline else { return }
+        safeModeDeadline = nil
+        guard !superblocks.inSync, !readOnly else { return }
+        superblocks.safeModeFired = true
+        trySetInSync()
+    }
+
+    /// md set_in_sync: clean again once no writes are in flight.
+    func trySetInSync() {
+        guard superblocks.safeModeFired, writesPending == 0, !superblocks.inSync else { return }
+        superblocks.inSync = true
+        superblocks.safeModeFired = false
+        requestSuperblockUpdate()
+    }
+
+    /// Asks for the superblocks to be rewritten with the current state. Never waits for anything
+    /// but the member writes themselves: no control command, lock or sync can hold it back.
+    func requestSuperblockUpdate(waiter: RequestID? = nil) {
+        if let waiter { superblocks.waiters.append(waiter) }
+        if superblocks.update != nil || superblockUpdateDeferred {
+            superblocks.updateRequested = true
+            return
+        }
+        startSuperblockUpdate()
+    }
+
+    /// The broken variant: md 5.4 could not write the superblock while a sync stop held the lock.
+    var superblockUpdateDeferred: Bool {
+        variant.contains(.deferSuperblockWhileStopPending) && sync.stopPending
+    }
+
+    func startSuperblockUpdate() {
+        let clean = superblocks.inSync
+        let pureCleanDirtyChange = !superblocks.devicesChanged && clean != superblocks.persistedClean
+        // md_update_sb: events go up, except that a clean update right after the matching dirty
+        // one takes the bump back (so idle arrays do not count up forever).
+        if pureCleanDirtyChange && clean && sync.recoveryCheckpointSectors == maxSector && superblocks.canDecreaseEvents
+            && superblocks.events != 1 && degradedCount == 0
+        {
+            superblocks.events -= 1
+            superblocks.canDecreaseEvents = false
+        } else {
+            superblocks.events += 1
+            superblocks.canDecreaseEvents = pureCleanDirtyChange && !clean
+        }
+        superblocks.devicesChanged = false
+        counters.superblockUpdates += 1
+        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        superblocks.update = .init(
+            outstanding: targets.count, clearsPending: superblocks.changePending && !clean, clean: clean,
+            waiters: superblocks.waiters)
+        superblocks.waiters.removeAll()
+        // The bitmap header carries the same events (md writes it first; if the superblock lands
+        // and the bitmap does not, the next assembly sees a stale bitmap and resyncs everything).
+        if let bitmap {
+            bitmap.events = superblocks.events
+            scheduleBitmapWrite(force: true)
+        }
+        for m in targets {
+            out.append(.memberWrite(newIO(.superblockWrite(member: m)), member: m, offsetBytes: members[m].template.superOffsetSectors * 512, data: superblockBytes(for: m, clean: clean), fua: true))
+        }
+        if targets.isEmpty { finishSuperblockUpdate() }
+    }
+
+    /// The superblock member `m` gets now (md super_1_sync).
+    func superblockBytes(for m: Int, clean: Bool) -> [UInt8] {
+        var sb = members[m].template
+        sb.events = superblocks.events
+        sb.utime = (config.wallClockAtZeroSeconds + now / nanosPerSecond) & MDSuperblock1.timeSecondsMask
+        sb.resyncOffsetSectors = clean ? sync.recoveryCheckpointSectors : 0
+        var roles = [UInt16](repeating: MDRole.spareValue, count: Int(sb.maxDev))
+        for (i, member) in members.enumerated() {
+            let number = Int(member.template.devNumber)
+            guard number < roles.count else { continue }
+            switch member.role {
+            case .active(let slot): roles[number] = UInt16(slot)
+            case .faulty: roles[number] = MDRole.faultyValue
+            case .spare, .removed: roles[number] = MDRole.spareValue
+            }
+            _ = i
+        }
+        sb.devRoles = roles
+        var features = sb.featureMap.subtracting([.recoveryOffset, .recoveryBitmap])
+        if let rebuilt = members[m].recoveryOffsetSectors, members[m].isActive {
+            features.insert(.recoveryOffset)
+            sb.recoveryOffsetSectors = rebuilt
+        } else {
+            sb.recoveryOffsetSectors = 0
+        }
+        sb.featureMap = features
+        return sb.withValidChecksum().encode()
+    }
+
+    func superblockWriteCompleted(member m: Int, ok: Bool) {
+        if !ok { failMember(m, reason: "superblock write failed") }
+        superblocks.update!.outstanding -= 1
+        if superblocks.update!.outstanding == 0 { finishSuperblockUpdate() }
+    }
+
+    func finishSuperblockUpdate() {
+        let update = superblocks.update!
+        superblocks.update = nil
+        superblocks.persistedClean = update.clean
+        if update.clearsPending && !superblocks.inSync {
+            superblocks.changePending = false
+            wakeMetadataWaiters()
+        }
+        for waiter in update.waiters { out.append(.completeControl(waiter, .done)) }
+        if superblocks.updateRequested && !superblockUpdateDeferred {
+            superblocks.updateRequested = false
+            startSuperblockUpdate()
+        }
+    }
+
+}

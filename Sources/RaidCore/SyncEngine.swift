@@ -1,0 +1,426 @@
+import MDFormat
+import RaidMath
+
+/// md's sync actions.
+public enum SyncKind: String, Sendable, CaseIterable {
+    case resync, recover, check, repair
+}
+
+/// The sync engine's state: what runs, how far it got, what waits for it to stop.
+struct SyncEngine {
+    let totalSectors: UInt64
+    /// md `recovery_cp` (resync_offset): member sectors below it are known in sync.
+    var recoveryCheckpointSectors: UInt64 = maxSector
+    var running: Running?
+    var frozen = false
+    /// A check or repair asked for and not started yet.
+    var requested: SyncKind?
+    /// `sync_min` / `sync_max` in member sectors (nil max = "max").
+    var syncMinSectors: UInt64 = 0
+    var syncMaxSectors: UInt64?
+    var mismatchSectors: UInt64 = 0
+    var lastAction = "none"
+    var generation: UInt64 = 0
+    var throttledUntil: Nanoseconds?
+    /// Control requests (`idle`, `frozen`) waiting for the running sync to be reaped.
+    var stopWaiters: [RequestID] = []
+    /// For `sync_speed`: sectors done since `rateWindowStart`.
+    var rateWindowStart: Nanoseconds = 0
+    var rateWindowSectors: UInt64 = 0
+    var lastClientActivity: Nanoseconds?
+    /// Syncs started, and reaped, over the core's life (two may never run at once).
+    var started = 0
+    var reaped = 0
+
+    struct Running {
+        let kind: SyncKind
+        let generation: UInt64
+        let endUnit: UInt64
+        var nextUnit: UInt64
+        /// Units handed to stripes (or parked for one) and not finished.
+        var inFlight: Set<UInt64> = []
+        /// Finished units above the contiguous watermark.
+        var finishedAhead: Set<UInt64> = []
+        /// Every unit below this is finished.
+        var watermarkUnit: UInt64
+        var interrupted = false
+        /// For recover: the member being rebuilt and its slot.
+        var target: (member: Int, role: Int)?
+        var lastCheckpointUnit: UInt64
+        /// Waiting at `sync_max` for it to move.
+        var pausedAtMax = false
+        /// Resync driven by bitmap bits (only dirty regions).
+        var bitmapGuided = false
+    }
+
+    init(totalSectors: UInt64) { self.totalSectors = totalSectors }
+
+    var isRunning: Bool { running != nil }
+    var stopPending: Bool { running?.interrupted ?? false }
+
+    /// md_error interrupts the running sync (it restarts as recovery if a spare is there).
+    mutating func memberFailed() {
+        if running != nil { running!.interrupted = true }
+    }
+}
+
+extension RaidCore {
+    public var syncKind: SyncKind? { sync.running?.kind }
+
+    /// md_check_recovery: start what is needed (recovery onto a spare, resync after an unclean
+    /// stop, a requested check/repair), unless frozen, read-only, read-auto or broken.
+    func checkRecovery() {
+        if sync.running != nil {
+            pumpSync()
+            return
+        }
+        guard !sync.frozen, !readAuto, !readOnly, !isBroken else { return }
+        // Recovery: a slot without an in-sync member and a spare (or a partly rebuilt member).
+        if let (member, role) = recoveryTarget() {
+            startSync(.recover, target: (member, role))
+            return
+        }
+        if degradedCount == 0 {
+            if sync.recoveryCheckpointSectors != maxSector || (bitmap?.anyResyncPending ?? false) {
+                startSync(.resync, target: nil)
+                return
+            }
+            if let kind = sync.requested {
+                sync.requested = nil
+                startSync(kind, target: nil)
+                return
+            }
+        }
+        sync.requested = nil
+    }
+
+    /// The member to rebuild and its slot: one already rebuilding, or a spare for an empty slot.
+    func recoveryTarget() -> (Int, Int)? {
+        for role in 0..<geometry.raidDisks {
+            if let m = roleMember[role], members[m].isActive, members[m].recoveryOffsetSectors != nil { return (m, role) }
+        }
+        guard let emptyRole = (0..<geometry.raidDisks).first(where: { roleMember[$0] == nil }),
+            let spare = members.indices.first(where: { members[$0].role == .spare })
+        else { return nil }
+        members[spare].role = .active(slot: emptyRole)
+        members[spare].recoveryOffsetSectors = 0
+        roleMember[emptyRole] = spare
+        superblocks.devicesChanged = true
+        requestSuperblockUpdate()
+        log("member \(spare) (\(members[spare].name)) takes role \(emptyRole) as a spare: recovery starts")
+        return (spare, emptyRole)
+    }
+
+    func startSync(_ kind: SyncKind, target: (member: Int, role: Int)?) {
+        precondition(sync.running == nil, "two syncs must never run at once")
+        sync.generation += 1
+        sync.started += 1
+        var startSector: UInt64 = 0
+        var bitmapGuided = false
+        switch kind {
+        case .resync:
+            if let bitmap, bitmap.anyResyncPending, sync.recoveryCheckpointSectors == maxSector || sync.recoveryCheckpointSectors == 0 {
+                bitmapGuided = true
+            } else {
+                startSector = sync.recoveryCheckpointSectors == maxSector ? 0 : sync.recoveryCheckpointSectors
+            }
+        case .recover:
+            startSector = members[target!.member].recoveryOffsetSectors ?? 0
+        case .check, .repair:
+            startSector = sync.syncMinSectors
+            sync.mismatchSectors = 0
+        }
+        let startUnit = min(startSector / unitSectors, unitCount)
+        sync.running = SyncEngine.Running(
+            kind: kind, generation: sync.generation, endUnit: unitCount, nextUnit: startUnit, watermarkUnit: startUnit,
+            target: target, lastCheckpointUnit: startUnit, bitmapGuided: bitmapGuided)
+        if kind == .resync { sync.mismatchSectors = 0 }
+        sync.lastAction = kind.rawValue
+        sync.rateWindowStart = now
+        sync.rateWindowSectors = 0
+        log("\(kind.rawValue) started at sector \(startUnit * unitSectors) of \(sync.totalSectors)")
+        pumpSync()
+    }
+
+    /// Hands sync units to stripes, within the window and the speed limits. Re-entrant calls
+    /// (a unit finishing synchronously) are folded into the outer call's loop.
+    func pumpSync() {
+        if pumpingSync {
+            pumpAgain = true
+            return
+        }
+        pumpingSync = true
+        defer { pumpingSync = false }
+        repeat {
+            pumpAgain = false
+            pumpSyncOnce()
+        } while pumpAgain
+    }
+
+    func pumpSyncOnce() {
+        guard let current = sync.running else { return }
+        if current.interrupted {
+            if current.inFlight.isEmpty { reapSync() }
+            return
+        }
+        if let until = sync.throttledUntil, now < until { return }
+        let window = syncWindow()
+        while let run = sync.running, !run.interrupted, run.inFlight.count < window, run.nextUnit < run.endUnit {
+            let unit = run.nextUnit
+            if let max = sync.syncMaxSectors, run.kind == .check || run.kind == .repair, unit * unitSectors >= max {
+                sync.running!.pausedAtMax = true
+                break
+            }
+            sync.running!.pausedAtMax = false
+            if run.bitmapGuided, let bitmap, !bitmap.needsResync(memberSector: unit * unitSectors) {
+                // A clean region: nothing to do there.
+                sync.running!.nextUnit += 1
+                sync.running!.finishedAhead.insert(unit)
+                continue
+            }
+            if rateExceeded() {
+                let until = now + 10 * nanosPerMilli
+                sync.throttledUntil = until
+                armTimer(.syncThrottle, at: until)
+                break
+            }
+            sync.running!.nextUnit += 1
+            sync.running!.inFlight.insert(unit)
+            enqueueForStripe(.sync(SyncUnit(generation: run.generation, unit: unit)))
+        }
+        guard sync.running != nil else { return }
+        advanceWatermark(&sync.running!)
+        let run = sync.running!
+        if !run.interrupted && run.nextUnit >= run.endUnit && run.inFlight.isEmpty && run.finishedAhead.isEmpty {
+            finishSync()
+        }
+    }
+
+    /// md throttles the sync to `sync_speed_min` while clients use the array, and never lets it
+    /// pass `sync_speed_max`.
+    func syncWindow() -> Int {
+        let busy = sync.lastClientActivity.map { now - $0 < 100 * nanosPerMilli } ?? false
+        if busy && currentSyncRateKiBps() >= config.syncSpeedMinKiBps { return 1 }
+        return max(1, config.syncWindowStripes)
+    }
+
+    func currentSyncRateKiBps() -> UInt64 {
+        let elapsed = now - sync.rateWindowStart
+        guard elapsed > 0 else { return 0 }
+        return sync.rateWindowSectors / 2 * nanosPerSecond / elapsed
+    }
+
+    func rateExceeded() -> Bool {
+        let elapsed = now - sync.rateWindowStart
+        let allowedKiB = config.syncSpeedMaxKiBps * max(elapsed, nanosPerMilli) / nanosPerSecond
+        return sync.rateWindowSectors / 2 > allowedKiB + UInt64(unitBytes / 1024) * UInt64(max(1, config.syncWindowStripes))
+    }
+
+    func advanceWatermark(_ run: inout SyncEngine.Running) {
+        while run.finishedAhead.remove(run.watermarkUnit) != nil { run.watermarkUnit += 1 }
+    }
+
+    /// A stripe runs one sync unit: read everything, then compare, rewrite parity or rebuild.
+    /// Returns true when the stripe can move on at once, false when it waits for I/O.
+    func syncStep(_ s: Stripe, _ unit: SyncUnit) -> Bool {
+        guard let run = sync.running, run.generation == unit.generation, !run.interrupted else {
+            s.syncUnit = nil
+            s.phase = .idle
+            syncUnitDone(unit, abandoned: true)
+            return true
+        }
+        switch fetch(s, needed: Set(0..<geometry.raidDisks)) {
+        case .waiting: return false
+        case .lost:
+            s.syncUnit = nil
+            s.phase = .idle
+            syncUnitDone(unit, abandoned: true)
+            return true
+        case .ready:
+            if startRepairs(s) { return false }
+        }
+        let row = s.row!
+        var writes: [Int] = []
+        switch run.kind {
+        case .check, .repair, .resync:
+            let before = (0..<geometry.raidDisks).map { s.blocks[$0]! }
+            let mismatchBlocks = countMismatches(s)
+            if run.kind != .resync {
+                sync.mismatchSectors += UInt64(mismatchBlocks) * (variant.contains(.mismatchCountInSectorsOfOne) ? 1 : 8)
+            }
+            if run.kind != .check && mismatchBlocks > 0 {
+                computeParity(s)
+                for role in [row.pDisk] + (row.qDisk.map { [$0] } ?? []) where s.blocks[role]! != before[role] {
+                    writes.append(role)
+                }
+            }
+        case .recover:
+            if let target = run.target { writes.append(target.role) }
+        }
+        if writes.isEmpty {
+            s.syncUnit = nil
+            s.phase = .idle
+            syncUnitDone(unit, abandoned: false)
+            return true
+        }
+        for role in writes {
+            guard let m = roleMember[role], members[m].isActive else { continue }
+            s.pendingIO += 1
+            out.append(.memberWrite(newIO(.stripeWrite(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: false))
+        }
+        s.phase = .syncWriting
+        return false
+    }
+
+    /// 4 KiB blocks of the stripe whose parity disagrees with the data (md counts 8 sectors each).
+    func countMismatches(_ s: Stripe) -> Int {
+        let row = s.row!
+        var count = 0
+        withBlockPointers(s) { ptr in
+            let block = 4096
+            var offset = 0
+            while offset < unitBytes {
+                if let qDisk = row.qDisk {
+                    let zero = UnsafeMutableRawPointer.allocate(byteCount: block, alignment: 64)
+                    zero.initializeMemory(as: UInt8.self, repeating: 0, count: block)
+                    var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zero), count: row.syndromeSlotCount)
+                    for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(ptr[disk] + offset) }
+                    if ParityCheck.raid6(slots: slots, p: ptr[row.pDisk] + offset, q: ptr[qDisk] + offset, byteCount: block, scratch: scratch) != .consistent {
+                        count += 1
+                    }
+                    zero.deallocate()
+                } else {
+                    let data = row.dataDisk.map { UnsafeRawPointer(ptr[$0] + offset) }
+                    if !ParityCheck.raid5Consistent(data: data, p: ptr[row.pDisk] + offset, byteCount: block, scratch: scratch) { count += 1 }
+                }
+                offset += block
+            }
+        }
+        return count
+    }
+
+    func finishSyncStep(_ s: Stripe) {
+        guard let unit = s.syncUnit else { s.phase = .idle; return }
+        s.syncUnit = nil
+        s.phase = .idle
+        syncUnitDone(unit, abandoned: false)
+    }
+
+    func syncUnitDone(_ unit: SyncUnit, abandoned: Bool) {
+        guard sync.running?.generation == unit.generation else { return }
+        sync.running!.inFlight.remove(unit.unit)
+        if !abandoned {
+            sync.running!.finishedAhead.insert(unit.unit)
+            sync.rateWindowSectors += unitSectors
+        }
+        advanceWatermark(&sync.running!)
+        if now - sync.rateWindowStart > 3 * nanosPerSecond {
+            sync.rateWindowStart = now
+            sync.rateWindowSectors = 0
+        }
+        checkpointSync()
+        pumpSync()
+    }
+
+    /// Records progress in the superblocks every 1/16 of the way (md's curr_resync_completed).
+    func checkpointSync() {
+        guard let run = sync.running, run.kind == .resync || run.kind == .recover else { return }
+        let step = max(4, run.endUnit / max(1, config.syncCheckpointsPerPass))
+        guard run.watermarkUnit >= run.lastCheckpointUnit + step, run.watermarkUnit < run.endUnit else { return }
+        sync.running!.lastCheckpointUnit = run.watermarkUnit
+        recordSyncPosition(run, watermarkSectors: run.watermarkUnit * unitSectors)
+        requestSuperblockUpdate()
+    }
+
+    func recordSyncPosition(_ run: SyncEngine.Running, watermarkSectors: UInt64) {
+        switch run.kind {
+        case .resync:
+            if !run.bitmapGuided { sync.recoveryCheckpointSectors = watermarkSectors }
+        case .recover:
+            if let target = run.target, members[target.member].isActive { members[target.member].recoveryOffsetSectors = watermarkSectors }
+        case .check, .repair:
+            break
+        }
+    }
+
+    func finishSync() {
+        guard let run = sync.running else { return }
+        switch run.kind {
+        case .resync:
+            sync.recoveryCheckpointSectors = maxSector
+            if let bitmap { for i in 0..<bitmap.bitCount { bitmap.resyncPending[i] = false } }
+            requestSuperblockUpdate()
+        case .recover:
+            if let target = run.target, members[target.member].isActive {
+                members[target.member].recoveryOffsetSectors = nil
+                superblocks.devicesChanged = true
+                bitmap?.arrayDegraded = degradedCount > 0
+                if degradedCount == 0, let bitmap { for i in 0..<bitmap.bitCount { bitmap.needed[i] = false } }
+                log("recovery of role \(target.role) onto member \(target.member) (\(members[target.member].name)) complete")
+            }
+            requestSuperblockUpdate()
+        case .check, .repair:
+            sync.syncMinSectors = 0
+        }
+        log("\(run.kind.rawValue) finished, mismatch_cnt \(sync.mismatchSectors)")
+        sync.running = nil
+        sync.reaped += 1
+        completeStopWaiters()
+        checkRecovery()
+    }
+
+    /// The interrupted sync has no unit left in flight: record where it got to, answer the
+    /// stop requests, and start whatever is needed next (unless frozen).
+    func reapSync() {
+        guard let run = sync.running else { return }
+        let watermark = run.watermarkUnit * unitSectors
+        recordSyncPosition(run, watermarkSectors: watermark)
+        if run.kind == .check || run.kind == .repair {
+            // md: an interrupted check resumes from here (mdcheck --continue uses sync_min).
+            sync.syncMinSectors = watermark
+        }
+        if run.kind != .check { requestSuperblockUpdate() }
+        log("\(run.kind.rawValue) interrupted at sector \(watermark)")
+        sync.running = nil
+        sync.reaped += 1
+        completeStopWaiters()
+        // Updates held back while the stop was pending (only the broken md-5.4-like variant
+        // ever holds any back) go out now.
+        if superblocks.updateRequested && superblocks.update == nil {
+            superblocks.updateRequested = false
+            startSuperblockUpdate()
+        }
+        checkRecovery()
+    }
+
+    func completeStopWaiters() {
+        let waiters = sync.stopWaiters
+        sync.stopWaiters.removeAll()
+        for w in waiters { out.append(.completeControl(w, .done)) }
+    }
+
+    /// `idle` / `frozen` while a sync runs: interrupt it; the answer comes when it is reaped.
+    /// Nothing waits on anything here: parked sync units are dropped at once.
+    func interruptSync(waiter: RequestID?) {
+        guard let run = sync.running else {
+            if let waiter { out.append(.completeControl(waiter, .done)) }
+            return
+        }
+        if let waiter { sync.stopWaiters.append(waiter) }
+        sync.running!.interrupted = true
+        // Sync units parked for a stripe will never be needed.
+        if hasStripeWaiters {
+            var kept: [StripeItem] = []
+            for i in stripeWaitersHead..<stripeWaiters.count {
+                if case .sync(let u) = stripeWaiters[i], u.generation == run.generation {
+                    sync.running!.inFlight.remove(u.unit)
+                } else {
+                    kept.append(stripeWaiters[i])
+                }
+            }
+            stripeWaiters = kept
+            stripeWaitersHead = 0
+        }
+        pumpSync()
+    }
+}

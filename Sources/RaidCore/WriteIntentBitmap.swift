@@ -1,0 +1,158 @@
+import MDFormat
+
+/// The internal write-intent bitmap at run time (md-format.md §2.4): a region's bit is set and on
+/// disk before its first write, and cleared lazily after two idle daemon sweeps. After an unclean
+/// stop only regions whose bits are set need a resync.
+final class WriteIntentBitmap {
+    var header: MDBitmapSuperblock
+    let chunkSectors: UInt64
+    let bitCount: Int
+    /// Bits as they should be on disk (what the next image write carries).
+    var bits: [Bool]
+    /// Bits known to be on disk.
+    var persisted: [Bool]
+    /// Writes in flight per region.
+    var counters: [Int]
+    /// Region swept idle once (cleared on the next sweep).
+    var idleOnce: [Bool]
+    /// Region must be resynced (set at an unclean assembly; cleared as the resync passes).
+    var resyncPending: [Bool]
+    /// Region written while degraded: keep its bit until recovery.
+    var needed: [Bool]
+    var arrayDegraded = false
+    var events: UInt64 {
+        get { header.events }
+        set { header.events = newValue }
+    }
+    var eventsCleared: UInt64 {
+        get { header.eventsCleared }
+        set { header.eventsCleared = newValue }
+    }
+    var daemonSleepSeconds: UInt32 { max(1, header.daemonSleepSeconds) }
+    /// An image write is in flight to this many members, carrying `inFlightBits`.
+    var writeOutstanding = 0
+    var inFlightBits: [Bool] = []
+    var writeWanted = false
+
+    init(header: MDBitmapSuperblock, area: [UInt8], memberDataSectors: UInt64, arrayEvents: UInt64) {
+        self.header = header
+        chunkSectors = max(1, header.chunkSectors)
+        bitCount = Int((memberDataSectors + chunkSectors - 1) / chunkSectors)
+        var onDisk = (0..<bitCount).map { MDBitmapSuperblock.isBitSet(area, bit: $0) }
+        // A bitmap older than the superblocks, or flagged stale, cannot be trusted: all dirty.
+        if header.events < arrayEvents || header.state & MDBitmapSuperblock.stateStale != 0 {
+            onDisk = [Bool](repeating: true, count: bitCount)
+        }
+        bits = onDisk
+        persisted = onDisk
+        counters = [Int](repeating: 0, count: bitCount)
+        idleOnce = [Bool](repeating: false, count: bitCount)
+        resyncPending = [Bool](repeating: false, count: bitCount)
+        needed = [Bool](repeating: false, count: bitCount)
+    }
+
+    func chunk(ofSector sector: UInt64) -> Int { Int(sector / chunkSectors) }
+
+    /// After an unclean stop: the regions whose bits are set need their parity resynced.
+    func markDirtyRegionsForResync() {
+        for i in 0..<bitCount where bits[i] { resyncPending[i] = true }
+    }
+
+    func needsResync(memberSector: UInt64) -> Bool { resyncPending[chunk(ofSector: memberSector)] }
+
+    var anyResyncPending: Bool { resyncPending.contains(true) }
+
+    /// True when the region's bit is on disk; otherwise sets it for the next image write.
+    func readyToWrite(unit: UInt64, unitSectors: UInt64) -> Bool {
+        let c = chunk(ofSector: unit * unitSectors)
+        idleOnce[c] = false
+        // A bit being cleared in memory may still be set on disk: wait for it to be set again.
+        if persisted[c] && bits[c] { return true }
+        if !bits[c] {
+            bits[c] = true
+            writeWanted = true
+        }
+        return false
+    }
+
+    func startWrite(unit: UInt64, unitSectors: UInt64) {
+        counters[chunk(ofSector: unit * unitSectors)] += 1
+    }
+
+    func endWrite(unit: UInt64, unitSectors: UInt64, degraded: Bool) {
+        let c = chunk(ofSector: unit * unitSectors)
+        counters[c] -= 1
+        precondition(counters[c] >= 0)
+        if degraded { needed[c] = true }
+    }
+
+    /// The daemon sweep: regions idle for two sweeps lose their bits.
+    func sweep(resyncActive: Bool) {
+        for c in 0..<bitCount where bits[c] && counters[c] == 0 && !needed[c] && !resyncPending[c] && !arrayDegraded {
+            if idleOnce[c] {
+                bits[c] = false
+                idleOnce[c] = false
+                writeWanted = true
+            } else {
+                idleOnce[c] = true
+            }
+        }
+        _ = resyncActive
+    }
+
+    /// The on-disk image: header then bits, padded to whole sectors.
+    func image() -> [UInt8] {
+        var area = header.encode()
+        let byteCount = (bitCount + 7) / 8
+        var packed = [UInt8](repeating: 0, count: byteCount)
+        for i in 0..<bitCount where bits[i] { packed[i / 8] |= 1 << UInt8(i % 8) }
+        area += packed
+        let padded = (area.count + 511) / 512 * 512
+        area += [UInt8](repeating: 0, count: padded - area.count)
+        return area
+    }
+}
+
+extension RaidCore {
+    /// Writes the bitmap image to every member if bits changed (or `force`: the events did),
+    /// one write at a time so that no older image can land after a newer one.
+    func scheduleBitmapWrite(force: Bool = false) {
+        guard let bitmap else { return }
+        if force { bitmap.writeWanted = true }
+        guard bitmap.writeWanted, bitmap.writeOutstanding == 0 else { return }
+        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        bitmap.writeWanted = false
+        bitmap.inFlightBits = bitmap.bits
+        bitmap.writeOutstanding = targets.count
+        counters.bitmapWrites += 1
+        let image = bitmap.image()
+        for m in targets {
+            let sb = members[m].template
+            let offset = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
+            out.append(.memberWrite(newIO(.bitmapWrite(member: m)), member: m, offsetBytes: offset, data: image, fua: true))
+        }
+        if targets.isEmpty { bitmapImageLanded() }
+    }
+
+    func bitmapWriteCompleted(member m: Int, ok: Bool) {
+        if !ok { failMember(m, reason: "bitmap write failed") }
+        guard let bitmap else { return }
+        bitmap.writeOutstanding -= 1
+        if bitmap.writeOutstanding == 0 { bitmapImageLanded() }
+    }
+
+    func bitmapImageLanded() {
+        guard let bitmap else { return }
+        // Set bits are now safe to rely on; cleared bits are simply gone.
+        bitmap.persisted = bitmap.inFlightBits
+        wakeMetadataWaiters()
+        scheduleBitmapWrite()
+    }
+
+    func bitmapDaemonFired() {
+        guard let bitmap else { return }
+        bitmap.sweep(resyncActive: sync.isRunning)
+        scheduleBitmapWrite()
+        armTimer(.bitmapDaemon, at: now + UInt64(bitmap.daemonSleepSeconds) * nanosPerSecond)
+    }
+}

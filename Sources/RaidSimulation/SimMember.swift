@@ -1,0 +1,96 @@
+import MDFormat
+import RaidCore
+
+/// A simulated member device: what reads return now, what would survive a crash, and the writes
+/// in between (completed but not yet flushed). Faults are decided by the simulation.
+public final class SimMember {
+    public let name: String
+    /// Bytes as reads see them.
+    public private(set) var current: [UInt8]
+    /// Bytes that survive a crash.
+    public private(set) var durable: [UInt8]
+    /// Completed writes not yet made durable, oldest first.
+    private var unflushed: [(offset: Int, data: [UInt8])] = []
+    /// The device is dead: every I/O fails.
+    public var dead = false
+    /// Sectors that fail to read until rewritten (latent bad sectors).
+    public var badSectors: Set<Int> = []
+
+    public init(name: String, image: [UInt8]) {
+        self.name = name
+        current = image
+        durable = image
+    }
+
+    public var sizeBytes: Int { current.count }
+
+    public func read(offset: Int, length: Int) -> [UInt8]? {
+        guard !dead, offset >= 0, offset + length <= current.count else { return nil }
+        for sector in (offset / 512)..<((offset + length + 511) / 512) where badSectors.contains(sector) { return nil }
+        return Array(current[offset..<(offset + length)])
+    }
+
+    /// Applies a completed write; with `fua` it is durable at once.
+    public func write(offset: Int, data: [UInt8], fua: Bool) -> Bool {
+        guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
+        current.replaceSubrange(offset..<(offset + data.count), with: data)
+        for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
+        if fua {
+            durable.replaceSubrange(offset..<(offset + data.count), with: data)
+        } else {
+            unflushed.append((offset, data))
+        }
+        return true
+    }
+
+    /// Everything completed so far becomes durable.
+    public func flush() -> Bool {
+        guard !dead else { return false }
+        durable = current
+        unflushed.removeAll()
+        return true
+    }
+
+    /// Power loss: each unflushed write (and each write still in flight, given here) is lost,
+    /// kept, or torn at sector granularity, at random.
+    public func crash(inFlightWrites: [(offset: Int, data: [UInt8])], random: inout SimRandom) {
+        var image = durable
+        for w in unflushed + inFlightWrites {
+            let fate = random.below(10)
+            if fate < 4 { continue }
+            let sectors = w.data.count / 512
+            for i in 0..<sectors where fate < 8 || random.chance(0.5) {
+                let at = w.offset + i * 512
+                image.replaceSubrange(at..<(at + 512), with: w.data[(i * 512)..<((i + 1) * 512)])
+            }
+        }
+        durable = image
+        current = image
+        unflushed.removeAll()
+    }
+
+    /// Direct corruption for checker tests (bypasses the array).
+    public func corrupt(offset: Int, length: Int, xor: UInt8) {
+        for i in offset..<(offset + length) {
+            current[i] ^= xor
+            durable[i] ^= xor
+        }
+    }
+
+    /// The superblock and bitmap as a shell would read them at assembly, or nil if there is none.
+    public func probe() -> CoreMemberInput? {
+        let sectors = UInt64(current.count / 512)
+        let at = 8
+        guard current.count >= at * 512 + 4096,
+            let sb = try? MDSuperblock1(decoding: Array(current[(at * 512)..<(at * 512 + 4096)])),
+            (try? sb.validate(readAtSectors: UInt64(at), deviceSizeSectors: sectors)) != nil
+        else { return nil }
+        var area: [UInt8]? = nil
+        if sb.featureMap.contains(.bitmapOffset) {
+            let start = Int(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
+            let end = min(current.count, start + 64 * 1024)
+            if start >= 0 && start < end { area = Array(current[start..<end]) }
+        }
+        return CoreMemberInput(name: name, superblock: sb, deviceSizeSectors: sectors, bitmapArea: area)
+    }
+}

@@ -1,0 +1,658 @@
+import MDFormat
+import RaidCore
+
+/// How members misbehave in a run.
+public struct FaultProfile: Sendable, Equatable {
+    public var name: String
+    public var latencyMinNanos: Nanoseconds = 20_000
+    public var latencyMaxNanos: Nanoseconds = 400_000
+    /// Chance per I/O of a long stall (a disk retrying, a saturated queue).
+    public var stallChance = 0.0
+    public var stallMaxNanos: Nanoseconds = 300 * nanosPerMilli
+    public var readErrorChance = 0.0
+    public var writeErrorChance = 0.0
+
+    public init(name: String) { self.name = name }
+
+    public static let none = FaultProfile(name: "none")
+    public static var latency: FaultProfile {
+        var p = FaultProfile(name: "latency")
+        p.stallChance = 0.01
+        return p
+    }
+    public static var errors: FaultProfile {
+        var p = FaultProfile(name: "errors")
+        p.readErrorChance = 0.004
+        p.writeErrorChance = 0.0015
+        return p
+    }
+    public static var all: FaultProfile {
+        var p = FaultProfile(name: "all")
+        p.stallChance = 0.01
+        p.readErrorChance = 0.004
+        p.writeErrorChance = 0.0015
+        return p
+    }
+
+    public static func named(_ name: String) -> FaultProfile? {
+        switch name {
+        case "none": return FaultProfile.none
+        case "latency": return .latency
+        case "errors": return .errors
+        case "all": return .all
+        default: return nil
+        }
+    }
+}
+
+/// What went wrong in a run, by the checker that saw it.
+public struct SimFailure: Error, Sendable, CustomStringConvertible {
+    public enum Kind: String, Sendable { case liveness, data, durability, parity, redundancy, invariant, determinism }
+    public let kind: Kind
+    public let message: String
+    public var description: String { "\(kind.rawValue): \(message)" }
+}
+
+public struct SimResult: Sendable {
+    public let seed: UInt64
+    public let scenario: String
+    public let failure: SimFailure?
+    public let traceHash: UInt64
+    public let events: Int
+    public let simulatedNanos: Nanoseconds
+    /// For a failure: the requests still waiting and the last events before it.
+    public let report: [String]
+    public let stats: [String: Int]
+}
+
+/// The array configuration a run uses (drawn from its seed).
+public struct SimArrayShape: Sendable, CustomStringConvertible {
+    public var level: RaidLevel
+    public var layout: RaidLayout
+    public var raidDisks: Int
+    public var chunkKiB: UInt64
+    public var rows: UInt64
+    public var bitmap: Bool
+    public var spares: Int
+    public var stripeCacheSize: Int
+
+    public var description: String {
+        "\(level) \(layout) n=\(raidDisks) chunk=\(chunkKiB)K rows=\(rows)\(bitmap ? " bitmap" : "")\(spares > 0 ? " spares=\(spares)" : "") stripe_cache_size=\(stripeCacheSize)"
+    }
+
+    public static func random(_ r: inout SimRandom, spares: Int = 0) -> SimArrayShape {
+        let level: RaidLevel = r.chance(0.5) ? .raid6 : .raid5
+        let n = level == .raid6 ? 4 + r.below(4) : 3 + r.below(5)
+        let layouts = RaidLayout.valid(for: level)
+        return SimArrayShape(
+            level: level, layout: layouts[r.below(layouts.count)], raidDisks: n, chunkKiB: [4, 8, 16, 32][r.below(4)],
+            rows: UInt64(4 + r.below(12)), bitmap: r.chance(0.5), spares: spares, stripeCacheSize: 17 + r.below(24))
+    }
+}
+
+/// The events a run's scheduler orders.
+enum SimEventKind {
+    case ioComplete(MemberIOID, epoch: Int)
+    case timer(TimerID, token: Int, epoch: Int)
+    case wake(tag: Int)
+}
+
+struct ScheduledEvent {
+    let time: Nanoseconds
+    let seq: UInt64
+    let kind: SimEventKind
+}
+
+/// A binary heap ordered by (time, seq): same seed, same order.
+struct EventQueue {
+    var heap: [ScheduledEvent] = []
+
+    var isEmpty: Bool { heap.isEmpty }
+    var count: Int { heap.count }
+
+    mutating func push(_ e: ScheduledEvent) {
+        heap.append(e)
+        var i = heap.count - 1
+        while i > 0 {
+            let parent = (i - 1) / 2
+            if less(heap[i], heap[parent]) { heap.swapAt(i, parent); i = parent } else { break }
+        }
+    }
+
+    mutating func pop() -> ScheduledEvent? {
+        guard !heap.isEmpty else { return nil }
+        heap.swapAt(0, heap.count - 1)
+        let top = heap.removeLast()
+        var i = 0
+        while true {
+            let l = 2 * i + 1, r = 2 * i + 2
+            var m = i
+            if l < heap.count && less(heap[l], heap[m]) { m = l }
+            if r < heap.count && less(heap[r], heap[m]) { m = r }
+            if m == i { break }
+            heap.swapAt(i, m)
+            i = m
+        }
+        return top
+    }
+
+    func less(_ a: ScheduledEvent, _ b: ScheduledEvent) -> Bool { a.time < b.time || (a.time == b.time && a.seq < b.seq) }
+}
+
+/// FNV-1a over everything that crosses the core's boundary: two runs of one seed must agree.
+struct TraceHasher {
+    var value: UInt64 = 0xcbf2_9ce4_8422_2325
+    mutating func add(_ v: UInt64) {
+        var x = v
+        for _ in 0..<8 {
+            value = (value ^ (x & 0xff)) &* 0x100_0000_01b3
+            x >>= 8
+        }
+    }
+    mutating func add(_ bytes: [UInt8]) {
+        add(UInt64(bytes.count))
+        var h: UInt64 = 0
+        bytes.withUnsafeBytes { raw in
+            var i = 0
+            while i + 8 <= raw.count {
+                h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x100_0000_01b3
+                i += 8
+            }
+            while i < raw.count {
+                h = (h ^ UInt64(raw[i])) &* 0x100_0000_01b3
+                i += 1
+            }
+        }
+        add(h)
+    }
+}
+
+/// Observers that judge a run from outside the core (design.md §5).
+public protocol SimChecker: AnyObject {
+    func clientSubmitted(_ sim: Simulation, id: RequestID, request: ClientRequest)
+    func clientCompleted(_ sim: Simulation, id: RequestID, request: ClientRequest, result: ClientResult)
+    func controlSubmitted(_ sim: Simulation, id: RequestID, command: ControlCommand)
+    func controlCompleted(_ sim: Simulation, id: RequestID, command: ControlCommand, result: ControlResult)
+    /// Called after every event the core handled.
+    func afterEvent(_ sim: Simulation)
+    func crashed(_ sim: Simulation)
+    func restarted(_ sim: Simulation)
+}
+
+extension SimChecker {
+    public func clientSubmitted(_ sim: Simulation, id: RequestID, request: ClientRequest) {}
+    public func clientCompleted(_ sim: Simulation, id: RequestID, request: ClientRequest, result: ClientResult) {}
+    public func controlSubmitted(_ sim: Simulation, id: RequestID, command: ControlCommand) {}
+    public func controlCompleted(_ sim: Simulation, id: RequestID, command: ControlCommand, result: ControlResult) {}
+    public func afterEvent(_ sim: Simulation) {}
+    public func crashed(_ sim: Simulation) {}
+    public func restarted(_ sim: Simulation) {}
+}
+
+/// A workload: issues requests and control commands, reacts to completions, and does its own
+/// end-of-run verification.
+public protocol SimScenario: AnyObject {
+    var name: String { get }
+    /// The array this scenario wants (drawn from the run's random stream).
+    func shape(_ random: inout SimRandom) -> SimArrayShape
+    func configure(_ config: inout CoreConfig, _ random: inout SimRandom)
+    func begin(_ sim: Simulation)
+    func wake(_ sim: Simulation, tag: Int)
+    func clientCompleted(_ sim: Simulation, id: RequestID, request: ClientRequest, result: ClientResult)
+    func controlCompleted(_ sim: Simulation, id: RequestID, command: ControlCommand, result: ControlResult)
+    /// No more work will be issued (the run drains, then `finish` verifies).
+    var workloadDone: Bool { get }
+    func finish(_ sim: Simulation)
+    /// A line on how far the workload got, for failure reports.
+    var progress: String { get }
+}
+
+extension SimScenario {
+    public func configure(_ config: inout CoreConfig, _ random: inout SimRandom) {}
+    public func clientCompleted(_ sim: Simulation, id: RequestID, request: ClientRequest, result: ClientResult) {}
+    public func controlCompleted(_ sim: Simulation, id: RequestID, command: ControlCommand, result: ControlResult) {}
+    public func finish(_ sim: Simulation) {}
+    public var progress: String { "" }
+}
+
+/// One seeded run: simulated members, the real `RaidCore`, a scheduler that reorders
+/// completions and timers, a scenario and the checkers.
+public final class Simulation {
+    public let seed: UInt64
+    public let faults: FaultProfile
+    public let variant: FaultyCoreVariant
+    public private(set) var shape: SimArrayShape
+    public private(set) var coreConfig: CoreConfig
+    public private(set) var core: RaidCore
+    public private(set) var members: [SimMember]
+    public var random: SimRandom
+    /// The fault stream is separate so that scenario choices do not shift fault timing.
+    var faultRandom: SimRandom
+    public private(set) var now: Nanoseconds = 0
+    var queue = EventQueue()
+    var seq: UInt64 = 0
+    var epoch = 0
+    var trace = TraceHasher()
+    public private(set) var eventCount = 0
+    var nextRequestID: RequestID = 1
+    public private(set) var pendingClients: [RequestID: (request: ClientRequest, since: Nanoseconds)] = [:]
+    public private(set) var pendingControls: [RequestID: (command: ControlCommand, since: Nanoseconds)] = [:]
+    /// Member I/O in flight (for crash: writes that may or may not land).
+    var inFlightWrites: [MemberIOID: (member: Int, offset: Int, data: [UInt8])] = [:]
+    var timerTokens: [TimerID: Int] = [:]
+    var nextToken = 0
+    /// The last events, for failure reports (bounded).
+    var recent: [String] = []
+    var recentHead = 0
+    public var checkers: [SimChecker] = []
+    public let scenario: SimScenario
+    public private(set) var failure: SimFailure?
+    /// Faults heal once the workload is done (the liveness bound applies from then on).
+    public var faultsHealed = false
+    /// Members the fault injector may still kill (write errors beyond redundancy are not injected).
+    public var memberFailuresAllowed: Int
+    public let maxEvents: Int
+    public private(set) var stats: [String: Int] = [:]
+    public var keepTraceLog = false
+    /// Receives every event line as it happens (`swraid sim --trace`).
+    public var traceSink: ((String) -> Void)?
+    public private(set) var traceLog: [String] = []
+
+    public init(seed: UInt64, scenario: SimScenario, faults: FaultProfile, variant: FaultyCoreVariant = [], maxEvents: Int = 400_000) throws {
+        self.seed = seed
+        self.scenario = scenario
+        self.faults = faults
+        self.variant = variant
+        self.maxEvents = maxEvents
+        var r = SimRandom(seed: seed)
+        faultRandom = r.fork()
+        shape = scenario.shape(&r)
+        var config = CoreConfig()
+        config.stripeCacheSize = shape.stripeCacheSize
+        config.wallClockAtZeroSeconds = 1_764_000_000
+        config.syncWindowStripes = 4
+        config.maxReadErrors = 1000
+        scenario.configure(&config, &r)
+        coreConfig = config
+        random = r
+        members = try Simulation.makeMembers(shape)
+        memberFailuresAllowed = shape.level.maxDegraded
+        let assembly = try CoreAssembly(members: members.compactMap { $0.probe() })
+        core = try RaidCore(assembly: assembly, config: config, variant: variant, now: 0)
+    }
+
+    /// Member images as `swraid create` would lay them out (small data offset for speed), with
+    /// any spares after the active members.
+    static func makeMembers(_ shape: SimArrayShape) throws -> [SimMember] {
+        let n = shape.raidDisks
+        var request = CreateRequest(
+            level: shape.level, raidDisks: n, memberSizesSectors: [UInt64?](repeating: nil, count: n),
+            arrayUUID: (0..<16).map { UInt8(truncatingIfNeeded: $0 &* 17 &+ 3) }, deviceUUIDs: (0..<n).map { i in (0..<16).map { UInt8($0 + i * 16) } },
+            timeSeconds: 1_764_000_000)
+        request.chunkKiB = shape.chunkKiB
+        request.layout = shape.layout
+        request.sizeSectors = shape.rows * shape.chunkKiB * 2
+        request.bitmap = shape.bitmap ? .internal_ : .none
+        request.bitmapChunkBytes = shape.bitmap ? shape.chunkKiB * 1024 * 2 : nil
+        request.dataOffsetSectors = 48
+        request.homehost = "sim"
+        request.name = "sim"
+        let plan = try CreatePlan(request, clean: true)
+        var images: [[UInt8]] = []
+        for i in 0..<n {
+            var image = [UInt8](repeating: 0, count: Int(plan.memberSizesSectors[i]) * 512)
+            let sb = plan.superblocks[i]
+            let bytes = sb.encode()
+            image.replaceSubrange(4096..<(4096 + bytes.count), with: bytes)
+            if let area = plan.bitmapAreaBytes {
+                let at = Int(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
+                image.replaceSubrange(at..<(at + area.count), with: area)
+            }
+            images.append(image)
+        }
+        for s in 0..<shape.spares {
+            // A spare: same array, a device number past the active ones, role spare everywhere.
+            var sb = plan.superblocks[0]
+            sb.devNumber = UInt32(n + s)
+            sb.deviceUUID = (0..<16).map { UInt8(200 + $0 + s) }
+            var image = [UInt8](repeating: 0, count: Int(plan.memberSizesSectors[0]) * 512)
+            let bytes = sb.withValidChecksum().encode()
+            image.replaceSubrange(4096..<(4096 + bytes.count), with: bytes)
+            images.append(image)
+        }
+        return images.enumerated().map { SimMember(name: "sim\($0.offset)", image: $0.element) }
+    }
+
+    // MARK: - running
+
+    /// Runs the scenario to the end: workload, drain (faults healed), verification.
+    public func run() -> SimResult {
+        apply(core.start(now: now))
+        scenario.begin(self)
+        _ = runUntil { [unowned self] in self.scenario.workloadDone }
+        if failure == nil {
+            faultsHealed = true
+            drain()
+        }
+        if failure == nil { scenario.finish(self) }
+        return SimResult(
+            seed: seed, scenario: scenario.name, failure: failure, traceHash: trace.value, events: eventCount, simulatedNanos: now,
+            report: failure == nil ? [] : failureReport(), stats: stats)
+    }
+
+    /// After the workload: every request and control command must be answered within the bound.
+    public func drain(bound: Nanoseconds = 60 * nanosPerSecond) {
+        let deadline = now + bound
+        let done = runUntil { [unowned self] in self.pendingClients.isEmpty && self.pendingControls.isEmpty || self.now > deadline }
+        if done && (!pendingClients.isEmpty || !pendingControls.isEmpty) {
+            fail(.liveness, "\(pendingClients.count) client requests and \(pendingControls.count) control commands still unanswered \(bound / nanosPerSecond) s after the workload ended and faults healed")
+        }
+    }
+
+    /// Processes events until `condition` holds, the queue empties, or a failure. Returns true
+    /// when the condition was met.
+    @discardableResult
+    public func runUntil(_ condition: () -> Bool) -> Bool {
+        while failure == nil {
+            if condition() { return true }
+            guard let event = queue.pop() else {
+                if !pendingClients.isEmpty || !pendingControls.isEmpty {
+                    fail(.liveness, "stalled: nothing left to happen but \(pendingClients.count) client requests and \(pendingControls.count) control commands wait")
+                }
+                return condition()
+            }
+            step(event)
+        }
+        return false
+    }
+
+    /// Runs for `nanos` of simulated time.
+    public func run(for nanos: Nanoseconds) {
+        let until = now + nanos
+        wake(after: nanos, tag: -1)
+        runUntil { [unowned self] in self.now >= until }
+    }
+
+    func step(_ event: ScheduledEvent) {
+        precondition(event.time >= now)
+        now = event.time
+        eventCount += 1
+        if eventCount > maxEvents {
+            fail(.liveness, "more than \(maxEvents) events: the run does not settle")
+            return
+        }
+        switch event.kind {
+        case .ioComplete(let id, let e):
+            guard e == epoch else { return }
+            completeIO(id)
+        case .timer(let timer, let token, let e):
+            guard e == epoch, timerTokens[timer] == token else { return }
+            timerTokens[timer] = nil
+            record("timer \(timer)")
+            trace.add(3); trace.add(now)
+            apply(core.handle(.timerFired(timer), now: now))
+        case .wake(let tag):
+            if tag >= 0 { scenario.wake(self, tag: tag) }
+        }
+        for c in checkers { c.afterEvent(self) }
+    }
+
+    // MARK: - scheduling helpers for scenarios
+
+    public func wake(after delay: Nanoseconds, tag: Int) {
+        seq += 1
+        queue.push(ScheduledEvent(time: now + delay, seq: seq, kind: .wake(tag: tag)))
+    }
+
+    @discardableResult
+    public func submit(_ request: ClientRequest) -> RequestID {
+        let id = nextRequestID
+        nextRequestID += 1
+        pendingClients[id] = (request, now)
+        record("client \(id): \(request)")
+        trace.add(1); trace.add(id); trace.add(now)
+        for c in checkers { c.clientSubmitted(self, id: id, request: request) }
+        apply(core.handle(.client(id, request), now: now))
+        return id
+    }
+
+    @discardableResult
+    public func control(_ command: ControlCommand) -> RequestID {
+        let id = nextRequestID
+        nextRequestID += 1
+        pendingControls[id] = (command, now)
+        record("control \(id): \(command)")
+        trace.add(2); trace.add(id); trace.add(now)
+        for c in checkers { c.controlSubmitted(self, id: id, command: command) }
+        apply(core.handle(.control(id, command), now: now))
+        return id
+    }
+
+    public func attribute(_ name: String) -> String { core.attribute(name) ?? "?" }
+
+    public func fail(_ kind: SimFailure.Kind, _ message: String) {
+        if failure == nil {
+            failure = SimFailure(kind: kind, message: message)
+            record("FAILURE \(kind.rawValue): \(message)")
+        }
+    }
+
+    public func count(_ key: String, _ n: Int = 1) { stats[key, default: 0] += n }
+
+    // MARK: - the core's actions
+
+    func apply(_ actions: [CoreAction]) {
+        for action in actions {
+            switch action {
+            case .memberRead(let id, let m, let offset, let length):
+                if traceSink != nil { record("io \(id): read member \(m) at \(offset)+\(length)") }
+                trace.add(10); trace.add(id); trace.add(UInt64(m)); trace.add(offset); trace.add(UInt64(length))
+                pendingIO[id] = .read(member: m, offset: Int(offset), length: length)
+                schedule(id)
+            case .memberWrite(let id, let m, let offset, let data, let fua):
+                if traceSink != nil { record("io \(id): write member \(m) at \(offset)+\(data.count)\(fua ? " fua" : "")") }
+                trace.add(11); trace.add(id); trace.add(UInt64(m)); trace.add(offset); trace.add(data); trace.add(fua ? 1 : 0)
+                pendingIO[id] = .write(member: m, offset: Int(offset), data: data, fua: fua)
+                inFlightWrites[id] = (m, Int(offset), data)
+                schedule(id)
+            case .memberFlush(let id, let m):
+                if traceSink != nil { record("io \(id): flush member \(m)") }
+                trace.add(12); trace.add(id); trace.add(UInt64(m))
+                pendingIO[id] = .flush(member: m)
+                schedule(id)
+            case .completeClient(let id, let result):
+                trace.add(13); trace.add(id)
+                guard let entry = pendingClients.removeValue(forKey: id) else {
+                    fail(.invariant, "client request \(id) completed twice or never submitted")
+                    continue
+                }
+                switch result {
+                case .data(let d): trace.add(d)
+                case .done: trace.add(0)
+                case .failed(let e): trace.add(UInt64(e.description.utf8.count) + 1000)
+                }
+                record("client \(id) done: \(resultText(result))")
+                for c in checkers { c.clientCompleted(self, id: id, request: entry.request, result: result) }
+                scenario.clientCompleted(self, id: id, request: entry.request, result: result)
+            case .completeControl(let id, let result):
+                trace.add(14); trace.add(id)
+                guard let entry = pendingControls.removeValue(forKey: id) else {
+                    fail(.invariant, "control command \(id) completed twice or never submitted")
+                    continue
+                }
+                record("control \(id) done: \(result)")
+                for c in checkers { c.controlCompleted(self, id: id, command: entry.command, result: result) }
+                scenario.controlCompleted(self, id: id, command: entry.command, result: result)
+            case .armTimer(let timer, let at):
+                trace.add(15); trace.add(at)
+                nextToken += 1
+                timerTokens[timer] = nextToken
+                seq += 1
+                queue.push(ScheduledEvent(time: max(at, now), seq: seq, kind: .timer(timer, token: nextToken, epoch: epoch)))
+            case .log(let text):
+                record("core: \(text)")
+                if keepTraceLog { traceLog.append(text) }
+            }
+        }
+    }
+
+    func resultText(_ r: ClientResult) -> String {
+        switch r {
+        case .data(let d): return "\(d.count) bytes"
+        case .done: return "ok"
+        case .failed(let e): return "failed (\(e))"
+        }
+    }
+
+    enum PendingIO {
+        case read(member: Int, offset: Int, length: Int)
+        case write(member: Int, offset: Int, data: [UInt8], fua: Bool)
+        case flush(member: Int)
+    }
+    var pendingIO: [MemberIOID: PendingIO] = [:]
+
+    /// Draws the I/O's latency (with the occasional stall) and queues its completion.
+    func schedule(_ id: MemberIOID) {
+        var latency = faults.latencyMinNanos + UInt64(faultRandom.below(Int(faults.latencyMaxNanos - faults.latencyMinNanos + 1)))
+        if !faultsHealed && faults.stallChance > 0 && faultRandom.chance(faults.stallChance) {
+            latency += UInt64(faultRandom.below(Int(faults.stallMaxNanos)))
+            count("stalls")
+        }
+        seq += 1
+        queue.push(ScheduledEvent(time: now + latency, seq: seq, kind: .ioComplete(id, epoch: epoch)))
+    }
+
+    func completeIO(_ id: MemberIOID) {
+        guard let io = pendingIO.removeValue(forKey: id) else { return }
+        inFlightWrites[id] = nil
+        let result: MemberIOResult
+        switch io {
+        case .read(let m, let offset, let length):
+            if !faultsHealed && faults.readErrorChance > 0 && isDataArea(m, offset) && canSpoil(m) && faultRandom.chance(faults.readErrorChance) {
+                // A latent bad sector: reads of it fail until it is rewritten.
+                members[m].badSectors.insert(offset / 512 + faultRandom.below(max(1, length / 512)))
+                count("injected bad sectors")
+                result = .failure
+            } else if let bytes = members[m].read(offset: offset, length: length) {
+                result = .success(bytes)
+            } else {
+                result = .failure
+            }
+        case .write(let m, let offset, let data, let fua):
+            if !faultsHealed && faults.writeErrorChance > 0 && memberFailuresAllowed > 0 && !members[m].dead
+                && isDataArea(m, offset) && canSpoil(m) && faultRandom.chance(faults.writeErrorChance)
+            {
+                // A write error kills the member for good (md fails it).
+                count("injected member deaths")
+                members[m].dead = true
+                memberFailuresAllowed -= 1
+                result = .failure
+            } else {
+                result = members[m].write(offset: offset, data: data, fua: fua) ? .success([]) : .failure
+            }
+        case .flush(let m):
+            result = members[m].flush() ? .success([]) : .failure
+        }
+        if traceSink != nil { record("io \(id) done: \(result == .failure ? "FAILED" : "ok")") }
+        trace.add(20); trace.add(id); trace.add(now)
+        if case .success(let d) = result { trace.add(d) } else { trace.add(0xdead) }
+        apply(core.handle(.memberIOCompleted(id, result), now: now))
+    }
+
+    func isDataArea(_ m: Int, _ offset: Int) -> Bool { offset >= 48 * 512 }
+
+    /// Faults never take more members out of service (failed, missing, rebuilding, dead, or
+    /// holding unreadable sectors) than the level tolerates: past that, losing data would be
+    /// correct behaviour, not a bug.
+    func canSpoil(_ m: Int) -> Bool {
+        if members[m].dead { return false }
+        if !members[m].badSectors.isEmpty { return true }
+        return canTakeAnotherMemberOut
+    }
+
+    /// One more member may leave service without exceeding the level's redundancy.
+    public var canTakeAnotherMemberOut: Bool {
+        let roles = core.memberRoles
+        let spoiledActive = members.indices.filter { i in
+            guard case .active = roles[i] else { return false }
+            return members[i].dead || !members[i].badSectors.isEmpty
+        }.count
+        return core.degradedCount + spoiledActive < shape.level.maxDegraded
+    }
+
+    /// Kills a member (its I/O fails from now on); counts against the redundancy budget.
+    public func killMember(_ m: Int) {
+        guard !members[m].dead else { return }
+        members[m].badSectors.removeAll()
+        members[m].dead = true
+        memberFailuresAllowed = max(0, memberFailuresAllowed - 1)
+        record("member \(m) dies")
+    }
+
+    // MARK: - crash and restart
+
+    /// Power loss: in-flight member I/O is lost or torn, pending requests die with the core.
+    public func crash() {
+        record("CRASH")
+        trace.add(30); trace.add(now)
+        for (m, member) in members.enumerated() {
+            let writes = inFlightWrites.values.filter { $0.member == m }.map { (offset: $0.offset, data: $0.data) }
+            member.crash(inFlightWrites: writes, random: &faultRandom)
+        }
+        epoch += 1
+        pendingIO.removeAll()
+        inFlightWrites.removeAll()
+        timerTokens.removeAll()
+        for c in checkers { c.crashed(self) }
+        pendingClients.removeAll()
+        pendingControls.removeAll()
+    }
+
+    /// Assembles a new core from the members' bytes, exactly as from real files.
+    public func restart() throws {
+        let inputs = members.enumerated().compactMap { (i, m) -> CoreMemberInput? in m.dead ? nil : m.probe() }
+        let assembly = try CoreAssembly(members: inputs)
+        core = try RaidCore(assembly: assembly, config: coreConfig, variant: variant, now: now)
+        record("RESTART: assembled from member bytes, \(core.isClean ? "clean" : "dirty")")
+        trace.add(31)
+        apply(core.start(now: now))
+        for c in checkers { c.restarted(self) }
+    }
+
+    // MARK: - reporting
+
+    func record(_ text: String) {
+        let line = "\(formatTime(now)) \(text)"
+        if let echo = traceSink { echo(line) }
+        if recent.count < 60 {
+            recent.append(line)
+        } else {
+            recent[recentHead] = line
+            recentHead = (recentHead + 1) % recent.count
+        }
+    }
+
+    public var recentEvents: [String] { Array(recent[recentHead...] + recent[..<recentHead]) }
+
+    func failureReport() -> [String] {
+        var lines = ["seed \(seed), scenario \(scenario.name), faults \(faults.name), array: \(shape)", "workload: \(scenario.progress)"]
+        lines.append("state: array_state \(attribute("array_state")), sync_action \(attribute("sync_action")), sync_completed \(attribute("sync_completed")), stripe_cache_active \(attribute("stripe_cache_active")), parked \(core.parkedForStripe)")
+        for (id, entry) in pendingClients.sorted(by: { $0.key < $1.key }).prefix(10) {
+            lines.append("waiting: client \(id) \(entry.request) since \(formatTime(entry.since))")
+        }
+        for (id, entry) in pendingControls.sorted(by: { $0.key < $1.key }).prefix(10) {
+            lines.append("waiting: control \(id) '\(entry.command)' since \(formatTime(entry.since))")
+        }
+        lines.append("last events:")
+        lines += recentEvents.suffix(25).map { "  " + $0 }
+        return lines
+    }
+}
+
+public func formatTime(_ nanos: Nanoseconds) -> String {
+    let ms = nanos / 1000
+    let whole = ms / 1_000_000
+    let frac = ms % 1_000_000
+    let fracText = String(frac)
+    return "\(whole).\(String(repeating: "0", count: 6 - fracText.count))\(fracText)s"
+}

@@ -3,10 +3,11 @@ import RaidMath
 
 /// What a member I/O was for, so its completion can be routed.
 enum IOContext {
-    case stripeRead(Stripe, role: Int)
-    case stripeWrite(Stripe, role: Int)
-    case stripeRewrite(Stripe, role: Int)
-    case stripeVerify(Stripe, role: Int)
+    // Stripe I/O names the member too: by the time it completes, the role may belong to another.
+    case stripeRead(Stripe, role: Int, member: Int)
+    case stripeWrite(Stripe, role: Int, member: Int)
+    case stripeRewrite(Stripe, role: Int, member: Int)
+    case stripeVerify(Stripe, role: Int, member: Int)
     case directRead(Piece, member: Int)
     case flush(ClientOp, member: Int)
     case superblockWrite(member: Int)
@@ -164,8 +165,13 @@ public final class RaidCore {
         return true
     }
 
-    /// Whether writes for `unit` go to `role`'s member (in sync there, or rebuilt past it).
-    func roleWritable(_ role: Int, unit: UInt64) -> Bool { roleReadable(role, unit: unit) }
+    /// Whether writes for `unit` go to `role`'s member: any member in the slot, even one still
+    /// being rebuilt (as md writes to recovering devices), so that what recovery already wrote
+    /// never goes stale; the blocks written are always complete and correct.
+    func roleWritable(_ role: Int, unit: UInt64) -> Bool {
+        guard let m = roleMember[role] else { return false }
+        return members[m].isActive
+    }
 
     /// Members not in sync in their slot (failed, missing or rebuilding): md's `degraded`.
     public var degradedCount: Int {
@@ -385,39 +391,42 @@ public final class RaidCore {
             preconditionFailure("completion for unknown member I/O \(id)")
         }
         switch context {
-        case .stripeRead(let stripe, let role):
+        case .stripeRead(let stripe, let role, let m):
             stripe.pendingIO -= 1
             stripe.reading[role] = false
-            if case .success(let bytes) = result, bytes.count == unitBytes {
+            if case .success(let bytes) = result, bytes.count == unitBytes, roleMember[role] == m {
                 stripe.blocks[role] = bytes
-            } else {
+            } else if roleMember[role] == m {
                 readError(stripe: stripe, role: role)
+            } else {
+                // The member left the role meanwhile: rebuild the block instead.
+                stripe.readFailed[role] = true
             }
             handleStripe(stripe)
-        case .stripeWrite(let stripe, let role):
+        case .stripeWrite(let stripe, let role, let m):
             stripe.pendingIO -= 1
             if case .failure = result {
                 stripe.writeFailures.append(role)
-                if let m = roleMember[role] { failMember(m, reason: "write error") }
+                failMember(m, reason: "write error")
             }
             handleStripe(stripe)
-        case .stripeRewrite(let stripe, let role):
+        case .stripeRewrite(let stripe, let role, let m):
             stripe.pendingIO -= 1
-            if case .failure = result, let m = roleMember[role] {
+            if case .failure = result {
                 failMember(m, reason: "rewrite after read error failed")
-            } else if let m = roleMember[role], members[m].isActive {
+            } else if roleMember[role] == m, members[m].isActive {
                 // md re-reads the rewritten block to be sure the sector was remapped.
                 stripe.pendingIO += 1
-                out.append(.memberRead(newIO(.stripeVerify(stripe, role: role)), member: m, offsetBytes: memberOffset(m, unit: stripe.unit), length: unitBytes))
+                out.append(.memberRead(newIO(.stripeVerify(stripe, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: stripe.unit), length: unitBytes))
                 return
             }
             handleStripe(stripe)
-        case .stripeVerify(let stripe, let role):
+        case .stripeVerify(let stripe, let role, let m):
             stripe.pendingIO -= 1
             if case .success(let bytes) = result, bytes == stripe.blocks[role] {
                 counters.correctedReadErrors += 1
-                if let m = roleMember[role] { members[m].template.cntCorrectedRead += 1 }
-            } else if let m = roleMember[role] {
+                members[m].template.cntCorrectedRead += 1
+            } else {
                 failMember(m, reason: "block still unreadable after rewrite")
             }
             handleStripe(stripe)

@@ -149,7 +149,7 @@ extension RaidCore {
         let m = roleMember[role]!
         s.reading[role] = true
         s.pendingIO += 1
-        out.append(.memberRead(newIO(.stripeRead(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), length: unitBytes))
+        out.append(.memberRead(newIO(.stripeRead(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), length: unitBytes))
     }
 
     /// Computes the blocks of `missing` roles from the others (all up to date).
@@ -214,7 +214,7 @@ extension RaidCore {
             s.needsRewrite[role] = false
             guard let m = roleMember[role], members[m].isActive, let block = s.blocks[role], !readOnly else { continue }
             s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeRewrite(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: block, fua: false))
+            out.append(.memberWrite(newIO(.stripeRewrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: block, fua: false))
             started = true
         }
         if started { s.phase = .repairing }
@@ -363,7 +363,7 @@ extension RaidCore {
         for role in roles.sorted() where roleWritable(role, unit: s.unit) {
             let m = roleMember[role]!
             s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeWrite(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: fua))
+            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: fua))
         }
         // A rebuilding member past its recovery point gets nothing: recovery will write it.
     }

@@ -266,7 +266,7 @@ extension RaidCore {
         for role in writes {
             guard let m = roleMember[role], members[m].isActive else { continue }
             s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeWrite(s, role: role)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: false))
+            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: false))
         }
         s.phase = .syncWriting
         return false

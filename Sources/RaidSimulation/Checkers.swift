@@ -29,11 +29,11 @@ public final class LivenessChecker: SimChecker {
         // Scan the (bounded) pending tables every simulated 10 ms.
         guard sim.now >= checkedAt + 10 * nanosPerMilli else { return }
         checkedAt = sim.now
-        for (id, entry) in sim.pendingClients where sim.now - entry.since > requestBound {
+        for (id, entry) in sim.pendingClients.sorted(by: { $0.key < $1.key }) where sim.now - entry.since > requestBound {
             sim.fail(.liveness, "client request \(id) (\(entry.request)) unanswered for \(formatTime(sim.now - entry.since))")
             return
         }
-        for (id, entry) in sim.pendingControls where sim.now - entry.since > requestBound {
+        for (id, entry) in sim.pendingControls.sorted(by: { $0.key < $1.key }) where sim.now - entry.since > requestBound {
             sim.fail(.liveness, "control command \(id) ('\(entry.command)') unanswered for \(formatTime(sim.now - entry.since))")
             return
         }
@@ -185,10 +185,12 @@ public final class DataChecker: SimChecker {
 
     public func crashed(_ sim: Simulation) {
         // Requests in flight die with the core: their writes may or may not have landed (they
-        // stay in each sector's since-durable history).
+        // stay in each sector's since-durable history). Until the restart is verified, only
+        // sectors with nothing written since their durable point have a known value.
         writesInFlight.removeAll()
         readsInFlight.removeAll()
         flushesInFlight.removeAll()
+        for s in 0..<sectorCount { committed[s] = sinceDurable[s].isEmpty ? durableValue[s] : nil }
     }
 
     /// After restart: every sector must hold its durable value or a later write's; the model then

@@ -340,7 +340,8 @@ public final class RebuildScenario: SimScenario {
 
     public func finish(_ sim: Simulation) {
         guard ParityChecker.waitForIdleSync(sim) else { return }
-        if failures == 1 && sim.core.degradedCount != 0 {
+        let faulty = sim.core.memberRoles.filter { $0 == .faulty }.count
+        if faulty <= sim.shape.spares && sim.core.degradedCount != 0 {
             sim.fail(.redundancy, "after one failure and a spare, the array is still degraded (\(sim.core.memberRoles))")
             return
         }
@@ -371,6 +372,8 @@ public final class CrashScenario: SimScenario {
         sim.checkers += [LivenessChecker(), data]
         client = RandomClient(total: 300, queueDepth: 1 + sim.random.below(8), hotRegionSectors: sim.core.geometry.rowDataSectors * 3)
         crashAt = 30 + sim.random.below(200)
+        // No member may be out of service when the power fails (see spoilingAllowed).
+        sim.spoilingAllowed = false
         client.fill(sim)
     }
 
@@ -382,8 +385,10 @@ public final class CrashScenario: SimScenario {
             after.fill(sim)
             return
         }
+        // While the restarted array is read back, nothing else is issued.
+        if crashed { return }
         client.completed(id)
-        if !crashed && client.issued >= crashAt {
+        if client.issued >= crashAt {
             crashed = true
             sim.crash()
             do {
@@ -419,6 +424,7 @@ public final class RaceScenario: SimScenario {
     var rounds = 0
     var totalRounds = 0
     var waitingFor: RequestID?
+    /// 0: starting a sync; 1: watching it; 2: stopping it; 3: unfreezing.
     var phase = 0
 
     public init() {}
@@ -438,20 +444,51 @@ public final class RaceScenario: SimScenario {
         startRound(sim)
     }
 
+    public var progress: String { "round \(rounds) of \(totalRounds), phase \(phase), waiting for \(waitingFor.map(String.init) ?? "nothing"); " + client.progress }
+
+    /// Sends a command; its answer (which may come before `control` returns) moves the round on.
+    func send(_ sim: Simulation, _ action: String) {
+        let id = sim.control(.set(attribute: "sync_action", value: action))
+        if sim.pendingControls[id] == nil {
+            advance(sim)
+        } else {
+            waitingFor = id
+        }
+    }
+
     func startRound(_ sim: Simulation) {
         guard rounds < totalRounds else { return }
         rounds += 1
         phase = 0
-        waitingFor = sim.control(.set(attribute: "sync_action", value: ["check", "repair", "resync"][sim.random.below(3)]))
+        send(sim, ["check", "repair", "resync"][sim.random.below(3)])
+    }
+
+    func advance(_ sim: Simulation) {
+        waitingFor = nil
+        switch phase {
+        case 0:
+            phase = 1
+            sim.wake(after: UInt64(sim.random.below(300)) * 1000, tag: 1)
+        case 2:
+            if sim.attribute("sync_action") == "frozen" {
+                phase = 3
+                send(sim, "idle")
+            } else {
+                startRound(sim)
+            }
+        default:
+            startRound(sim)
+        }
     }
 
     public func wake(_ sim: Simulation, tag: Int) {
+        guard phase == 1 else { return }
         // Poll: when the sync is close to its end (or already done), race a stop against it.
         if sim.core.syncKind == nil || sim.random.chance(0.2) || isNearlyDone(sim) {
-            let action = sim.random.chance(0.5) ? "idle" : "frozen"
-            waitingFor = sim.control(.set(attribute: "sync_action", value: action))
             phase = 2
+            let action = sim.random.chance(0.5) ? "idle" : "frozen"
             if sim.random.chance(0.5) { sim.control(.set(attribute: "sync_action", value: "idle")) }
+            send(sim, action)
         } else {
             sim.wake(after: UInt64(20 + sim.random.below(200)) * 1000, tag: 1)
         }
@@ -469,22 +506,10 @@ public final class RaceScenario: SimScenario {
     }
 
     public func controlCompleted(_ sim: Simulation, id: RequestID, command: ControlCommand, result: ControlResult) {
-        guard id == waitingFor else { return }
-        waitingFor = nil
-        if phase == 0 {
-            phase = 1
-            sim.wake(after: UInt64(sim.random.below(300)) * 1000, tag: 1)
-        } else {
-            if sim.attribute("sync_action") == "frozen" {
-                waitingFor = sim.control(.set(attribute: "sync_action", value: "idle"))
-                phase = 3
-                return
-            }
-            startRound(sim)
-        }
+        if id == waitingFor { advance(sim) }
     }
 
-    public var workloadDone: Bool { rounds >= totalRounds && waitingFor == nil && client.finished }
+    public var workloadDone: Bool { rounds >= totalRounds && waitingFor == nil && phase != 1 && client.finished }
 
     public func finish(_ sim: Simulation) { verifyAtEnd(sim, data: data) }
 }

@@ -9,8 +9,10 @@ public final class SimMember {
     public private(set) var current: [UInt8]
     /// Bytes that survive a crash.
     public private(set) var durable: [UInt8]
-    /// Completed writes not yet made durable, oldest first.
-    private var unflushed: [(offset: Int, data: [UInt8])] = []
+    /// Sectors written (completed) but not yet durable: sector → its latest content. A volatile
+    /// cache holds the newest data for a sector, so an older write can never reappear over a
+    /// newer one.
+    private var unflushed: [Int: [UInt8]] = [:]
     /// The device is dead: every I/O fails.
     public var dead = false
     /// Sectors that fail to read until rewritten (latent bad sectors).
@@ -35,11 +37,15 @@ public final class SimMember {
         guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
         current.replaceSubrange(offset..<(offset + data.count), with: data)
         for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
-        if fua {
-            durable.replaceSubrange(offset..<(offset + data.count), with: data)
-        } else {
-            unflushed.append((offset, data))
+        for i in 0..<(data.count / 512) {
+            let sector = offset / 512 + i
+            if fua {
+                unflushed[sector] = nil
+            } else {
+                unflushed[sector] = Array(data[(i * 512)..<((i + 1) * 512)])
+            }
         }
+        if fua { durable.replaceSubrange(offset..<(offset + data.count), with: data) }
         return true
     }
 
@@ -51,15 +57,15 @@ public final class SimMember {
         return true
     }
 
-    /// Power loss: each unflushed write (and each write still in flight, given here) is lost,
-    /// kept, or torn at sector granularity, at random.
+    /// Power loss: each sector written since the last flush (and each sector of a write still in
+    /// flight, given here) independently keeps its new content or loses it.
     public func crash(inFlightWrites: [(offset: Int, data: [UInt8])], random: inout SimRandom) {
         var image = durable
-        for w in unflushed + inFlightWrites {
-            let fate = random.below(10)
-            if fate < 4 { continue }
-            let sectors = w.data.count / 512
-            for i in 0..<sectors where fate < 8 || random.chance(0.5) {
+        for sector in unflushed.keys.sorted() where random.chance(0.6) {
+            image.replaceSubrange((sector * 512)..<((sector + 1) * 512), with: unflushed[sector]!)
+        }
+        for w in inFlightWrites {
+            for i in 0..<(w.data.count / 512) where random.chance(0.5) {
                 let at = w.offset + i * 512
                 image.replaceSubrange(at..<(at + 512), with: w.data[(i * 512)..<((i + 1) * 512)])
             }

@@ -251,6 +251,10 @@ public final class Simulation {
     public var faultsHealed = false
     /// Members the fault injector may still kill (write errors beyond redundancy are not injected).
     public var memberFailuresAllowed: Int
+    /// Whether faults may take members out of service (bad sectors, deaths) at all. Off where a
+    /// crash meets them: a dirty array that also lost a member cannot be trusted (the RAID5
+    /// write hole, which md refuses to assemble and swraid too).
+    public var spoilingAllowed = true
     public let maxEvents: Int
     public private(set) var stats: [String: Int] = [:]
     public var keepTraceLog = false
@@ -442,7 +446,10 @@ public final class Simulation {
     // MARK: - the core's actions
 
     func apply(_ actions: [CoreAction]) {
+        let startEpoch = epoch
         for action in actions {
+            // After a crash inside a callback, the dead core's remaining actions never happen.
+            guard epoch == startEpoch else { return }
             switch action {
             case .memberRead(let id, let m, let offset, let length):
                 if traceSink != nil { record("io \(id): read member \(m) at \(offset)+\(length)") }
@@ -565,7 +572,7 @@ public final class Simulation {
     /// holding unreadable sectors) than the level tolerates: past that, losing data would be
     /// correct behaviour, not a bug.
     func canSpoil(_ m: Int) -> Bool {
-        if members[m].dead { return false }
+        if !spoilingAllowed || members[m].dead { return false }
         if !members[m].badSectors.isEmpty { return true }
         return canTakeAnotherMemberOut
     }
@@ -596,7 +603,11 @@ public final class Simulation {
         record("CRASH")
         trace.add(30); trace.add(now)
         for (m, member) in members.enumerated() {
-            let writes = inFlightWrites.values.filter { $0.member == m }.map { (offset: $0.offset, data: $0.data) }
+            // In I/O order: dictionary order is not deterministic.
+            let writes = inFlightWrites.keys.sorted().compactMap { id -> (offset: Int, data: [UInt8])? in
+                let w = inFlightWrites[id]!
+                return w.member == m ? (w.offset, w.data) : nil
+            }
             member.crash(inFlightWrites: writes, random: &faultRandom)
         }
         epoch += 1

@@ -35,7 +35,9 @@ let package = Package(
         .target(
             name: "RaidSimulation",
             dependencies: ["RaidCore", "MDFormat", "RaidMath"],
-            swiftSettings: optimizedInDebug),
+            // Test machinery, run millions of times: no dynamic exclusivity checks here (the core
+            // keeps them).
+            swiftSettings: optimizedInDebug + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
         // Member access (pread/pwrite/fsync) through one file.
         .target(name: "DiskIO", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
         // Offline assembly (read-only streaming) and array creation on real members.

@@ -274,7 +274,7 @@ extension RaidCore {
     func resizeStripeCache(_ n: Int) {
         config.stripeCacheSize = n
         while stripes.count < n {
-            let s = Stripe(slot: stripes.count, raidDisks: geometry.raidDisks)
+            let s = Stripe(slot: stripes.count, raidDisks: geometry.raidDisks, unitBytes: unitBytes)
             stripes.append(s)
             freeStripes.append(s)
         }

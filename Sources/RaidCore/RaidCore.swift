@@ -63,14 +63,17 @@ public final class RaidCore {
     /// pumpSync is running (a nested call asks it to go round once more instead of recursing).
     var pumpingSync = false
     var pumpAgain = false
-    let zeroBlock: [UInt8]
+    /// A block of zeros (DDF layouts feed zero blocks at the P/Q syndrome slots).
+    let zeroPointer: UnsafeMutableRawPointer
 
     // Counters.
     public internal(set) var counters = CoreCounters()
 
+    deinit { zeroPointer.deallocate() }
+
     public init(assembly: CoreAssembly, config: CoreConfig = CoreConfig(), variant: FaultyCoreVariant = [], now: Nanoseconds = 0) throws {
         precondition(CoreConfig.stripeCacheSizeRange.contains(config.stripeCacheSize))
-        precondition(config.stripeSizeBytes >= 4096 && config.stripeSizeBytes.nonzeroBitCount == 1)
+        precondition(config.stripeSizeBytes >= 4096 && config.stripeSizeBytes <= 32768 && config.stripeSizeBytes.nonzeroBitCount == 1)
         geometry = assembly.geometry
         self.config = config
         self.variant = variant
@@ -78,7 +81,8 @@ public final class RaidCore {
         unitSectors = UInt64(unitBytes / 512)
         unitCount = geometry.memberDataSectors / unitSectors
         self.now = now
-        zeroBlock = [UInt8](repeating: 0, count: unitBytes)
+        zeroPointer = .allocate(byteCount: unitBytes, alignment: 64)
+        zeroPointer.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
 
         var table: [Member] = []
         for (index, input) in assembly.members.enumerated() {
@@ -104,7 +108,9 @@ public final class RaidCore {
         // A dirty array needs a resync from where the last one stopped (md's recovery_cp).
         sync.recoveryCheckpointSectors = assembly.freshest.resyncOffsetSectors
         superblocks.inSync = assembly.freshest.isClean
-        for _ in 0..<config.stripeCacheSize { freeStripes.append(Stripe(slot: stripes.count, raidDisks: geometry.raidDisks)) }
+        for _ in 0..<config.stripeCacheSize {
+            freeStripes.append(Stripe(slot: freeStripes.count, raidDisks: geometry.raidDisks, unitBytes: unitBytes))
+        }
         stripes = freeStripes
         freeStripes.reverse()
     }
@@ -395,7 +401,7 @@ public final class RaidCore {
             stripe.pendingIO -= 1
             stripe.reading[role] = false
             if case .success(let bytes) = result, bytes.count == unitBytes, roleMember[role] == m {
-                stripe.blocks[role] = bytes
+                stripe.load(role, from: bytes)
             } else if roleMember[role] == m {
                 readError(stripe: stripe, role: role)
             } else {
@@ -423,7 +429,7 @@ public final class RaidCore {
             handleStripe(stripe)
         case .stripeVerify(let stripe, let role, let m):
             stripe.pendingIO -= 1
-            if case .success(let bytes) = result, bytes == stripe.blocks[role] {
+            if case .success(let bytes) = result, stripe.equals(role, bytes) {
                 counters.correctedReadErrors += 1
                 members[m].template.cntCorrectedRead += 1
             } else {

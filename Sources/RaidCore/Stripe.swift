@@ -1,4 +1,5 @@
 import MDFormat
+import RaidMath
 
 /// A client request as the core tracks it until its one completion.
 final class ClientOp {
@@ -109,13 +110,18 @@ enum WriteMode: Equatable {
     case degraded
 }
 
-/// A stripe head: one `stripe_size` block on every member at one member offset.
+/// A stripe head: one `stripe_size` block on every member at one member offset. Its blocks live
+/// in one allocation (plus two scratch blocks) for the stripe's whole life in the cache.
 final class Stripe {
     let slot: Int
+    let unitBytes: Int
+    let raidDisks: Int
     var unit: UInt64 = 0
     var row: StripeRow!
-    /// Per role: the block's bytes when up to date.
-    var blocks: [[UInt8]?]
+    /// raidDisks blocks, then two scratch blocks.
+    let storage: UnsafeMutableRawPointer
+    /// Per role: the block holds the member's current content.
+    var valid: [Bool]
     /// Per role: a member read is in flight.
     var reading: [Bool]
     /// Per role: the block could not be read from its member in this stripe's life.
@@ -129,17 +135,45 @@ final class Stripe {
     var readBatch: [Piece] = []
     var writeBatch: [Piece] = []
     var writeMode: WriteMode = .reconstructWrite
+    /// The write batch's coverage, once computed.
+    var coverage: (written: [Int], full: [Bool])?
     var syncUnit: SyncUnit?
     /// Roles whose write failed during the current write.
     var writeFailures: [Int] = []
     var waitingForMetadata = false
 
-    init(slot: Int, raidDisks: Int) {
+    init(slot: Int, raidDisks: Int, unitBytes: Int) {
         self.slot = slot
-        blocks = [[UInt8]?](repeating: nil, count: raidDisks)
+        self.unitBytes = unitBytes
+        self.raidDisks = raidDisks
+        storage = .allocate(byteCount: (raidDisks + 2) * unitBytes, alignment: 64)
+        valid = [Bool](repeating: false, count: raidDisks)
         reading = [Bool](repeating: false, count: raidDisks)
         readFailed = [Bool](repeating: false, count: raidDisks)
         needsRewrite = [Bool](repeating: false, count: raidDisks)
+    }
+
+    deinit { storage.deallocate() }
+
+    func block(_ role: Int) -> UnsafeMutableRawPointer { storage + role * unitBytes }
+    var scratchA: UnsafeMutableRawPointer { storage + raidDisks * unitBytes }
+    var scratchB: UnsafeMutableRawPointer { storage + (raidDisks + 1) * unitBytes }
+
+    /// A copy of the block, for a member write.
+    func bytes(_ role: Int) -> [UInt8] { Array(UnsafeRawBufferPointer(start: block(role), count: unitBytes)) }
+
+    func load(_ role: Int, from bytes: [UInt8]) {
+        precondition(bytes.count == unitBytes)
+        bytes.withUnsafeBytes { block(role).copyMemory(from: $0.baseAddress!, byteCount: unitBytes) }
+        valid[role] = true
+    }
+
+    func zero(_ role: Int) {
+        block(role).initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
+    }
+
+    func equals(_ role: Int, _ bytes: [UInt8]) -> Bool {
+        bytes.count == unitBytes && bytes.withUnsafeBytes { memcmpEqual($0.baseAddress!, UnsafeRawPointer(block(role)), unitBytes) }
     }
 
     var isIdle: Bool { phase == .idle && pendingIO == 0 && queueHead >= queue.count }
@@ -162,8 +196,8 @@ final class Stripe {
         precondition(isIdle, "reusing a busy stripe")
         self.unit = unit
         self.row = row
-        for i in blocks.indices {
-            blocks[i] = nil
+        for i in 0..<raidDisks {
+            valid[i] = false
             reading[i] = false
             readFailed[i] = false
             needsRewrite[i] = false
@@ -174,4 +208,8 @@ final class Stripe {
         writeFailures.removeAll()
         waitingForMetadata = false
     }
+}
+
+func memcmpEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, _ count: Int) -> Bool {
+    buffersEqual(a, b, byteCount: count)
 }

@@ -33,6 +33,7 @@ extension RaidCore {
                         s.writeBatch.append(p)
                         s.popHead()
                     }
+                    s.coverage = nil
                     s.phase = .preparingWrite
                     planWrite(s)
                 case .sync(let unit):
@@ -54,10 +55,10 @@ extension RaidCore {
                 case .ready:
                     if startRepairs(s) { return }
                     for p in s.readBatch {
-                        let block = s.blocks[p.disk]!
-                        p.op.buffer.replaceSubrange(
-                            p.offsetInRequest..<(p.offsetInRequest + p.length),
-                            with: block[p.offsetInBlock..<(p.offsetInBlock + p.length)])
+                        let source = UnsafeRawPointer(s.block(p.disk) + p.offsetInBlock)
+                        p.op.buffer.withUnsafeMutableBytes { dst in
+                            (dst.baseAddress! + p.offsetInRequest).copyMemory(from: source, byteCount: p.length)
+                        }
                         finishPieces(p.op, count: 1)
                     }
                     s.readBatch.removeAll()
@@ -117,7 +118,7 @@ extension RaidCore {
     func fetch(_ s: Stripe, needed: Set<Int>) -> FetchResult {
         var unreadable: [Int] = []
         var issued = false
-        for role in needed.sorted() where s.blocks[role] == nil {
+        for role in needed.sorted() where !s.valid[role] {
             if s.reading[role] {
                 issued = true
             } else if roleReadable(role, unit: s.unit) && !s.readFailed[role] {
@@ -131,7 +132,7 @@ extension RaidCore {
         if unreadable.isEmpty { return .ready }
         // Rebuild: every other block must be read first.
         var missing: [Int] = []
-        for role in 0..<geometry.raidDisks where s.blocks[role] == nil {
+        for role in 0..<geometry.raidDisks where !s.valid[role] {
             if roleReadable(role, unit: s.unit) && !s.readFailed[role] {
                 if !s.reading[role] { issueStripeRead(s, role: role) }
                 issued = true
@@ -155,55 +156,29 @@ extension RaidCore {
     /// Computes the blocks of `missing` roles from the others (all up to date).
     func rebuild(_ s: Stripe, missing: [Int]) {
         let row = s.row!
-        for role in missing { s.blocks[role] = [UInt8](repeating: 0, count: unitBytes) }
-        withBlockPointers(s) { ptr in
-            switch geometry.level {
-            case .raid4, .raid5:
-                let lost = missing[0]
-                let sources = (0..<geometry.raidDisks).filter { $0 != lost }.map { UnsafeRawPointer(ptr[$0]) }
-                Parity.xor(sources, into: ptr[lost], byteCount: unitBytes)
-            case .raid6:
-                let zero = UnsafeMutableRawPointer.allocate(byteCount: unitBytes, alignment: 64)
-                defer { zero.deallocate() }
-                zero.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
-                var slots = [UnsafeMutableRawPointer](repeating: zero, count: row.syndromeSlotCount)
-                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = ptr[disk] }
-                var lost: [RAID6Block] = []
-                for role in missing {
-                    switch row.content(ofDisk: role) {
-                    case .p: lost.append(.p)
-                    case .q: lost.append(.q)
-                    case .data(let dd):
-                        let slot = row.syndromeSlot[dd]
-                        lost.append(.data(slot: variant.contains(.wrongReconstruction) ? (slot + 1) % max(1, row.syndromeSlotCount) : slot))
-                    }
+        for role in missing { s.zero(role) }
+        switch geometry.level {
+        case .raid4, .raid5:
+            let lost = missing[0]
+            let sources = (0..<geometry.raidDisks).filter { $0 != lost }.map { UnsafeRawPointer(s.block($0)) }
+            Parity.xor(sources, into: s.block(lost), byteCount: unitBytes)
+        case .raid6:
+            var slots = [UnsafeMutableRawPointer](repeating: zeroPointer, count: row.syndromeSlotCount)
+            for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = s.block(disk) }
+            var lost: [RAID6Block] = []
+            for role in missing {
+                switch row.content(ofDisk: role) {
+                case .p: lost.append(.p)
+                case .q: lost.append(.q)
+                case .data(let dd):
+                    let slot = row.syndromeSlot[dd]
+                    lost.append(.data(slot: variant.contains(.wrongReconstruction) ? (slot + 1) % max(1, row.syndromeSlotCount) : slot))
                 }
-                try! Parity.reconstructRAID6(slots: slots, p: ptr[row.pDisk], q: ptr[row.qDisk!], lost: lost, byteCount: unitBytes, scratch: scratch)
             }
+            try! Parity.reconstructRAID6(slots: slots, p: s.block(row.pDisk), q: s.block(row.qDisk!), lost: lost, byteCount: unitBytes, scratch: scratch)
         }
+        for role in missing { s.valid[role] = true }
         counters.rebuiltBlocks += missing.count
-    }
-
-    /// Runs `body` with pointers to every block of the stripe (all must be present).
-    func withBlockPointers<R>(_ s: Stripe, _ body: ([UnsafeMutableRawPointer]) throws -> R) rethrows -> R {
-        let buffers = (0..<geometry.raidDisks).map { role -> UnsafeMutableRawPointer in
-            let p = UnsafeMutableRawPointer.allocate(byteCount: unitBytes, alignment: 64)
-            if let block = s.blocks[role] {
-                block.withUnsafeBytes { p.copyMemory(from: $0.baseAddress!, byteCount: unitBytes) }
-            } else {
-                p.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
-            }
-            return p
-        }
-        defer {
-            for (role, p) in buffers.enumerated() {
-                if s.blocks[role] != nil {
-                    s.blocks[role] = Array(UnsafeRawBufferPointer(start: p, count: unitBytes))
-                }
-                p.deallocate()
-            }
-        }
-        return try body(buffers)
     }
 
     /// After a failed read was rebuilt, md writes the good data back and reads it again.
@@ -212,9 +187,9 @@ extension RaidCore {
         var started = false
         for role in 0..<geometry.raidDisks where s.needsRewrite[role] {
             s.needsRewrite[role] = false
-            guard let m = roleMember[role], members[m].isActive, let block = s.blocks[role], !readOnly else { continue }
+            guard let m = roleMember[role], members[m].isActive, s.valid[role], !readOnly else { continue }
             s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeRewrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: block, fua: false))
+            out.append(.memberWrite(newIO(.stripeRewrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.bytes(role), fua: false))
             started = true
         }
         if started { s.phase = .repairing }
@@ -223,17 +198,21 @@ extension RaidCore {
 
     // MARK: - writes
 
-    /// Data indices the batch writes, and which of them it overwrites completely.
-    func writeCoverage(_ s: Stripe) -> (written: Set<Int>, full: Set<Int>) {
-        var written = Set<Int>()
-        var bytesCovered: [Int: [Bool]] = [:]
+    /// Data indices the batch writes, and which of them it overwrites completely (computed once
+    /// per batch: sector masks per data index).
+    func writeCoverage(_ s: Stripe) -> (written: [Int], full: [Bool]) {
+        if let cached = s.coverage { return cached }
+        var masks = [UInt64](repeating: 0, count: dataDisks)
         for p in s.writeBatch {
-            written.insert(p.dataIndex)
-            var map = bytesCovered[p.dataIndex] ?? [Bool](repeating: false, count: unitBytes / 512)
-            for sector in (p.offsetInBlock / 512)..<((p.offsetInBlock + p.length) / 512) { map[sector] = true }
-            bytesCovered[p.dataIndex] = map
+            let first = p.offsetInBlock / 512
+            let count = p.length / 512
+            masks[p.dataIndex] |= (count == 64 ? ~0 : ((UInt64(1) << UInt64(count)) - 1)) << UInt64(first)
         }
-        let full = Set(bytesCovered.filter { $0.value.allSatisfy { $0 } }.keys)
+        let sectorsPerUnit = unitBytes / 512
+        let fullMask: UInt64 = sectorsPerUnit == 64 ? ~0 : (UInt64(1) << UInt64(sectorsPerUnit)) - 1
+        let written = (0..<dataDisks).filter { masks[$0] != 0 }
+        let full = (0..<dataDisks).map { masks[$0] == fullMask }
+        s.coverage = (written, full)
         return (written, full)
     }
 
@@ -249,10 +228,10 @@ extension RaidCore {
             return
         }
         let parityRoles = [row.pDisk] + (row.qDisk.map { [$0] } ?? [])
-        let rcwNeeds = (0..<dataDisks).filter { !full.contains($0) }.map { row.dataDisk[$0] }
+        let rcwNeeds = (0..<dataDisks).filter { !full[$0] }.map { row.dataDisk[$0] }
         let rmwNeeds = written.map { row.dataDisk[$0] } + parityRoles
-        let rcwReads = rcwNeeds.filter { s.blocks[$0] == nil }.count
-        let rmwReads = rmwNeeds.filter { s.blocks[$0] == nil }.count
+        let rcwReads = rcwNeeds.filter { !s.valid[$0] }.count
+        let rmwReads = rmwNeeds.filter { !s.valid[$0] }.count
         if !parityKnownGood(unit: s.unit) || rcwReads <= rmwReads {
             s.writeMode = .reconstructWrite
             counters.reconstructWrites += 1
@@ -269,7 +248,7 @@ extension RaidCore {
         case .degraded:
             return Set(0..<geometry.raidDisks)
         case .reconstructWrite:
-            return Set((0..<dataDisks).filter { !full.contains($0) }.map { row.dataDisk[$0] })
+            return Set((0..<dataDisks).filter { !full[$0] }.map { row.dataDisk[$0] })
         case .readModifyWrite:
             return Set(written.map { row.dataDisk[$0] } + [row.pDisk] + (row.qDisk.map { [$0] } ?? []))
         }
@@ -305,56 +284,52 @@ extension RaidCore {
         }
     }
 
+    /// Copies the batch's bytes for data index `dd` into `block` (which holds the old content).
+    func applyPieces(_ s: Stripe, dataIndex dd: Int, into block: UnsafeMutableRawPointer) {
+        for p in s.writeBatch where p.dataIndex == dd {
+            if let data = p.op.data {
+                data.withUnsafeBytes { (block + p.offsetInBlock).copyMemory(from: $0.baseAddress! + p.offsetInRequest, byteCount: p.length) }
+            } else {
+                (block + p.offsetInBlock).initializeMemory(as: UInt8.self, repeating: 0, count: p.length)
+            }
+        }
+    }
+
     /// Applies the batch to the blocks, recomputes parity, and writes what changed.
     func issueWrites(_ s: Stripe) {
         let row = s.row!
-        let (written, _) = writeCoverage(s)
-        // New contents of written data blocks.
-        var newBlocks: [Int: [UInt8]] = [:]
-        for dd in written.sorted() {
-            let disk = row.dataDisk[dd]
-            newBlocks[dd] = s.blocks[disk] ?? [UInt8](repeating: 0, count: unitBytes)
-        }
-        for p in s.writeBatch {
-            var block = newBlocks[p.dataIndex]!
-            if let data = p.op.data {
-                block.replaceSubrange(p.offsetInBlock..<(p.offsetInBlock + p.length), with: data[p.offsetInRequest..<(p.offsetInRequest + p.length)])
-            } else {
-                block.replaceSubrange(p.offsetInBlock..<(p.offsetInBlock + p.length), with: repeatElement(0, count: p.length))
-            }
-            newBlocks[p.dataIndex] = block
-        }
-        let partial = s.writeBatch.contains { $0.length < unitBytes }
+        let (written, full) = writeCoverage(s)
+        let partial = written.contains { !full[$0] }
         let skipParity = variant.contains(.skipParityOnPartialWrite) && partial
         if s.writeMode == .readModifyWrite {
-            // P ^= old ^ new; Q ^= g^slot · (old ^ new).
-            var p = s.blocks[row.pDisk]!
-            var q = row.qDisk.map { s.blocks[$0]! }
-            for dd in written.sorted() {
-                let old = s.blocks[row.dataDisk[dd]]!
-                let new = newBlocks[dd]!
-                var delta = [UInt8](repeating: 0, count: unitBytes)
-                old.withUnsafeBytes { o in new.withUnsafeBytes { n in delta.withUnsafeMutableBytes { d in
-                    Parity.xor([o.baseAddress!, n.baseAddress!], into: d.baseAddress!, byteCount: unitBytes)
-                } } }
-                p.withUnsafeMutableBytes { pp in delta.withUnsafeBytes { d in
-                    Parity.xor([UnsafeRawPointer(pp.baseAddress!), d.baseAddress!], into: pp.baseAddress!, byteCount: unitBytes)
-                } }
-                if q != nil {
-                    let g = GF256.pow2(row.syndromeSlot[dd])
-                    q!.withUnsafeMutableBytes { qq in delta.withUnsafeBytes { d in
-                        gfMulAddKernel(1, qq.baseAddress!, g, d.baseAddress!, into: qq.baseAddress!, byteCount: unitBytes)
-                    } }
+            // Per written block: new = old + pieces (in scratch A), delta = old ^ new (scratch B);
+            // P ^= delta, Q ^= g^slot · delta, then the block takes its new content.
+            for dd in written {
+                let disk = row.dataDisk[dd]
+                s.scratchA.copyMemory(from: s.block(disk), byteCount: unitBytes)
+                applyPieces(s, dataIndex: dd, into: s.scratchA)
+                Parity.xor([UnsafeRawPointer(s.block(disk)), UnsafeRawPointer(s.scratchA)], into: s.scratchB, byteCount: unitBytes)
+                if !skipParity {
+                    Parity.xor([UnsafeRawPointer(s.block(row.pDisk)), UnsafeRawPointer(s.scratchB)], into: s.block(row.pDisk), byteCount: unitBytes)
+                    if let qDisk = row.qDisk {
+                        gfMulAddKernel(1, s.block(qDisk), GF256.pow2(row.syndromeSlot[dd]), s.scratchB, into: s.block(qDisk), byteCount: unitBytes)
+                    }
                 }
-            }
-            for (dd, block) in newBlocks { s.blocks[row.dataDisk[dd]] = block }
-            if !skipParity {
-                s.blocks[row.pDisk] = p
-                if let qDisk = row.qDisk { s.blocks[qDisk] = q }
+                s.block(disk).copyMemory(from: s.scratchA, byteCount: unitBytes)
             }
         } else {
-            for (dd, block) in newBlocks { s.blocks[row.dataDisk[dd]] = block }
+            for dd in written {
+                let disk = row.dataDisk[dd]
+                if !s.valid[disk] { s.zero(disk) }  // fully overwritten: no old content needed
+                applyPieces(s, dataIndex: dd, into: s.block(disk))
+                s.valid[disk] = true
+            }
             if !skipParity { computeParity(s) }
+        }
+        if skipParity {
+            // The broken variant: parity on disk and in the cache no longer matches the data.
+            s.valid[row.pDisk] = false
+            if let q = row.qDisk { s.valid[q] = false }
         }
         var roles = written.map { row.dataDisk[$0] }
         if !skipParity { roles += [row.pDisk] + (row.qDisk.map { [$0] } ?? []) }
@@ -363,30 +338,22 @@ extension RaidCore {
         for role in roles.sorted() where roleWritable(role, unit: s.unit) {
             let m = roleMember[role]!
             s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: fua))
+            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.bytes(role), fua: fua))
         }
-        // A rebuilding member past its recovery point gets nothing: recovery will write it.
     }
 
     /// P (and Q) from the stripe's data blocks, all of which must be up to date.
     func computeParity(_ s: Stripe) {
         let row = s.row!
-        withBlockPointers(s) { ptr in
-            let data = row.dataDisk.map { UnsafeRawPointer(ptr[$0]) }
-            if let qDisk = row.qDisk {
-                let zero = UnsafeMutableRawPointer.allocate(byteCount: unitBytes, alignment: 64)
-                defer { zero.deallocate() }
-                zero.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
-                var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zero), count: row.syndromeSlotCount)
-                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(ptr[disk]) }
-                if s.blocks[row.pDisk] == nil { s.blocks[row.pDisk] = zeroBlock }
-                if s.blocks[qDisk] == nil { s.blocks[qDisk] = zeroBlock }
-                Parity.pq(slots: slots, p: ptr[row.pDisk], q: ptr[qDisk], byteCount: unitBytes)
-            } else {
-                if s.blocks[row.pDisk] == nil { s.blocks[row.pDisk] = zeroBlock }
-                Parity.xor(data, into: ptr[row.pDisk], byteCount: unitBytes)
-            }
+        if let qDisk = row.qDisk {
+            var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zeroPointer), count: row.syndromeSlotCount)
+            for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(s.block(disk)) }
+            Parity.pq(slots: slots, p: s.block(row.pDisk), q: s.block(qDisk), byteCount: unitBytes)
+            s.valid[qDisk] = true
+        } else {
+            Parity.xor(row.dataDisk.map { UnsafeRawPointer(s.block($0)) }, into: s.block(row.pDisk), byteCount: unitBytes)
         }
+        s.valid[row.pDisk] = true
     }
 
     // MARK: - write accounting (md_write_start / md_write_end)

@@ -243,16 +243,17 @@ extension RaidCore {
         var writes: [Int] = []
         switch run.kind {
         case .check, .repair, .resync:
-            let before = (0..<geometry.raidDisks).map { s.blocks[$0]! }
             let mismatchBlocks = countMismatches(s)
             if run.kind != .resync {
                 sync.mismatchSectors += UInt64(mismatchBlocks) * (variant.contains(.mismatchCountInSectorsOfOne) ? 1 : 8)
             }
             if run.kind != .check && mismatchBlocks > 0 {
+                // Keep the old parity to write only what changed.
+                s.scratchA.copyMemory(from: s.block(row.pDisk), byteCount: unitBytes)
+                if let q = row.qDisk { s.scratchB.copyMemory(from: s.block(q), byteCount: unitBytes) }
                 computeParity(s)
-                for role in [row.pDisk] + (row.qDisk.map { [$0] } ?? []) where s.blocks[role]! != before[role] {
-                    writes.append(role)
-                }
+                if !buffersEqual(s.scratchA, s.block(row.pDisk), byteCount: unitBytes) { writes.append(row.pDisk) }
+                if let q = row.qDisk, !buffersEqual(s.scratchB, s.block(q), byteCount: unitBytes) { writes.append(q) }
             }
         case .recover:
             if let target = run.target { writes.append(target.role) }
@@ -266,7 +267,7 @@ extension RaidCore {
         for role in writes {
             guard let m = roleMember[role], members[m].isActive else { continue }
             s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.blocks[role]!, fua: false))
+            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.bytes(role), fua: false))
         }
         s.phase = .syncWriting
         return false
@@ -276,25 +277,20 @@ extension RaidCore {
     func countMismatches(_ s: Stripe) -> Int {
         let row = s.row!
         var count = 0
-        withBlockPointers(s) { ptr in
-            let block = 4096
-            var offset = 0
-            while offset < unitBytes {
-                if let qDisk = row.qDisk {
-                    let zero = UnsafeMutableRawPointer.allocate(byteCount: block, alignment: 64)
-                    zero.initializeMemory(as: UInt8.self, repeating: 0, count: block)
-                    var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zero), count: row.syndromeSlotCount)
-                    for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(ptr[disk] + offset) }
-                    if ParityCheck.raid6(slots: slots, p: ptr[row.pDisk] + offset, q: ptr[qDisk] + offset, byteCount: block, scratch: scratch) != .consistent {
-                        count += 1
-                    }
-                    zero.deallocate()
-                } else {
-                    let data = row.dataDisk.map { UnsafeRawPointer(ptr[$0] + offset) }
-                    if !ParityCheck.raid5Consistent(data: data, p: ptr[row.pDisk] + offset, byteCount: block, scratch: scratch) { count += 1 }
+        let block = 4096
+        var offset = 0
+        while offset < unitBytes {
+            if let qDisk = row.qDisk {
+                var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zeroPointer), count: row.syndromeSlotCount)
+                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(s.block(disk) + offset) }
+                if ParityCheck.raid6(slots: slots, p: s.block(row.pDisk) + offset, q: s.block(qDisk) + offset, byteCount: block, scratch: scratch) != .consistent {
+                    count += 1
                 }
-                offset += block
+            } else {
+                let data = row.dataDisk.map { UnsafeRawPointer(s.block($0) + offset) }
+                if !ParityCheck.raid5Consistent(data: data, p: s.block(row.pDisk) + offset, byteCount: block, scratch: scratch) { count += 1 }
             }
+            offset += block
         }
         return count
     }

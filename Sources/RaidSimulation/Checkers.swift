@@ -1,6 +1,10 @@
 import MDFormat
 import RaidCore
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// Liveness (design.md §5): every client request and control command is answered within a
 /// bound, and `array_state` never stays `write-pending` longer than a bound while members answer.
 public final class LivenessChecker: SimChecker {
@@ -42,52 +46,89 @@ public final class LivenessChecker: SimChecker {
     public func crashed(_ sim: Simulation) { writePendingSince = nil }
 }
 
+/// What a sector of the model holds: zeros, nothing known, or sector `index` of write `key`.
+struct SectorValue: Equatable {
+    let key: Int
+    let index: Int
+    static let zero = SectorValue(key: -1, index: 0)
+    static let unknown = SectorValue(key: -2, index: 0)
+    static func write(_ key: Int, _ index: Int) -> SectorValue { SectorValue(key: key, index: index) }
+}
+
 /// Data (design.md §5): a shadow copy of the array; every read returns the last acknowledged
 /// write, or the data of a write to the same sector that overlapped the read in time.
 /// Durability: after a crash and restart, every write acknowledged with FUA or followed by an
 /// acknowledged FLUSH reads back intact (later writes may or may not have landed).
 public final class DataChecker: SimChecker {
     let sectorCount: Int
-    /// Per sector: the acknowledged content (nil = unknown: trimmed or failed write).
-    var committed: [[UInt8]?]
-    /// Writes in flight: id → (first sector, bytes per sector or nil for zeroes, unknown after).
-    var writesInFlight: [RequestID: InFlightWrite] = [:]
-    /// Reads in flight: id → values each sector may legitimately take.
-    var readsInFlight: [RequestID: InFlightRead] = [:]
-    /// Durability bookkeeping, per sector: writes since the last point known durable.
-    var durableValue: [[UInt8]?]
-    var sinceDurable: [[Int]]
-    var writeData: [Int: (start: Int, sectors: [[UInt8]?])] = [:]
+    /// Per sector: the acknowledged content.
+    var committed: [SectorValue]
+    /// Every write's bytes by key (nil: zeroes; trims are `unknown` per sector).
+    var writeData: [Int: [UInt8]] = [:]
+    var writeIsTrim: [Int: Bool] = [:]
     var nextWriteKey = 0
-    /// Writes acknowledged and not yet covered by a flush: key → (start, count).
+    var writesInFlight: [RequestID: InFlightWrite] = [:]
+    var readsInFlight: [RequestID: InFlightRead] = [:]
+    /// Durability, per sector: the value known durable and the writes since.
+    var durableValue: [SectorValue]
+    var sinceDurable: [[Int]]
+    var writeStart: [Int: Int] = [:]
+    var writeCount: [Int: Int] = [:]
+    /// Writes acknowledged and not yet covered by a flush (keys, in order).
     var ackedNotDurable: [Int] = []
     var flushesInFlight: [RequestID: [Int]] = [:]
     public private(set) var readsChecked = 0
     public private(set) var sectorsVerified = 0
-    let zeroSector = [UInt8](repeating: 0, count: 512)
 
     struct InFlightWrite {
         let key: Int
         let start: Int
         let count: Int
-        let isTrim: Bool
     }
 
     struct InFlightRead {
         let start: Int
         let count: Int
-        var allowed: [[[UInt8]?]]
+        /// The model when the read was issued.
+        var snapshot: [SectorValue]
+        /// Writes that overlapped the read in time (any of their sectors may show).
+        var overlapping: [InFlightWrite]
+
+        func allowed(_ i: Int, _ checker: DataChecker) -> [SectorValue] {
+            var options = [snapshot[i]]
+            let sector = start + i
+            for w in overlapping where w.start <= sector && sector < w.start + w.count {
+                options.append(checker.value(ofWrite: w.key, sector: sector - w.start))
+            }
+            return options
+        }
     }
 
     public init(arrayBytes: UInt64) {
         sectorCount = Int(arrayBytes / 512)
-        committed = [[UInt8]?](repeating: [UInt8](repeating: 0, count: 512), count: sectorCount)
+        committed = [SectorValue](repeating: .zero, count: sectorCount)
         durableValue = committed
         sinceDurable = [[Int]](repeating: [], count: sectorCount)
     }
 
-    func sectorsOf(_ data: [UInt8]) -> [[UInt8]?] {
-        (0..<(data.count / 512)).map { Array(data[($0 * 512)..<(($0 + 1) * 512)]) }
+    /// The value sector `i` of write `key` stands for.
+    func value(ofWrite key: Int, sector i: Int) -> SectorValue {
+        if writeIsTrim[key] == true { return .unknown }
+        return writeData[key] == nil ? .zero : .write(key, i)
+    }
+
+    /// Whether `bytes[at..<at+512]` is what `v` says (unknown matches anything).
+    func matches(_ v: SectorValue, _ bytes: UnsafeRawBufferPointer, at: Int) -> Bool {
+        switch v.key {
+        case -2: return true
+        case -1:
+            for i in 0..<512 where bytes[at + i] != 0 { return false }
+            return true
+        default:
+            return writeData[v.key]!.withUnsafeBytes { data in
+                memcmp(bytes.baseAddress! + at, data.baseAddress! + v.index * 512, 512) == 0
+            }
+        }
     }
 
     public func clientSubmitted(_ sim: Simulation, id: RequestID, request: ClientRequest) {
@@ -95,40 +136,34 @@ public final class DataChecker: SimChecker {
         case .read(let offset, let length):
             let start = Int(offset / 512)
             let count = length / 512
-            var allowed: [[[UInt8]?]] = (0..<count).map { [committed[start + $0]] }
-            for w in writesInFlight.values where w.start < start + count && start < w.start + w.count {
-                addWriteValues(w, to: &allowed, readStart: start, readCount: count)
-            }
-            readsInFlight[id] = InFlightRead(start: start, count: count, allowed: allowed)
+            let overlapping = writesInFlight.values.filter { $0.start < start + count && start < $0.start + $0.count }
+            readsInFlight[id] = InFlightRead(start: start, count: count, snapshot: Array(committed[start..<(start + count)]), overlapping: overlapping)
         case .write(let offset, let data, _):
-            beginWrite(id, start: Int(offset / 512), sectors: sectorsOf(data), isTrim: false)
+            beginWrite(id, start: Int(offset / 512), count: data.count / 512, data: data, isTrim: false)
         case .writeZeroes(let offset, let length, _):
-            beginWrite(id, start: Int(offset / 512), sectors: [[UInt8]?](repeating: zeroSector, count: length / 512), isTrim: false)
+            beginWrite(id, start: Int(offset / 512), count: length / 512, data: nil, isTrim: false)
         case .trim(let offset, let length):
-            beginWrite(id, start: Int(offset / 512), sectors: [[UInt8]?](repeating: nil, count: length / 512), isTrim: true)
+            beginWrite(id, start: Int(offset / 512), count: length / 512, data: nil, isTrim: true)
         case .flush:
             flushesInFlight[id] = ackedNotDurable
         }
     }
 
-    func beginWrite(_ id: RequestID, start: Int, sectors: [[UInt8]?], isTrim: Bool) {
+    func beginWrite(_ id: RequestID, start: Int, count: Int, data: [UInt8]?, isTrim: Bool) {
         let key = nextWriteKey
         nextWriteKey += 1
-        writeData[key] = (start, sectors)
-        let w = InFlightWrite(key: key, start: start, count: sectors.count, isTrim: isTrim)
+        writeData[key] = data
+        if isTrim { writeIsTrim[key] = true }
+        writeStart[key] = start
+        writeCount[key] = count
+        let w = InFlightWrite(key: key, start: start, count: count)
         writesInFlight[id] = w
-        for i in 0..<sectors.count { sinceDurable[start + i].append(key) }
+        for i in 0..<count { sinceDurable[start + i].append(key) }
         // Reads already in flight may see this write too.
-        for (rid, var r) in readsInFlight where w.start < r.start + r.count && r.start < w.start + w.count {
-            addWriteValues(w, to: &r.allowed, readStart: r.start, readCount: r.count)
-            readsInFlight[rid] = r
-        }
-    }
-
-    func addWriteValues(_ w: InFlightWrite, to allowed: inout [[[UInt8]?]], readStart: Int, readCount: Int) {
-        let data = writeData[w.key]!.sectors
-        for s in max(w.start, readStart)..<min(w.start + w.count, readStart + readCount) {
-            allowed[s - readStart].append(data[s - w.start])
+        for rid in readsInFlight.keys {
+            let r = readsInFlight[rid]!
+            guard w.start < r.start + r.count && r.start < w.start + w.count else { continue }
+            readsInFlight[rid]!.overlapping.append(w)
         }
     }
 
@@ -138,26 +173,27 @@ public final class DataChecker: SimChecker {
             guard let r = readsInFlight.removeValue(forKey: id) else { return }
             guard case .data(let bytes) = result else { return }
             readsChecked += 1
-            for i in 0..<r.count {
-                let got = Array(bytes[(i * 512)..<((i + 1) * 512)])
-                let options = r.allowed[i]
-                if options.contains(where: { $0 == nil }) || options.contains(where: { $0 == got }) { continue }
-                sim.fail(.data, "read \(id) returned wrong data at array sector \(r.start + i) (\(describe(got)); expected \(options.compactMap { $0 }.map(describe).joined(separator: " or ")))")
-                return
+            bytes.withUnsafeBytes { raw in
+                for i in 0..<r.count where !matches(r.snapshot[i], raw, at: i * 512) {
+                    let options = r.allowed(i, self)
+                    if options.contains(where: { matches($0, raw, at: i * 512) }) { continue }
+                    let got = Array(bytes[(i * 512)..<((i + 1) * 512)])
+                    sim.fail(.data, "read \(id) returned wrong data at array sector \(r.start + i) (\(describe(got)); expected \(options.map(describe).joined(separator: " or ")))")
+                    return
+                }
             }
         case .write, .writeZeroes, .trim:
             guard let w = writesInFlight.removeValue(forKey: id) else { return }
-            let data = writeData[w.key]!.sectors
             var ok = true
             if case .failed = result { ok = false }
             for i in 0..<w.count {
                 // A failed write may have landed in part: the sector is unknown from here on.
-                committed[w.start + i] = ok && !w.isTrim ? data[i] : nil
+                committed[w.start + i] = ok ? value(ofWrite: w.key, sector: i) : .unknown
             }
             if ok {
                 var fua = false
                 if case .write(_, _, let f) = request { fua = f }
-                if case .writeZeroes(_, _, let f) = request { fua = fua || f }
+                if case .writeZeroes(_, _, let f) = request { fua = f }
                 if fua { makeDurable([w.key]) } else { ackedNotDurable.append(w.key) }
             }
         case .flush:
@@ -166,22 +202,22 @@ public final class DataChecker: SimChecker {
         }
     }
 
-    /// These acknowledged writes are durable: for each sector, the newest of them becomes the
-    /// sector's floor value, and older history goes.
+    /// These acknowledged writes are durable: each of their sectors now holds at least them.
     func makeDurable(_ keys: [Int]) {
         let set = Set(keys)
         for key in keys {
-            guard let (start, sectors) = writeData[key] else { continue }
-            for i in 0..<sectors.count {
+            let start = writeStart[key]!
+            let count = writeCount[key]!
+            for i in 0..<count {
                 let s = start + i
                 guard let index = sinceDurable[s].firstIndex(of: key) else { continue }
-                // Only move forward: a later key already durable wins.
-                durableValue[s] = sectors[i]
+                durableValue[s] = value(ofWrite: key, sector: i)
                 sinceDurable[s].removeFirst(index + 1)
             }
         }
         ackedNotDurable.removeAll { set.contains($0) }
     }
+
 
     public func crashed(_ sim: Simulation) {
         // Requests in flight die with the core: their writes may or may not have landed (they
@@ -190,26 +226,29 @@ public final class DataChecker: SimChecker {
         writesInFlight.removeAll()
         readsInFlight.removeAll()
         flushesInFlight.removeAll()
-        for s in 0..<sectorCount { committed[s] = sinceDurable[s].isEmpty ? durableValue[s] : nil }
+        for s in 0..<sectorCount { committed[s] = sinceDurable[s].isEmpty ? durableValue[s] : .unknown }
     }
 
     /// After restart: every sector must hold its durable value or a later write's; the model then
     /// takes what is actually there.
     public func verifyAfterRestart(_ sim: Simulation, content: [UInt8]) {
-        for s in 0..<sectorCount {
-            let got = Array(content[(s * 512)..<((s + 1) * 512)])
-            var options: [[UInt8]?] = [durableValue[s]]
-            for key in sinceDurable[s] {
-                let (start, sectors) = writeData[key]!
-                options.append(sectors[s - start])
+        let key = nextWriteKey
+        nextWriteKey += 1
+        writeData[key] = content
+        writeStart[key] = 0
+        content.withUnsafeBytes { raw in
+            for s in 0..<sectorCount {
+                var options = [durableValue[s]]
+                for k in sinceDurable[s] { options.append(value(ofWrite: k, sector: s - writeStart[k]!)) }
+                if !options.contains(where: { matches($0, raw, at: s * 512) }) {
+                    let got = Array(content[(s * 512)..<((s + 1) * 512)])
+                    sim.fail(.durability, "after the crash, array sector \(s) holds \(describe(got)); durable value was \(describe(durableValue[s])) with \(sinceDurable[s].count) later writes")
+                    return
+                }
+                committed[s] = .write(key, s)
+                durableValue[s] = .write(key, s)
+                sinceDurable[s].removeAll()
             }
-            if !options.contains(where: { $0 == nil || $0! == got }) {
-                sim.fail(.durability, "after the crash, array sector \(s) holds \(describe(got)); durable value was \(durableValue[s].map(describe) ?? "unknown") with \(sinceDurable[s].count) later writes")
-                return
-            }
-            committed[s] = got
-            durableValue[s] = got
-            sinceDurable[s].removeAll()
         }
         ackedNotDurable.removeAll()
         sectorsVerified += sectorCount
@@ -217,15 +256,22 @@ public final class DataChecker: SimChecker {
 
     /// Redundancy (design.md §5): the whole array, read end to end, equals the model.
     public func verifyContent(_ sim: Simulation, content: [UInt8], checker: SimFailure.Kind = .redundancy) {
-        for s in 0..<sectorCount {
-            guard let expected = committed[s] else { continue }
-            let got = Array(content[(s * 512)..<((s + 1) * 512)])
-            if got != expected {
-                sim.fail(checker, "array sector \(s) reads \(describe(got)), expected \(describe(expected)) (failed members: \(sim.core.memberRoles.filter { $0 == .faulty }.count))")
+        content.withUnsafeBytes { raw in
+            for s in 0..<sectorCount where !matches(committed[s], raw, at: s * 512) {
+                let got = Array(content[(s * 512)..<((s + 1) * 512)])
+                sim.fail(checker, "array sector \(s) reads \(describe(got)), expected \(describe(committed[s])) (failed members: \(sim.core.memberRoles.filter { $0 == .faulty }.count))")
                 return
             }
         }
         sectorsVerified += sectorCount
+    }
+
+    func describe(_ v: SectorValue) -> String {
+        switch v.key {
+        case -1: return "zeros"
+        case -2: return "anything"
+        default: return describe(Array(writeData[v.key]![(v.index * 512)..<((v.index + 1) * 512)]))
+        }
     }
 
     func describe(_ sector: [UInt8]) -> String {

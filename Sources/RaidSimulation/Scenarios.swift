@@ -30,19 +30,18 @@ final class RandomClient {
 
     func completed(_ id: RequestID) { inFlight[id] = nil }
 
-    /// Data that names where and when it was written (so a misplaced read is obvious).
+    /// Data that names where and when it was written (so a misplaced read is obvious): each
+    /// sector starts with its array sector number and the write's sequence number.
     func pattern(sectorStart: UInt64, sectors: Int) -> [UInt8] {
         writeSeq += 1
         var data = [UInt8](repeating: 0, count: sectors * 512)
-        for s in 0..<sectors {
-            var tag = (sectorStart + UInt64(s)) << 32 | (writeSeq & 0xffff_ffff)
-            for b in 0..<8 {
-                data[s * 512 + b] = UInt8(truncatingIfNeeded: tag >> 56)
-                tag <<= 8
-            }
-            for i in stride(from: 8, to: 512, by: 8) {
-                let v = (writeSeq &* 0x9e37_79b9_7f4a_7c15) ^ UInt64(i) ^ (sectorStart + UInt64(s))
-                for b in 0..<8 { data[s * 512 + i + b] = UInt8(truncatingIfNeeded: v >> (8 * UInt64(b))) }
+        data.withUnsafeMutableBytes { raw in
+            for s in 0..<sectors {
+                let sector = sectorStart + UInt64(s)
+                raw.storeBytes(of: ((sector << 32) | (writeSeq & 0xffff_ffff)).bigEndian, toByteOffset: s * 512, as: UInt64.self)
+                for i in stride(from: 8, to: 512, by: 8) {
+                    raw.storeBytes(of: (writeSeq &* 0x9e37_79b9_7f4a_7c15) ^ UInt64(i) ^ sector, toByteOffset: s * 512 + i, as: UInt64.self)
+                }
             }
         }
         return data
@@ -212,7 +211,7 @@ public final class SeedScenario: SimScenario {
     public func begin(_ sim: Simulation) {
         data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
         sim.checkers += [LivenessChecker(), data]
-        endTime = sim.now + UInt64(200 + sim.random.below(300)) * nanosPerMilli
+        endTime = sim.now + UInt64(100 + sim.random.below(150)) * nanosPerMilli
         fillWrites(sim)
         sim.wake(after: nanosPerMilli, tag: 1)  // control loop
         sim.wake(after: nanosPerMilli, tag: 2)  // monitor

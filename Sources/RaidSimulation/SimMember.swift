@@ -12,7 +12,9 @@ public final class SimMember {
     /// Sectors written (completed) but not yet durable: sector → its latest content. A volatile
     /// cache holds the newest data for a sector, so an older write can never reappear over a
     /// newer one.
-    private var unflushed: [Int: [UInt8]] = [:]
+    private var unflushed: [Int: (write: Int, index: Int)] = [:]
+    /// Data of the writes `unflushed` points into.
+    private var unflushedWrites: [[UInt8]] = []
     /// The device is dead: every I/O fails.
     public var dead = false
     /// Sectors that fail to read until rewritten (latent bad sectors).
@@ -37,13 +39,9 @@ public final class SimMember {
         guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
         current.replaceSubrange(offset..<(offset + data.count), with: data)
         for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
+        if !fua { unflushedWrites.append(data) }
         for i in 0..<(data.count / 512) {
-            let sector = offset / 512 + i
-            if fua {
-                unflushed[sector] = nil
-            } else {
-                unflushed[sector] = Array(data[(i * 512)..<((i + 1) * 512)])
-            }
+            unflushed[offset / 512 + i] = fua ? nil : (unflushedWrites.count - 1, i)
         }
         if fua { durable.replaceSubrange(offset..<(offset + data.count), with: data) }
         return true
@@ -52,8 +50,13 @@ public final class SimMember {
     /// Everything completed so far becomes durable.
     public func flush() -> Bool {
         guard !dead else { return false }
-        durable = current
+        // Copy only what changed: sharing `current` would make the next write copy the device.
+        for sector in unflushed.keys {
+            let range = (sector * 512)..<((sector + 1) * 512)
+            durable.replaceSubrange(range, with: current[range])
+        }
         unflushed.removeAll()
+        unflushedWrites.removeAll()
         return true
     }
 
@@ -62,7 +65,8 @@ public final class SimMember {
     public func crash(inFlightWrites: [(offset: Int, data: [UInt8])], random: inout SimRandom) {
         var image = durable
         for sector in unflushed.keys.sorted() where random.chance(0.6) {
-            image.replaceSubrange((sector * 512)..<((sector + 1) * 512), with: unflushed[sector]!)
+            let (w, i) = unflushed[sector]!
+            image.replaceSubrange((sector * 512)..<((sector + 1) * 512), with: unflushedWrites[w][(i * 512)..<((i + 1) * 512)])
         }
         for w in inFlightWrites {
             for i in 0..<(w.data.count / 512) where random.chance(0.5) {
@@ -73,6 +77,7 @@ public final class SimMember {
         durable = image
         current = image
         unflushed.removeAll()
+        unflushedWrites.removeAll()
     }
 
     /// Direct corruption for checker tests (bypasses the array).

@@ -149,6 +149,8 @@ struct TraceHasher {
             x >>= 8
         }
     }
+    /// Data is sampled (a word every 64 bytes): enough to see two runs diverge, cheap enough
+    /// to do for every block.
     mutating func add(_ bytes: [UInt8]) {
         add(UInt64(bytes.count))
         var h: UInt64 = 0
@@ -156,11 +158,7 @@ struct TraceHasher {
             var i = 0
             while i + 8 <= raw.count {
                 h = (h ^ raw.loadUnaligned(fromByteOffset: i, as: UInt64.self)) &* 0x100_0000_01b3
-                i += 8
-            }
-            while i < raw.count {
-                h = (h ^ UInt64(raw[i])) &* 0x100_0000_01b3
-                i += 1
+                i += 64
             }
         }
         add(h)
@@ -241,8 +239,8 @@ public final class Simulation {
     var inFlightWrites: [MemberIOID: (member: Int, offset: Int, data: [UInt8])] = [:]
     var timerTokens: [TimerID: Int] = [:]
     var nextToken = 0
-    /// The last events, for failure reports (bounded).
-    var recent: [String] = []
+    /// The last events, for failure reports (bounded; formatted only when reported).
+    var recent: [(Nanoseconds, RecentEvent)] = []
     var recentHead = 0
     public var checkers: [SimChecker] = []
     public let scenario: SimScenario
@@ -392,7 +390,7 @@ public final class Simulation {
         case .timer(let timer, let token, let e):
             guard e == epoch, timerTokens[timer] == token else { return }
             timerTokens[timer] = nil
-            record("timer \(timer)")
+            note(.timer(timer))
             trace.add(3); trace.add(now)
             apply(core.handle(.timerFired(timer), now: now))
         case .wake(let tag):
@@ -413,7 +411,7 @@ public final class Simulation {
         let id = nextRequestID
         nextRequestID += 1
         pendingClients[id] = (request, now)
-        record("client \(id): \(request)")
+        note(.client(id, request))
         trace.add(1); trace.add(id); trace.add(now)
         for c in checkers { c.clientSubmitted(self, id: id, request: request) }
         apply(core.handle(.client(id, request), now: now))
@@ -425,7 +423,7 @@ public final class Simulation {
         let id = nextRequestID
         nextRequestID += 1
         pendingControls[id] = (command, now)
-        record("control \(id): \(command)")
+        note(.control(id, command))
         trace.add(2); trace.add(id); trace.add(now)
         for c in checkers { c.controlSubmitted(self, id: id, command: command) }
         apply(core.handle(.control(id, command), now: now))
@@ -478,7 +476,7 @@ public final class Simulation {
                 case .done: trace.add(0)
                 case .failed(let e): trace.add(UInt64(e.description.utf8.count) + 1000)
                 }
-                record("client \(id) done: \(resultText(result))")
+                note(.clientDone(id, result))
                 for c in checkers { c.clientCompleted(self, id: id, request: entry.request, result: result) }
                 scenario.clientCompleted(self, id: id, request: entry.request, result: result)
             case .completeControl(let id, let result):
@@ -487,7 +485,7 @@ public final class Simulation {
                     fail(.invariant, "control command \(id) completed twice or never submitted")
                     continue
                 }
-                record("control \(id) done: \(result)")
+                note(.controlDone(id, result))
                 for c in checkers { c.controlCompleted(self, id: id, command: entry.command, result: result) }
                 scenario.controlCompleted(self, id: id, command: entry.command, result: result)
             case .armTimer(let timer, let at):
@@ -632,18 +630,41 @@ public final class Simulation {
 
     // MARK: - reporting
 
-    func record(_ text: String) {
-        let line = "\(formatTime(now)) \(text)"
-        if let echo = traceSink { echo(line) }
+    enum RecentEvent {
+        case text(String)
+        case client(RequestID, ClientRequest)
+        case clientDone(RequestID, ClientResult)
+        case control(RequestID, ControlCommand)
+        case controlDone(RequestID, ControlResult)
+        case timer(TimerID)
+    }
+
+    func describe(_ e: RecentEvent) -> String {
+        switch e {
+        case .text(let t): return t
+        case .client(let id, let r): return "client \(id): \(r)"
+        case .clientDone(let id, let r): return "client \(id) done: \(resultText(r))"
+        case .control(let id, let c): return "control \(id): \(c)"
+        case .controlDone(let id, let r): return "control \(id) done: \(r)"
+        case .timer(let t): return "timer \(t)"
+        }
+    }
+
+    func note(_ e: RecentEvent) {
+        if let echo = traceSink { echo("\(formatTime(now)) \(describe(e))") }
         if recent.count < 60 {
-            recent.append(line)
+            recent.append((now, e))
         } else {
-            recent[recentHead] = line
+            recent[recentHead] = (now, e)
             recentHead = (recentHead + 1) % recent.count
         }
     }
 
-    public var recentEvents: [String] { Array(recent[recentHead...] + recent[..<recentHead]) }
+    func record(_ text: String) { note(.text(text)) }
+
+    public var recentEvents: [String] {
+        Array(recent[recentHead...] + recent[..<recentHead]).map { "\(formatTime($0.0)) \(describe($0.1))" }
+    }
 
     func failureReport() -> [String] {
         var lines = ["seed \(seed), scenario \(scenario.name), faults \(faults.name), array: \(shape)", "workload: \(scenario.progress)"]

@@ -1,6 +1,33 @@
 import ArgumentParser
+import Dispatch
+import Foundation
 import RaidCore
 import RaidSimulation
+
+/// Results of parallel runs, in one place (the workers share nothing else).
+final class SimTally: @unchecked Sendable {
+    private let lock = NSLock()
+    private(set) var runs = 0
+    private(set) var failures = 0
+    private(set) var events = 0
+    private(set) var failed: [(UInt64, String, SimResult, String)] = []
+
+    func add(_ result: SimResult, seed: UInt64, scenario: String, profile: String, verbose: Bool, single: Bool) -> Int {
+        lock.lock()
+        defer { lock.unlock() }
+        runs += 1
+        events += result.events
+        if let failure = result.failure {
+            failures += 1
+            print("FAIL seed \(seed) scenario \(scenario) faults \(profile): \(failure)")
+            if single || failures <= 3 { for line in result.report { print("  " + line) } }
+            failed.append((seed, scenario, result, profile))
+        } else if verbose || single {
+            print("ok   seed \(seed) scenario \(scenario) faults \(profile): \(result.events) events, \(formatTime(result.simulatedNanos)) simulated, trace \(String(result.traceHash, radix: 16))")
+        }
+        return runs
+    }
+}
 
 struct Sim: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -35,6 +62,9 @@ struct Sim: ParsableCommand {
     @Flag(name: .customLong("no-determinism"), help: "Run each seed once (skip the replay comparison).")
     var noDeterminism = false
 
+    @Option(help: "Seeds run in parallel (default: one per CPU).")
+    var jobs: Int?
+
     func run() throws {
         try failingCleanly {
             let range: ClosedRange<UInt64>
@@ -64,33 +94,40 @@ struct Sim: ParsableCommand {
                 broken = []
             }
             let start = monotonicSeconds()
-            var runs = 0
-            var failures = 0
-            var events = 0
             let total = UInt64(range.count) * UInt64(scenarios.count)
             let bar = range.count > 1 ? ProgressBar(action: "sim", countsSectors: false) : nil
-            for s in range {
-                for name in scenarios {
-                    let profile = faults.flatMap(FaultProfile.named) ?? SimVariants.defaultProfile(seed: s)
-                    let result = SimRunner.run(
-                        seed: s, scenario: name, faults: profile, variant: broken, checkDeterminism: !noDeterminism && !trace,
-                        trace: trace && seed != nil ? { print($0) } : nil)
-                    runs += 1
-                    events += result.events
-                    if let failure = result.failure {
-                        failures += 1
-                        print("FAIL seed \(s) scenario \(name) faults \(profile.name): \(failure)")
-                        if seed != nil || failures <= 3 { for line in result.report { print("  " + line) } }
-                    } else if verbose || seed != nil {
-                        print("ok   seed \(s) scenario \(name) faults \(profile.name): \(result.events) events, \(formatTime(result.simulatedNanos)) simulated, trace \(String(result.traceHash, radix: 16))")
+            let tally = SimTally()
+            let workers = max(1, min(jobs ?? ProcessInfo.processInfo.activeProcessorCount, 64))
+            let lower = range.lowerBound
+            let count = UInt64(range.count)
+            let single = seed != nil
+            let (verboseOutput, traceOn, replay, faultsName) = (verbose, trace, !noDeterminism, faults)
+            let barLock = NSLock()
+            nonisolated(unsafe) let progressBar = bar
+            DispatchQueue.concurrentPerform(iterations: workers) { worker in
+                var index = UInt64(worker)
+                while index < count {
+                    let s = lower + index
+                    for name in scenarios {
+                        let profile = faultsName.flatMap(FaultProfile.named) ?? SimVariants.defaultProfile(seed: s)
+                        let result = SimRunner.run(
+                            seed: s, scenario: name, faults: profile, variant: broken, checkDeterminism: replay && !traceOn,
+                            trace: traceOn && single ? { print($0) } : nil)
+                        let done = tally.add(result, seed: s, scenario: name, profile: profile.name, verbose: verboseOutput, single: single)
+                        barLock.lock()
+                        progressBar?.update(done: UInt64(done), total: total)
+                        barLock.unlock()
                     }
-                    bar?.update(done: UInt64(runs), total: total)
+                    index += UInt64(workers)
                 }
             }
+            let runs = tally.runs
+            let failures = tally.failures
+            let events = tally.events
             bar?.finish()
             let elapsed = monotonicSeconds() - start
             let seedsPerSecond = Double(range.count) / max(elapsed, 1e-9)
-            print("\(runs) runs (\(range.count) seeds x \(scenarios.count) scenarios\(noDeterminism ? "" : ", each replayed")), \(failures) failures, \(events) events, \(formatFixed(elapsed, digits: 1)) s, \(formatFixed(seedsPerSecond, digits: 1)) seeds/s")
+            print("\(runs) runs (\(range.count) seeds x \(scenarios.count) scenarios\(noDeterminism ? "" : ", each replayed"), \(workers) jobs), \(failures) failures, \(events) events, \(formatFixed(elapsed, digits: 1)) s, \(formatFixed(seedsPerSecond, digits: 1)) seeds/s")
             if failures > 0 { throw ExitCode(1) }
         }
     }

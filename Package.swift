@@ -55,7 +55,7 @@ let package = Package(
             dependencies: ["RaidMath", "TestSupport", .product(name: "PropertyBased", package: "swift-property-based")]),
         .testTarget(name: "MDFormatTests", dependencies: ["MDFormat", "RaidMath", "TestSupport"]),
         .testTarget(name: "RaidCoreTests", dependencies: ["RaidCore", "MDFormat", "RaidSimulation", "TestSupport"]),
-        .testTarget(name: "RaidSimulationTests", dependencies: ["RaidSimulation", "RaidCore"]),
+        .testTarget(name: "RaidSimulationTests", dependencies: ["RaidSimulation", "RaidCore", "MDFormat"]),
         .testTarget(name: "MDOfflineTests", dependencies: ["MDOffline", "MDFormat", "DiskIO", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["swraid", "MDOffline", "TestSupport"]),
     ],

@@ -57,6 +57,8 @@ public final class RaidCore {
     var bitmap: WriteIntentBitmap?
     /// Stripes parked until the superblock is dirty on disk or bitmap bits are written.
     var metadataWaiters: [Stripe] = []
+    /// Stripes the broken variant left unhandled while a superblock change was pending.
+    var frozenStripes: [Stripe] = []
     /// When the safe-mode timer is due (a later arm replaces an earlier one).
     var safeModeDeadline: Nanoseconds?
     var scratch = ParityScratch(byteCount: 4096)
@@ -105,9 +107,11 @@ public final class RaidCore {
                 header: header, area: area, memberDataSectors: geometry.memberDataSectors,
                 arrayEvents: assembly.freshest.events)
         }
-        // A dirty array needs a resync from where the last one stopped (md's recovery_cp).
+        // A dirty array needs a resync from where the last one stopped (md's recovery_cp); with
+        // a bitmap, only the regions whose bits are set.
         sync.recoveryCheckpointSectors = assembly.freshest.resyncOffsetSectors
         superblocks.inSync = assembly.freshest.isClean
+        if !assembly.freshest.isClean, let bitmap { bitmap.markDirtyRegionsForResync() }
         for _ in 0..<config.stripeCacheSize {
             freeStripes.append(Stripe(slot: freeStripes.count, raidDisks: geometry.raidDisks, unitBytes: unitBytes))
         }
@@ -289,12 +293,12 @@ public final class RaidCore {
     /// Sends a piece to its stripe, straight to the member (healthy reads), or to the queue of
     /// items waiting for a free stripe.
     func route(_ piece: Piece) {
-        if let stripe = stripeByUnit[piece.unit], !(variant.contains(.readAroundQueuedWrites) && !piece.isWrite) {
+        if let stripe = stripeByUnit[piece.unit] {
             stripe.enqueue(piece.isWrite ? .write(piece) : .read(piece))
             handleStripe(stripe)
             return
         }
-        if !piece.isWrite && (!hasStripeWaiters || variant.contains(.readAroundQueuedWrites)) && roleReadable(piece.disk, unit: piece.unit) {
+        if !piece.isWrite && !hasStripeWaiters && roleReadable(piece.disk, unit: piece.unit) {
             // Healthy read: bypass the stripe cache, as md's chunk-aligned reads do.
             let member = roleMember[piece.disk]!
             let id = newIO(.directRead(piece, member: member))

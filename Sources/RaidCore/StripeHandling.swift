@@ -13,6 +13,12 @@ enum FetchResult {
 extension RaidCore {
     /// md's handle_stripe: move the stripe's head item(s) on as far as they can go now.
     func handleStripe(_ s: Stripe) {
+        // The broken md-5.4-like variant: no stripe is handled while a superblock change is
+        // pending (md requeued them and spun), which is what closed md's cycle.
+        if variant.contains(.deferSuperblockWhileStopPending) && superblocks.changePending {
+            if !frozenStripes.contains(where: { $0 === s }) { frozenStripes.append(s) }
+            return
+        }
         while true {
             if s.pendingIO > 0 { return }
             switch s.phase {

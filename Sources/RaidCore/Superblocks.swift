@@ -161,6 +161,9 @@ extension RaidCore {
         if update.clearsPending && !superblocks.inSync {
             superblocks.changePending = false
             wakeMetadataWaiters()
+            let frozen = frozenStripes
+            frozenStripes.removeAll()
+            for s in frozen { handleStripe(s) }
         }
         for waiter in update.waiters { out.append(.completeControl(waiter, .done)) }
         if superblocks.updateRequested && !superblockUpdateDeferred {

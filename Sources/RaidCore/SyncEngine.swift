@@ -404,8 +404,9 @@ extension RaidCore {
         }
         if let waiter { sync.stopWaiters.append(waiter) }
         sync.running!.interrupted = true
-        // Sync units parked for a stripe will never be needed.
-        if hasStripeWaiters {
+        // Sync units parked for a stripe will never be needed. (md 5.4's sync thread could not be
+        // pulled out of its wait for a stripe; the broken variant keeps that too.)
+        if hasStripeWaiters && !variant.contains(.deferSuperblockWhileStopPending) {
             var kept: [StripeItem] = []
             for i in stripeWaitersHead..<stripeWaiters.count {
                 if case .sync(let u) = stripeWaiters[i], u.generation == run.generation {

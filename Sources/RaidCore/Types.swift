@@ -182,12 +182,12 @@ public struct FaultyCoreVariant: Sendable, Equatable, OptionSet {
     public let rawValue: UInt32
     public init(rawValue: UInt32) { self.rawValue = rawValue }
 
-    /// Superblock updates are held back while a sync stop is pending (md 5.4's lock).
+    /// md 5.4's protocol inside our core: superblock updates are held back while a sync stop is
+    /// pending (md's lock), no stripe is handled while a superblock change is pending (raid5d
+    /// requeued them), and a stop waits for sync steps parked for a stripe.
     public static let deferSuperblockWhileStopPending = FaultyCoreVariant(rawValue: 1 << 0)
     /// Data writes are issued before the superblock is marked dirty on disk.
     public static let writeBeforeDirtySuperblock = FaultyCoreVariant(rawValue: 1 << 1)
-    /// Reads skip the stripe cache even when a write to the block is queued there.
-    public static let readAroundQueuedWrites = FaultyCoreVariant(rawValue: 1 << 2)
     /// FLUSH completes without flushing members.
     public static let flushWithoutMemberFlush = FaultyCoreVariant(rawValue: 1 << 3)
     /// Check miscounts: one sector per mismatching block instead of eight.

@@ -36,7 +36,6 @@ public enum SimVariants {
     public static let all: [(String, FaultyCoreVariant)] = [
         ("defer-superblock-while-stop-pending", .deferSuperblockWhileStopPending),
         ("write-before-dirty-superblock", .writeBeforeDirtySuperblock),
-        ("read-around-queued-writes", .readAroundQueuedWrites),
         ("flush-without-member-flush", .flushWithoutMemberFlush),
         ("mismatch-count-in-sectors-of-one", .mismatchCountInSectorsOfOne),
         ("skip-parity-on-partial-write", .skipParityOnPartialWrite),

@@ -12,8 +12,13 @@ public final class SimMember {
     /// Sectors written (completed) but not yet durable: sector → its latest content. A volatile
     /// cache holds the newest data for a sector, so an older write can never reappear over a
     /// newer one.
-    private var unflushed: [Int: (write: Int, index: Int)] = [:]
-    /// Data of the writes `unflushed` points into.
+    /// Per sector: index into `unflushedWrites` of its latest unflushed write, or -1.
+    private var unflushedWrite: [Int32]
+    /// Per sector: which sector of that write it is.
+    private var unflushedIndex: [Int32]
+    /// Sectors with an unflushed write (each once).
+    private var unflushedSectors: [Int] = []
+    /// Data of the writes `unflushedWrite` points into.
     private var unflushedWrites: [[UInt8]] = []
     /// The device is dead: every I/O fails.
     public var dead = false
@@ -24,6 +29,8 @@ public final class SimMember {
         self.name = name
         current = image
         durable = image
+        unflushedWrite = [Int32](repeating: -1, count: image.count / 512)
+        unflushedIndex = [Int32](repeating: 0, count: image.count / 512)
     }
 
     public var sizeBytes: Int { current.count }
@@ -38,10 +45,19 @@ public final class SimMember {
     public func write(offset: Int, data: [UInt8], fua: Bool) -> Bool {
         guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
         current.replaceSubrange(offset..<(offset + data.count), with: data)
-        for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
+        if !badSectors.isEmpty {
+            for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
+        }
         if !fua { unflushedWrites.append(data) }
         for i in 0..<(data.count / 512) {
-            unflushed[offset / 512 + i] = fua ? nil : (unflushedWrites.count - 1, i)
+            let sector = offset / 512 + i
+            if fua {
+                unflushedWrite[sector] = -1
+            } else {
+                if unflushedWrite[sector] < 0 { unflushedSectors.append(sector) }
+                unflushedWrite[sector] = Int32(unflushedWrites.count - 1)
+                unflushedIndex[sector] = Int32(i)
+            }
         }
         if fua { durable.replaceSubrange(offset..<(offset + data.count), with: data) }
         return true
@@ -51,11 +67,12 @@ public final class SimMember {
     public func flush() -> Bool {
         guard !dead else { return false }
         // Copy only what changed: sharing `current` would make the next write copy the device.
-        for sector in unflushed.keys {
+        for sector in unflushedSectors where unflushedWrite[sector] >= 0 {
             let range = (sector * 512)..<((sector + 1) * 512)
             durable.replaceSubrange(range, with: current[range])
+            unflushedWrite[sector] = -1
         }
-        unflushed.removeAll()
+        unflushedSectors.removeAll()
         unflushedWrites.removeAll()
         return true
     }
@@ -64,8 +81,11 @@ public final class SimMember {
     /// flight, given here) independently keeps its new content or loses it.
     public func crash(inFlightWrites: [(offset: Int, data: [UInt8])], random: inout SimRandom) {
         var image = durable
-        for sector in unflushed.keys.sorted() where random.chance(0.6) {
-            let (w, i) = unflushed[sector]!
+        for sector in unflushedSectors.sorted() where unflushedWrite[sector] >= 0 {
+            let w = Int(unflushedWrite[sector])
+            let i = Int(unflushedIndex[sector])
+            unflushedWrite[sector] = -1
+            guard random.chance(0.6) else { continue }
             image.replaceSubrange((sector * 512)..<((sector + 1) * 512), with: unflushedWrites[w][(i * 512)..<((i + 1) * 512)])
         }
         for w in inFlightWrites {
@@ -76,7 +96,7 @@ public final class SimMember {
         }
         durable = image
         current = image
-        unflushed.removeAll()
+        unflushedSectors.removeAll()
         unflushedWrites.removeAll()
     }
 

@@ -76,6 +76,17 @@ public struct SimArrayShape: Sendable, CustomStringConvertible {
     public var spares: Int
     public var stripeCacheSize: Int
 
+    public init(level: RaidLevel, layout: RaidLayout, raidDisks: Int, chunkKiB: UInt64, rows: UInt64, bitmap: Bool, spares: Int, stripeCacheSize: Int) {
+        self.level = level
+        self.layout = layout
+        self.raidDisks = raidDisks
+        self.chunkKiB = chunkKiB
+        self.rows = rows
+        self.bitmap = bitmap
+        self.spares = spares
+        self.stripeCacheSize = stripeCacheSize
+    }
+
     public var description: String {
         "\(level) \(layout) n=\(raidDisks) chunk=\(chunkKiB)K rows=\(rows)\(bitmap ? " bitmap" : "")\(spares > 0 ? " spares=\(spares)" : "") stripe_cache_size=\(stripeCacheSize)"
     }
@@ -253,6 +264,8 @@ public final class Simulation {
     /// crash meets them: a dirty array that also lost a member cannot be trusted (the RAID5
     /// write hole, which md refuses to assemble and swraid too).
     public var spoilingAllowed = true
+    /// `readWholeArray` is reading everything; its caller judges the content.
+    public var wholeArrayReadInProgress = false
     public let maxEvents: Int
     public private(set) var stats: [String: Int] = [:]
     public var keepTraceLog = false
@@ -285,7 +298,7 @@ public final class Simulation {
 
     /// Member images as `swraid create` would lay them out (small data offset for speed), with
     /// any spares after the active members.
-    static func makeMembers(_ shape: SimArrayShape) throws -> [SimMember] {
+    public static func makeMembers(_ shape: SimArrayShape) throws -> [SimMember] {
         let n = shape.raidDisks
         var request = CreateRequest(
             level: shape.level, raidDisks: n, memberSizesSectors: [UInt64?](repeating: nil, count: n),

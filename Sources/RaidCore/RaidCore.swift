@@ -209,7 +209,7 @@ public final class RaidCore {
             out.append(.completeClient(id, .failed(.invalid(problem))))
             return
         }
-        guard requestsInFlight < config.maxRequestsInFlight else {
+        guard requestsInFlight < config.maxRequestsInFlight, parkedForStripe < config.maxParkedItems else {
             counters.rejectedBusy += 1
             out.append(.completeClient(id, .failed(.busy)))
             return
@@ -241,6 +241,7 @@ public final class RaidCore {
         let size = geometry.arraySectors * 512
         func check(_ offset: UInt64, _ length: Int) -> String? {
             if offset % 512 != 0 || length % 512 != 0 { return "offset \(offset) and length \(length) must be multiples of 512" }
+            if length > config.maxRequestBytes { return "length \(length) is over the \(config.maxRequestBytes)-byte limit" }
             if length < 0 || offset > size || UInt64(length) > size - offset {
                 return "range \(offset)+\(length) is outside the array (\(size) bytes)"
             }

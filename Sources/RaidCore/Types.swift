@@ -164,6 +164,11 @@ public struct CoreConfig: Sendable, Equatable {
     public var maxReadErrors = 20
     /// Client requests in flight (admitted or parked) before new ones get `busy`.
     public var maxRequestsInFlight = 4096
+    /// Largest client request (NBD's usual maximum block size, 32 MiB).
+    public var maxRequestBytes = 32 << 20
+    /// Stripe items parked for a free stripe before new requests get `busy` (keeps the parking
+    /// queue bounded whatever the request sizes).
+    public var maxParkedItems = 1 << 16
     /// Stripes a sync may hold at once (md: limited by the stripe cache; here explicit).
     public var syncWindowStripes = 8
     /// Seconds since the epoch at core time 0, for superblock update times.

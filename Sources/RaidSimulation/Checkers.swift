@@ -5,6 +5,17 @@ import RaidCore
 import Glibc
 #endif
 
+/// What the liveness checker needs to see of a run: the simulated array core, or a model of
+/// md's protocol (so the same checker judges both).
+public protocol LivenessSubject: AnyObject {
+    var now: Nanoseconds { get }
+    /// md's MD_SB_CHANGE_PENDING: `array_state` reads `write-pending`.
+    var writePendingNow: Bool { get }
+    /// Requests not answered yet: a description and when each was made.
+    var unansweredRequests: [(String, Nanoseconds)] { get }
+    func fail(_ kind: SimFailure.Kind, _ message: String)
+}
+
 /// Liveness (design.md §5): every client request and control command is answered within a
 /// bound, and `array_state` never stays `write-pending` longer than a bound while members answer.
 public final class LivenessChecker: SimChecker {
@@ -19,26 +30,27 @@ public final class LivenessChecker: SimChecker {
         self.writePendingBound = writePendingBound
     }
 
-    public func afterEvent(_ sim: Simulation) {
-        if sim.core.writePending {
-            let since = writePendingSince ?? sim.now
+    public func afterEvent(_ sim: Simulation) { check(sim) }
+
+    /// Judges the subject now; call after every event.
+    public func check(_ subject: LivenessSubject) {
+        let now = subject.now
+        if subject.writePendingNow {
+            let since = writePendingSince ?? now
             writePendingSince = since
-            longestWritePending = max(longestWritePending, sim.now - since)
-            if sim.now - since > writePendingBound {
-                sim.fail(.liveness, "array_state has read write-pending for \(formatTime(sim.now - since)) (bound \(formatTime(writePendingBound)))")
+            longestWritePending = max(longestWritePending, now - since)
+            if now - since > writePendingBound {
+                subject.fail(.liveness, "array_state has read write-pending for \(formatTime(now - since)) (bound \(formatTime(writePendingBound)))")
+                return
             }
         } else {
             writePendingSince = nil
         }
         // Scan the (bounded) pending tables every simulated 10 ms.
-        guard sim.now >= checkedAt + 10 * nanosPerMilli else { return }
-        checkedAt = sim.now
-        for (id, entry) in sim.pendingClients.sorted(by: { $0.key < $1.key }) where sim.now - entry.since > requestBound {
-            sim.fail(.liveness, "client request \(id) (\(entry.request)) unanswered for \(formatTime(sim.now - entry.since))")
-            return
-        }
-        for (id, entry) in sim.pendingControls.sorted(by: { $0.key < $1.key }) where sim.now - entry.since > requestBound {
-            sim.fail(.liveness, "control command \(id) ('\(entry.command)') unanswered for \(formatTime(sim.now - entry.since))")
+        guard now >= checkedAt + 10 * nanosPerMilli else { return }
+        checkedAt = now
+        for (what, since) in subject.unansweredRequests where now - since > requestBound {
+            subject.fail(.liveness, "\(what) unanswered for \(formatTime(now - since))")
             return
         }
     }

@@ -226,7 +226,7 @@ extension SimScenario {
 
 /// One seeded run: simulated members, the real `RaidCore`, a scheduler that reorders
 /// completions and timers, a scenario and the checkers.
-public final class Simulation {
+public final class Simulation: LivenessSubject {
     public let seed: UInt64
     public let faults: FaultProfile
     public let variant: FaultyCoreVariant
@@ -444,6 +444,13 @@ public final class Simulation {
     }
 
     public func attribute(_ name: String) -> String { core.attribute(name) ?? "?" }
+
+    public var writePendingNow: Bool { core.writePending }
+
+    public var unansweredRequests: [(String, Nanoseconds)] {
+        pendingClients.sorted { $0.key < $1.key }.map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
+            + pendingControls.sorted { $0.key < $1.key }.map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
+    }
 
     public func fail(_ kind: SimFailure.Kind, _ message: String) {
         if failure == nil {

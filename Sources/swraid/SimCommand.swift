@@ -65,6 +65,12 @@ struct Sim: ParsableCommand {
     @Option(help: "Seeds run in parallel (default: one per CPU).")
     var jobs: Int?
 
+    @Option(help: "What to simulate: swraid (the array core), md-5.4 or md-6.9 (models of md's protocol; seed scenario only).")
+    var model: String = "swraid"
+
+    @Flag(help: "With an md model: write 'active' to array_state after 3 s of write-pending (the field's escape).")
+    var escape = false
+
     func run() throws {
         try failingCleanly {
             let range: ClosedRange<UInt64>
@@ -76,6 +82,16 @@ struct Sim: ParsableCommand {
                     throw CommandFailure(message: "--seeds takes A..B, like 1..1000")
                 }
                 range = a...b
+            }
+            if model != "swraid" {
+                guard let version = MDModelVersion(rawValue: model) else {
+                    throw CommandFailure(message: "unknown model '\(model)'; known: swraid, md-5.4, md-6.9")
+                }
+                guard scenario == "seed" || scenario == "all" else {
+                    throw CommandFailure(message: "the md models run the seed scenario only")
+                }
+                try runModel(version, seeds: range)
+                return
             }
             let scenarios = scenario == "all" ? Scenarios.names : [scenario]
             guard scenarios.allSatisfy({ Scenarios.names.contains($0) }) else {
@@ -130,5 +146,32 @@ struct Sim: ParsableCommand {
             print("\(runs) runs (\(range.count) seeds x \(scenarios.count) scenarios\(noDeterminism ? "" : ", each replayed"), \(workers) jobs), \(failures) failures, \(events) events, \(formatFixed(elapsed, digits: 1)) s, \(formatFixed(seedsPerSecond, digits: 1)) seeds/s")
             if failures > 0 { throw ExitCode(1) }
         }
+    }
+
+    /// Runs an md protocol model over the seeds; stops at the first hang and explains it.
+    func runModel(_ version: MDModelVersion, seeds: ClosedRange<UInt64>) throws {
+        let start = monotonicSeconds()
+        var runs = 0
+        var events = 0
+        var escapes = 0
+        for s in seeds {
+            let outcome = MDModelRunner.run(seed: s, version: version, escape: escape)
+            runs += 1
+            events += outcome.events
+            escapes += outcome.escapes
+            if let failure = outcome.failure {
+                let elapsed = monotonicSeconds() - start
+                print("HANG seed \(s) model \(version.rawValue) scenario seed: \(failure)")
+                print("found after \(runs) seed\(runs == 1 ? "" : "s") in \(formatFixed(elapsed, digits: 3)) s of wall time (\(formatTime(outcome.simulatedNanos)) simulated)")
+                print("wait-for cycle:")
+                for line in outcome.cycle { print("  " + line) }
+                print("monitor (elapsed, sync_action, sync_completed, array_state, stripe_cache_active):")
+                for line in outcome.monitor { print("  " + line) }
+                throw ExitCode(1)
+            }
+            if verbose { print("ok   seed \(s) model \(version.rawValue): \(outcome.events) events, \(outcome.escapes) escapes, \(outcome.stats.sorted { $0.key < $1.key })") }
+        }
+        let elapsed = monotonicSeconds() - start
+        print("\(runs) runs of model \(version.rawValue) (seed scenario\(escape ? ", escape enabled" : "")), 0 hangs, \(escapes) escapes, \(events) events, \(formatFixed(elapsed, digits: 1)) s")
     }
 }

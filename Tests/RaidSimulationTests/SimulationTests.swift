@@ -142,3 +142,57 @@ import MDFormat
 enum RaidLayoutChoice {
     static let raid6 = RaidLayout.valid(for: .raid6)
 }
+
+/// The md protocol models (issue: reproduce md 5.4's hang in milliseconds, and show its fix).
+@Suite struct MDModelTests {
+    @Test func md54HangsOnAnEarlySeedWithTheCycleNamed() throws {
+        var found: MDModelRunner.Outcome? = nil
+        var tried = 0
+        for seed in UInt64(1)...50 {
+            tried += 1
+            let outcome = MDModelRunner.run(seed: seed, version: .md54)
+            if outcome.failure != nil {
+                found = outcome
+                break
+            }
+        }
+        let hang = try #require(found, "md-5.4 did not hang in 50 seeds")
+        // Found within a bounded number of steps (events) of simulated time.
+        #expect(hang.events < 2_000_000)
+        #expect(tried <= 10)
+        #expect(hang.failure?.kind == .liveness)
+        #expect(hang.failure!.message.contains("write-pending"))
+        let cycle = hang.cycle.joined(separator: "\n")
+        #expect(cycle.contains("holds reconfig_mutex; waits for the check thread to exit"))
+        #expect(cycle.contains("trylock fails"))
+        #expect(cycle.contains("a cycle"))
+        #expect(hang.monitor.last?.contains("array_state write-pending") == true)
+        #expect(hang.monitor.last?.contains("sync_action check") == true)
+    }
+
+    @Test(arguments: [UInt64(1)...250, 251...500])
+    func md69NeverHangs(seeds: ClosedRange<UInt64>) {
+        for seed in seeds {
+            let outcome = MDModelRunner.run(seed: seed, version: .md69)
+            #expect(outcome.failure == nil, "md-6.9 seed \(seed): \(outcome.failure!) \(outcome.cycle)")
+        }
+    }
+
+    @Test func md54RecoversWithTheManualEscape() {
+        var escapes = 0
+        for seed in UInt64(1)...100 {
+            let outcome = MDModelRunner.run(seed: seed, version: .md54, escape: true)
+            #expect(outcome.failure == nil, "md-5.4 with escape, seed \(seed): \(outcome.failure!)")
+            escapes += outcome.escapes
+        }
+        // The escape was needed (the hang happened) and it worked.
+        #expect(escapes > 0)
+    }
+
+    @Test func swraidCoreNeverHangsOnTheSameScenario() {
+        for seed in UInt64(1)...100 {
+            let result = SimRunner.run(seed: seed, scenario: "seed", faults: .none, checkDeterminism: false)
+            #expect(result.failure == nil, "seed \(seed): \(result.failure!)")
+        }
+    }
+}

@@ -579,13 +579,15 @@ public final class MDProtocolModel: LivenessSubject {
 
     /// Who waits for whom: each party, what it holds and what it waits for, until the chain comes
     /// back to where it started.
+    func plural(_ n: Int, _ word: String) -> String { "\(n) \(word)\(n == 1 ? "" : "s")" }
+
     func waitForCycle() -> [String] {
         func holds(_ p: Party) -> String {
             var held: [String] = []
             if mutexOwner == p { held.append("reconfig_mutex") }
             switch p {
-            case .writer: if writesInFlight > 0 { held.append("\(writesInFlight) stripes with writes") }
-            case .syncThread: if syncStripesInFlight > 0 { held.append("\(syncStripesInFlight) sync stripes") }
+            case .writer: if writesInFlight > 0 { held.append(plural(writesInFlight, "stripe") + " with writes") }
+            case .syncThread: if syncStripesInFlight > 0 { held.append(plural(syncStripesInFlight, "sync stripe")) }
             default: break
             }
             return held.isEmpty ? "nothing" : held.joined(separator: ", ")
@@ -605,7 +607,7 @@ public final class MDProtocolModel: LivenessSubject {
             case .syncReaped?: return ("the daemon to reap the check thread", .daemon)
             case .writesCompleted?: return ("its writes to complete", .daemon)
             case .superblockLock?: return ("the superblock", .daemon)
-            case .syncStripesDrain?: return ("its \(syncStripesInFlight) sync stripes to be finished by the daemon", .daemon)
+            case .syncStripesDrain?: return ("its \(plural(syncStripesInFlight, "sync stripe")) in flight to be finished by the daemon", .daemon)
             case nil: return ("nothing", nil)
             }
         }

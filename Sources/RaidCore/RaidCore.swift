@@ -414,10 +414,9 @@ public final class RaidCore {
                 stripe.readFailed[role] = true
             }
             handleStripe(stripe)
-        case .stripeWrite(let stripe, let role, let m):
+        case .stripeWrite(let stripe, _, let m):
             stripe.pendingIO -= 1
             if case .failure = result {
-                stripe.writeFailures.append(role)
                 failMember(m, reason: "write error")
             }
             handleStripe(stripe)

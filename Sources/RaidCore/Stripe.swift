@@ -138,8 +138,6 @@ final class Stripe {
     /// The write batch's coverage, once computed.
     var coverage: (written: [Int], full: [Bool])?
     var syncUnit: SyncUnit?
-    /// Roles whose write failed during the current write.
-    var writeFailures: [Int] = []
     var waitingForMetadata = false
 
     init(slot: Int, raidDisks: Int, unitBytes: Int) {
@@ -178,8 +176,6 @@ final class Stripe {
 
     var isIdle: Bool { phase == .idle && pendingIO == 0 && queueHead >= queue.count }
 
-    var hasQueuedItems: Bool { queueHead < queue.count }
-
     func enqueue(_ item: StripeItem) { queue.append(item) }
 
     var head: StripeItem? { queueHead < queue.count ? queue[queueHead] : nil }
@@ -205,7 +201,6 @@ final class Stripe {
         readBatch.removeAll()
         writeBatch.removeAll()
         syncUnit = nil
-        writeFailures.removeAll()
         waitingForMetadata = false
     }
 }

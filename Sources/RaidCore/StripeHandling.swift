@@ -101,7 +101,6 @@ extension RaidCore {
                 for p in s.writeBatch { finishPieces(p.op, count: 1, error: failed ? .io : nil) }
                 bitmap?.endWrite(unit: s.unit, unitSectors: unitSectors, degraded: degradedCount > 0)
                 s.writeBatch.removeAll()
-                s.writeFailures.removeAll()
                 s.phase = .idle
             case .syncing:
                 if let unit = s.syncUnit, !syncStep(s, unit) { return }

@@ -126,7 +126,7 @@ extension RaidCore {
         sb.utime = (config.wallClockAtZeroSeconds + now / nanosPerSecond) & MDSuperblock1.timeSecondsMask
         sb.resyncOffsetSectors = clean ? sync.recoveryCheckpointSectors : 0
         var roles = [UInt16](repeating: MDRole.spareValue, count: Int(sb.maxDev))
-        for (i, member) in members.enumerated() {
+        for member in members {
             let number = Int(member.template.devNumber)
             guard number < roles.count else { continue }
             switch member.role {
@@ -134,7 +134,6 @@ extension RaidCore {
             case .faulty: roles[number] = MDRole.faultyValue
             case .spare, .removed: roles[number] = MDRole.spareValue
             }
-            _ = i
         }
         sb.devRoles = roles
         var features = sb.featureMap.subtracting([.recoveryOffset, .recoveryBitmap])

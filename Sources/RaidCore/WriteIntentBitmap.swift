@@ -87,7 +87,7 @@ final class WriteIntentBitmap {
     }
 
     /// The daemon sweep: regions idle for two sweeps lose their bits.
-    func sweep(resyncActive: Bool) {
+    func sweep() {
         for c in 0..<bitCount where bits[c] && counters[c] == 0 && !needed[c] && !resyncPending[c] && !arrayDegraded {
             if idleOnce[c] {
                 bits[c] = false
@@ -97,7 +97,6 @@ final class WriteIntentBitmap {
                 idleOnce[c] = true
             }
         }
-        _ = resyncActive
     }
 
     /// The on-disk image: header then bits, padded to whole sectors.
@@ -151,7 +150,7 @@ extension RaidCore {
 
     func bitmapDaemonFired() {
         guard let bitmap else { return }
-        bitmap.sweep(resyncActive: sync.isRunning)
+        bitmap.sweep()
         scheduleBitmapWrite()
         armTimer(.bitmapDaemon, at: now + UInt64(bitmap.daemonSleepSeconds) * nanosPerSecond)
     }

@@ -223,8 +223,7 @@ public final class SeedScenario: SimScenario {
         while writesInFlight < 4 && sim.now < endTime && sim.now >= pausedUntil {
             let length = min(UInt64(32), sectors)
             if writeCursor + length > sectors { writeCursor = 0 }
-            let id = sim.submit(.write(offsetBytes: writeCursor * 512, data: client.pattern(sectorStart: writeCursor, sectors: Int(length)), fua: false))
-            _ = id
+            sim.submit(.write(offsetBytes: writeCursor * 512, data: client.pattern(sectorStart: writeCursor, sectors: Int(length)), fua: false))
             writeCursor += length
             writesInFlight += 1
             writesDone += 1

@@ -58,6 +58,14 @@ struct Demo: ParsableCommand {
             _ = try? spawn([selfPath(), "check", "--verbose"] + members)
             say("RAID6's two syndromes pin the bad block on one member, which plain RAID5 cannot do.")
 
+            section("The array core under simulation: seeded runs with faults and crashes, each replayed")
+            _ = try? spawn([selfPath(), "sim", "--seeds", "1..10"])
+
+            section("Linux md 5.4's hang (a model of its protocol), found in milliseconds")
+            _ = try? spawn([selfPath(), "sim", "--model", "md-5.4", "--scenario", "seed"])
+            say("md 6.9's fix, and swraid's own core, never hang on the same scenario:")
+            _ = try? spawn([selfPath(), "sim", "--model", "md-6.9", "--scenario", "seed", "--seeds", "1..20"])
+
             section("Done")
             say("The member files are left in \(directory); try `swraid examine` or `mdadm --examine` on them.")
         }

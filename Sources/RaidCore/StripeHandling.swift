@@ -103,7 +103,11 @@ extension RaidCore {
                 s.writeBatch.removeAll()
                 s.phase = .idle
             case .syncing:
-                if let unit = s.syncUnit, !syncStep(s, unit) { return }
+                guard let unit = s.syncUnit else {
+                    s.phase = .idle
+                    continue
+                }
+                if !syncStep(s, unit) { return }
             case .syncWriting:
                 finishSyncStep(s)
             case .repairing:

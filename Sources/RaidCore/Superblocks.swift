@@ -62,9 +62,11 @@ extension RaidCore {
         trySetInSync()
     }
 
-    /// md set_in_sync: clean again once no writes are in flight.
+    /// md set_in_sync: clean again once no writes are in flight and no resync is owed (md's
+    /// md_check_recovery requires recovery_cp == MaxSector for this).
     func trySetInSync() {
         guard superblocks.safeModeFired, writesPending == 0, !superblocks.inSync else { return }
+        guard sync.recoveryCheckpointSectors == maxSector, !(bitmap?.anyResyncPending ?? false) else { return }
         superblocks.inSync = true
         superblocks.safeModeFired = false
         requestSuperblockUpdate()

@@ -346,6 +346,8 @@ extension RaidCore {
             sync.recoveryCheckpointSectors = maxSector
             if let bitmap { for i in 0..<bitmap.bitCount { bitmap.resyncPending[i] = false } }
             requestSuperblockUpdate()
+            // Nothing written meanwhile: safe mode can now mark the array clean.
+            armSafeMode()
         case .recover:
             if let target = run.target, members[target.member].isActive {
                 members[target.member].recoveryOffsetSectors = nil

@@ -20,8 +20,16 @@ final class Harness {
     /// Members whose writes (only) fail.
     var failingWrites: Set<Int> = []
 
-    init(_ shape: SimArrayShape, config: CoreConfig = CoreConfig()) throws {
+    init(_ shape: SimArrayShape, config: CoreConfig = CoreConfig(), dirty: Bool = false) throws {
         members = try Simulation.makeMembers(shape)
+        if dirty {
+            // As after a crash: every superblock says writes may have been in flight.
+            for m in members {
+                var sb = m.probe()!.superblock
+                sb.resyncOffsetSectors = 0
+                _ = m.write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
+            }
+        }
         let assembly = try CoreAssembly(members: members.compactMap { $0.probe() })
         core = try RaidCore(assembly: assembly, config: config)
         apply(core.start(now: 0))
@@ -162,6 +170,22 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         h.fireNextTimer(.safeMode)
         h.settle()
         #expect(h.core.arrayState == "clean")
+    }
+
+    @Test func dirtyArrayResyncsThenGoesClean() throws {
+        let h = try Harness(SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: false, spares: 0, stripeCacheSize: 64), dirty: true)
+        #expect(h.core.arrayState == "read-auto")
+        #expect(h.core.attribute("resync_start") == "0")
+        // Pending resyncs wait while read-auto; leaving it starts one.
+        #expect(h.core.syncAction == "idle")
+        h.set("sync_action", "idle")
+        #expect(h.core.syncAction == "resync")
+        h.settle()
+        #expect(h.core.attribute("resync_start") == "none")
+        h.fireNextTimer(.safeMode)
+        h.settle()
+        #expect(h.core.arrayState == "clean")
+        #expect(h.superblock(0).isClean)
     }
 
     @Test func arrayStateWrites() throws {

@@ -116,7 +116,7 @@ extension RaidCore {
             scheduleBitmapWrite(force: true)
         }
         for m in targets {
-            out.append(.memberWrite(newIO(.superblockWrite(member: m)), member: m, offsetBytes: members[m].template.superOffsetSectors * 512, data: superblockBytes(for: m, clean: clean), fua: true))
+            issueMetadataWrite(.superblockWrite(member: m), member: m, offsetBytes: members[m].template.superOffsetSectors * 512, data: superblockBytes(for: m, clean: clean))
         }
         if targets.isEmpty { finishSuperblockUpdate() }
     }

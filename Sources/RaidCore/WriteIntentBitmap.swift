@@ -128,7 +128,7 @@ extension RaidCore {
         for m in targets {
             let sb = members[m].template
             let offset = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
-            out.append(.memberWrite(newIO(.bitmapWrite(member: m)), member: m, offsetBytes: offset, data: image, fua: true))
+            issueMetadataWrite(.bitmapWrite(member: m), member: m, offsetBytes: offset, data: image)
         }
         if targets.isEmpty { bitmapImageLanded() }
     }

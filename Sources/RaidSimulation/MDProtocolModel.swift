@@ -31,7 +31,6 @@ public final class MDProtocolModel: LivenessSubject {
         case syncThreadExit
         case syncReaped(UInt64)
         case writesCompleted
-        case superblockLock
         /// The sync thread waits for its stripes in flight (md_do_sync's wait on recovery_active).
         case syncStripesDrain
     }
@@ -70,6 +69,8 @@ public final class MDProtocolModel: LivenessSubject {
     var mutexOwner: Party?
     var changePending = false
     var changeClean = false
+    /// md's MD_ALLOW_SB_UPDATE: lets md_check_recovery write the superblock without the lock
+    /// (only suspend set it in 5.4; Donald Buczek's proposed workaround set it around the reap).
     var allowSBUpdate = false
     var inSync = true
     var safeMode = false
@@ -183,7 +184,6 @@ public final class MDProtocolModel: LivenessSubject {
             case .syncThreadExit: satisfied = !syncRunning
             case .syncReaped(let seqAtStop): satisfied = syncSeq != seqAtStop
             case .writesCompleted: satisfied = writesInFlight == 0
-            case .superblockLock: satisfied = false
             case .syncStripesDrain: satisfied = syncStripesInFlight == 0
             }
             if satisfied {
@@ -606,7 +606,6 @@ public final class MDProtocolModel: LivenessSubject {
             case .syncThreadExit?: return ("the check thread to exit (md_reap_sync_thread → kthread_stop)", .syncThread)
             case .syncReaped?: return ("the daemon to reap the check thread", .daemon)
             case .writesCompleted?: return ("its writes to complete", .daemon)
-            case .superblockLock?: return ("the superblock", .daemon)
             case .syncStripesDrain?: return ("its \(plural(syncStripesInFlight, "sync stripe")) in flight to be finished by the daemon", .daemon)
             case nil: return ("nothing", nil)
             }

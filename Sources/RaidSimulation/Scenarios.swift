@@ -109,6 +109,13 @@ final class RandomClient {
     }
 }
 
+/// The checkers every scenario runs: liveness and the data model (returned for the end checks).
+func installCheckers(_ sim: Simulation) -> DataChecker {
+    let data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
+    sim.checkers += [LivenessChecker(), data]
+    return data
+}
+
 /// End-of-run verification shared by the scenarios: the whole array equals the model, then the
 /// parity protocol (check 0, exact count of corruption, repair).
 func verifyAtEnd(_ sim: Simulation, data: DataChecker, parity: Bool = true) {
@@ -139,8 +146,7 @@ public final class RandomScenario: SimScenario {
     }
 
     public func begin(_ sim: Simulation) {
-        data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
-        sim.checkers += [LivenessChecker(), data]
+        data = installCheckers(sim)
         client = RandomClient(total: 150 + sim.random.below(200), queueDepth: 1 + sim.random.below(8), hotRegionSectors: sim.core.geometry.rowDataSectors * 3)
         client.fill(sim)
         sim.wake(after: UInt64(sim.random.below(20)) * nanosPerMilli, tag: 1)
@@ -209,8 +215,7 @@ public final class SeedScenario: SimScenario {
     }
 
     public func begin(_ sim: Simulation) {
-        data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
-        sim.checkers += [LivenessChecker(), data]
+        data = installCheckers(sim)
         endTime = sim.now + UInt64(100 + sim.random.below(150)) * nanosPerMilli
         fillWrites(sim)
         sim.wake(after: nanosPerMilli, tag: 1)  // control loop
@@ -301,8 +306,7 @@ public final class RebuildScenario: SimScenario {
     }
 
     public func begin(_ sim: Simulation) {
-        data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
-        sim.checkers += [LivenessChecker(), data]
+        data = installCheckers(sim)
         client = RandomClient(total: 200 + sim.random.below(150), queueDepth: 1 + sim.random.below(6), hotRegionSectors: sim.core.geometry.rowDataSectors * 4)
         failAt = 20 + sim.random.below(60)
         if sim.shape.level == .raid6 && sim.random.chance(0.5) { secondFailAt = failAt + 30 + sim.random.below(80) }
@@ -366,8 +370,7 @@ public final class CrashScenario: SimScenario {
     }
 
     public func begin(_ sim: Simulation) {
-        data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
-        sim.checkers += [LivenessChecker(), data]
+        data = installCheckers(sim)
         client = RandomClient(total: 300, queueDepth: 1 + sim.random.below(8), hotRegionSectors: sim.core.geometry.rowDataSectors * 3)
         crashAt = 30 + sim.random.below(200)
         // No member may be out of service when the power fails (see spoilingAllowed).
@@ -434,8 +437,8 @@ public final class RaceScenario: SimScenario {
     }
 
     public func begin(_ sim: Simulation) {
-        data = DataChecker(arrayBytes: sim.core.geometry.arraySectors * 512)
-        sim.checkers += [LivenessChecker(), data, SyncInvariantChecker()]
+        data = installCheckers(sim)
+        sim.checkers.append(SyncInvariantChecker())
         client = RandomClient(total: 60, queueDepth: 2, hotRegionSectors: sim.core.geometry.rowDataSectors * 2)
         totalRounds = 10 + sim.random.below(20)
         client.fill(sim)

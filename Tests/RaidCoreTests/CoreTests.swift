@@ -133,7 +133,11 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         #expect(h.core.arrayState == "write-pending")
         let firstDataWrite = h.issued.firstIndex { if case .memberWrite(_, _, let o, _, _) = $0 { return o >= 48 * 512 } else { return false } }
         #expect(firstDataWrite == nil)
-        let superblockWrites = h.pendingIO.filter { if case .memberWrite(_, _, let o, _, _) = $0 { return o == 4096 } else { return false } }
+        // md writes superblocks with a preflush: every member is flushed first, then written.
+        let flushes = h.pendingIO.filter { if case .memberFlush = $0 { return true } else { return false } }
+        #expect(flushes.count == 4)
+        for _ in 0..<4 { h.completeOne() }
+        let superblockWrites = h.pendingIO.filter { if case .memberWrite(_, _, let o, _, let fua) = $0 { return o == 4096 && fua } else { return false } }
         #expect(superblockWrites.count == 4)
         h.settle()
         #expect(h.clientResults[w] == .done)

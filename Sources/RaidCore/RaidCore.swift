@@ -13,9 +13,10 @@ enum IOContext {
     case superblockWrite(member: Int)
     /// The bitmap image (header and bits), one write per member for each batch of changes.
     case bitmapWrite(member: Int)
-    /// A flush that must land before a metadata write (md's REQ_PREFLUSH on superblock and
-    /// bitmap writes): the write follows when it completes.
-    indirect case preflush(member: Int, offsetBytes: UInt64, data: [UInt8], then: IOContext)
+    /// Flushes that must all land before superblocks or bitmap are written (see
+    /// `flushBeforeMetadata`).
+    case superblockFlush(member: Int)
+    case bitmapFlush(member: Int)
 }
 
 /// The array's state machine (design.md §3): it owns every piece of array state, never blocks
@@ -154,14 +155,6 @@ public final class RaidCore {
     func log(_ text: String) { out.append(.log(text)) }
 
     func armTimer(_ timer: TimerID, at deadline: Nanoseconds) { out.append(.armTimer(timer, atNanos: deadline)) }
-
-    /// A metadata write (superblock, bitmap) with md's semantics: every write completed before it
-    /// is made durable first (a flush), then it is written with FUA. Without the flush, a clean
-    /// superblock could survive a power loss that data and parity written before it did not.
-    func issueMetadataWrite(_ context: IOContext, member m: Int, offsetBytes: UInt64, data: [UInt8]) {
-        let id = newIO(.preflush(member: m, offsetBytes: offsetBytes, data: data, then: context))
-        out.append(.memberFlush(id, member: m))
-    }
 
     func newIO(_ context: IOContext) -> MemberIOID {
         let id = nextIOID
@@ -465,16 +458,10 @@ public final class RaidCore {
         case .flush(let op, let member):
             if case .failure = result { failMember(member, reason: "flush failed") }
             finishPieces(op, count: 1, error: isBroken ? .io : nil)
-        case .preflush(let member, let offset, let data, let then):
-            if result == .failure {
-                // The flush failed: the metadata write fails with it.
-                ioContexts[nextIOID] = then
-                let id = nextIOID
-                nextIOID += 1
-                memberIOCompleted(id: id, result: .failure)
-            } else {
-                out.append(.memberWrite(newIO(then), member: member, offsetBytes: offset, data: data, fua: true))
-            }
+        case .superblockFlush(let member):
+            superblockFlushCompleted(member: member, ok: result != .failure)
+        case .bitmapFlush(let member):
+            bitmapFlushCompleted(member: member, ok: result != .failure)
         case .superblockWrite(let member):
             superblockWriteCompleted(member: member, ok: result != .failure)
         case .bitmapWrite(let member):

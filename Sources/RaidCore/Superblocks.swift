@@ -22,7 +22,9 @@ struct SuperblockProtocol {
     var persistedClean: Bool
 
     struct InFlightUpdate {
+        /// Flushes (first phase) or superblock writes (second phase) not completed yet.
         var outstanding: Int
+        var flushing = true
         /// The update writes "dirty": when it lands, waiting data writes may go.
         var clearsPending: Bool
         var clean: Bool
@@ -115,8 +117,28 @@ extension RaidCore {
             bitmap.events = superblocks.events
             scheduleBitmapWrite(force: true)
         }
+        // Metadata barrier: every member is flushed, and only once all flushes have landed are
+        // the superblocks written (FUA). md flushes each device before its own superblock; a clean
+        // superblock on one member must not outlive data or parity still in another member's
+        // cache, so here the barrier spans the whole array.
+        for m in targets { out.append(.memberFlush(newIO(.superblockFlush(member: m)), member: m)) }
+        if targets.isEmpty { writeSuperblocks() }
+    }
+
+    func superblockFlushCompleted(member m: Int, ok: Bool) {
+        if !ok { failMember(m, reason: "flush failed") }
+        superblocks.update!.outstanding -= 1
+        if superblocks.update!.outstanding == 0 { writeSuperblocks() }
+    }
+
+    /// Second phase: the superblocks themselves, with the roles as they are now.
+    func writeSuperblocks() {
+        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        superblocks.update!.flushing = false
+        superblocks.update!.outstanding = targets.count
+        let clean = superblocks.update!.clean
         for m in targets {
-            issueMetadataWrite(.superblockWrite(member: m), member: m, offsetBytes: members[m].template.superOffsetSectors * 512, data: superblockBytes(for: m, clean: clean))
+            out.append(.memberWrite(newIO(.superblockWrite(member: m)), member: m, offsetBytes: members[m].template.superOffsetSectors * 512, data: superblockBytes(for: m, clean: clean), fua: true))
         }
         if targets.isEmpty { finishSuperblockUpdate() }
     }

@@ -31,7 +31,10 @@ final class WriteIntentBitmap {
     var daemonSleepSeconds: UInt32 { max(1, header.daemonSleepSeconds) }
     /// An image write is in flight to this many members, carrying `inFlightBits`.
     var writeOutstanding = 0
+    /// The image write is still in its flush phase.
+    var flushing = false
     var inFlightBits: [Bool] = []
+    var inFlightImage: [UInt8] = []
     var writeWanted = false
 
     init(header: MDBitmapSuperblock, area: [UInt8], memberDataSectors: UInt64, arrayEvents: UInt64) {
@@ -121,14 +124,33 @@ extension RaidCore {
         guard bitmap.writeWanted, bitmap.writeOutstanding == 0 else { return }
         let targets = members.indices.filter { members[$0].receivesSuperblocks }
         bitmap.writeWanted = false
+        // The image is taken now: a bit cleared in it belongs to a region whose writes have all
+        // completed, and the flushes below make them durable before the bit disappears on disk.
         bitmap.inFlightBits = bitmap.bits
+        bitmap.inFlightImage = bitmap.image()
+        bitmap.flushing = true
         bitmap.writeOutstanding = targets.count
         counters.bitmapWrites += 1
-        let image = bitmap.image()
+        for m in targets { out.append(.memberFlush(newIO(.bitmapFlush(member: m)), member: m)) }
+        if targets.isEmpty { writeBitmapImage() }
+    }
+
+    func bitmapFlushCompleted(member m: Int, ok: Bool) {
+        if !ok { failMember(m, reason: "flush failed") }
+        guard let bitmap else { return }
+        bitmap.writeOutstanding -= 1
+        if bitmap.writeOutstanding == 0 { writeBitmapImage() }
+    }
+
+    func writeBitmapImage() {
+        guard let bitmap else { return }
+        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        bitmap.flushing = false
+        bitmap.writeOutstanding = targets.count
         for m in targets {
             let sb = members[m].template
             let offset = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
-            issueMetadataWrite(.bitmapWrite(member: m), member: m, offsetBytes: offset, data: image)
+            out.append(.memberWrite(newIO(.bitmapWrite(member: m)), member: m, offsetBytes: offset, data: bitmap.inFlightImage, fua: true))
         }
         if targets.isEmpty { bitmapImageLanded() }
     }

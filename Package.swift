@@ -4,6 +4,14 @@ import PackageDescription
 /// Hot loops run at release speed in debug builds too (tests stream whole arrays through them).
 let optimizedInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
 
+/// The AVX-512 kernels' code generation. The manifest is compiled for the host, so this follows
+/// the machine that builds (x86-64 only; other architectures get the baseline kernels alone).
+#if arch(x86_64)
+let avx512Target: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512"])]
+#else
+let avx512Target: [SwiftSetting] = []
+#endif
+
 let package = Package(
     name: "swraid",
     platforms: [.macOS(.v14)],
@@ -22,7 +30,10 @@ let package = Package(
     targets: [
         // Pure layers: no I/O, no clock, no randomness.
         // Optimised even in debug builds: the tests push hundreds of MiB through these loops.
-        .target(name: "RaidMath", dependencies: ["CX86Intrinsics"], swiftSettings: optimizedInDebug),
+        .target(name: "RaidMath", dependencies: ["CX86Intrinsics", "RaidMathAVX512"], swiftSettings: optimizedInDebug),
+        // The parity kernels compiled for AVX-512, called only when CPUID says they can run (the
+        // rest of the package keeps the default target). See RaidMath's ParityKernelTier.
+        .target(name: "RaidMathAVX512", dependencies: ["CX86Intrinsics"], swiftSettings: optimizedInDebug + avx512Target),
         // Header-only: clang's SSE2 intrinsics for non-temporal stores (see shim.h).
         .systemLibrary(name: "CX86Intrinsics"),
         .target(name: "MDFormat"),

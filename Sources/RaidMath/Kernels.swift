@@ -6,7 +6,74 @@
 
 #if arch(x86_64)
 import CX86Intrinsics
+import RaidMathAVX512
 #endif
+
+/// Which build of the parity kernels runs: the baseline one (the default build target: SSE2 on
+/// x86-64), or the same loops compiled for AVX-512 in their own module, chosen at run time as
+/// ISA-L chooses its code paths. Results are identical; only speed differs.
+public enum ParityKernelTier: String, Sendable, CaseIterable, CustomStringConvertible {
+    case baseline
+    case avx512
+
+    /// The fastest tier this CPU and OS support (probed once, with CPUID and XGETBV).
+    public static let best: ParityKernelTier = {
+        #if arch(x86_64)
+        return swraid_cpu_has_avx512_kernels() != 0 ? .avx512 : .baseline
+        #else
+        return .baseline
+        #endif
+    }()
+
+    public var isSupported: Bool { self == .baseline || Self.best == .avx512 }
+
+    public var description: String {
+        switch self {
+        case .baseline:
+            #if arch(x86_64)
+            return "baseline (SSE2)"
+            #else
+            return "baseline"
+            #endif
+        case .avx512: return "AVX-512"
+        }
+    }
+}
+
+/// `dst = XOR of sources`. `dst` may alias one of the sources. With `nonTemporal`, `dst` is
+/// written around the cache (for parity headed to a member write rather than read back soon).
+public func xorKernel(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int,
+    nonTemporal: Bool = false, tier: ParityKernelTier = .best
+) {
+    precondition(!sources.isEmpty && byteCount >= 0)
+    precondition(tier.isSupported, "the \(tier) parity kernels need a CPU that has them")
+    #if arch(x86_64)
+    if tier == .avx512 {
+        xorKernelAVX512(sources, into: dst, byteCount: byteCount, nonTemporal: nonTemporal)
+        return
+    }
+    #endif
+    xorKernelBaseline(sources, into: dst, byteCount: byteCount, nonTemporal: nonTemporal)
+}
+
+/// P = XOR of `sources`, Q = sum of g^i * sources[i] (i = syndrome slot), by Horner's rule from
+/// the highest slot down, as md's `gen_syndrome` does. `p`/`q` must not alias a source.
+/// `nonTemporal` as for `xorKernel`.
+public func pqKernel(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer,
+    byteCount: Int, nonTemporal: Bool = false, tier: ParityKernelTier = .best
+) {
+    precondition(!sources.isEmpty && byteCount >= 0)
+    precondition(tier.isSupported, "the \(tier) parity kernels need a CPU that has them")
+    #if arch(x86_64)
+    if tier == .avx512 {
+        pqKernelAVX512(sources, p: p, q: q, byteCount: byteCount, nonTemporal: nonTemporal)
+        return
+    }
+    #endif
+    pqKernelBaseline(sources, p: p, q: q, byteCount: byteCount, nonTemporal: nonTemporal)
+}
 
 @usableFromInline typealias XorLane = SIMD8<UInt64>
 @usableFromInline typealias ByteLane = SIMD16<UInt8>
@@ -69,14 +136,11 @@ func mul2(_ q: ByteLane) -> ByteLane {
     return (q &+ q) ^ (mask & ByteLane(repeating: GF256.polynomialLowByte))
 }
 
-/// `dst = XOR of sources`. `dst` may alias one of the sources. With `nonTemporal`, `dst` is
-/// written around the cache (for parity headed to a member write rather than read back soon).
+/// The baseline build of `xorKernel`.
 @inline(never)
-public func xorKernel(
-    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int,
-    nonTemporal: Bool = false
+func xorKernelBaseline(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int, nonTemporal: Bool
 ) {
-    precondition(!sources.isEmpty && byteCount >= 0)
     let streaming = nonTemporal && canStream(dst)
     defer { finishStreaming(streaming) }
     let n = sources.count
@@ -116,15 +180,12 @@ public func xorKernel(
     }
 }
 
-/// P = XOR of `sources`, Q = sum of g^i * sources[i] (i = syndrome slot), by Horner's rule from
-/// the highest slot down, as md's `gen_syndrome` does. `p`/`q` must not alias a source.
-/// `nonTemporal` as for `xorKernel`.
+/// The baseline build of `pqKernel`.
 @inline(never)
-public func pqKernel(
+func pqKernelBaseline(
     _ sources: UnsafeBufferPointer<UnsafeRawPointer>, p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer,
-    byteCount: Int, nonTemporal: Bool = false
+    byteCount: Int, nonTemporal: Bool
 ) {
-    precondition(!sources.isEmpty && byteCount >= 0)
     let streaming = nonTemporal && canStream(p, q)
     defer { finishStreaming(streaming) }
     let n = sources.count

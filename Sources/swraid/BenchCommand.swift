@@ -50,13 +50,27 @@ struct ParityBench: ParsableCommand {
     @Option(help: "Only this working set: cache or memory (default both).")
     var workingSet: String?
 
+    @Option(help: "Kernel build to measure: baseline or avx512 (default: the best this CPU runs).")
+    var kernel: String?
+
     enum Kind: String { case xor, pq }
 
     func run() throws {
+        try failingCleanly { try measure() }
+    }
+
+    func measure() throws {
         let arenaBytes = quick ? 256 << 20 : 1 << 30
         let minSeconds = quick ? 0.05 : 0.3
         let trials = quick ? 3 : 5
         let isal = noISAL ? nil : ISAL.load()
+        let tier = try kernel.map { name in
+            guard let t = ParityKernelTier(rawValue: name) else {
+                throw CommandFailure(message: "unknown kernel '\(name)'; known: baseline, avx512")
+            }
+            guard t.isSupported else { throw CommandFailure(message: "this CPU cannot run the \(t) kernels") }
+            return t
+        } ?? ParityKernelTier.best
         #if DEBUG
         printError("warning: debug build; run `swift run -c release swraid bench parity` for real figures")
         #endif
@@ -67,6 +81,7 @@ struct ParityBench: ParsableCommand {
         for i in 0..<((arenaBytes + (4 << 20)) / 8) { words[i] = UInt64(i) &* 0x9E37_79B9_7F4A_7C15 }
 
         print("# swraid bench parity: GB/s of data bytes in, one core, median of \(trials) alternating trials")
+        print("# swraid kernels: \(tier) (best on this CPU: \(ParityKernelTier.best))")
         print("# ISA-L: \(isal == nil ? "not found (apt install libisal2 to compare)" : "loaded (libisal.so.2)")")
         let header = ["operation", "chunk", "working set", "swraid", "ISA-L", "ratio", "target"]
         print(row(header))
@@ -77,7 +92,7 @@ struct ParityBench: ParsableCommand {
                 for (kind, k) in cases where only == nil || only == kind.rawValue {
                     // Trials alternate between the two so that machine noise falls on both alike.
                     let run = { (lib: ISAL?) in
-                        trial(kind: kind, k: k, chunk: chunk, outOfCache: outOfCache, arena: arena, arenaBytes: arenaBytes, minSeconds: minSeconds, isal: lib)
+                        trial(kind: kind, k: k, chunk: chunk, outOfCache: outOfCache, arena: arena, arenaBytes: arenaBytes, minSeconds: minSeconds, isal: lib, tier: tier)
                     }
                     _ = run(nil)
                     if let isal { _ = run(isal) }
@@ -112,7 +127,7 @@ struct ParityBench: ParsableCommand {
     /// One trial: stripes of k data chunks followed by their parity, walked until `minSeconds`.
     func trial(
         kind: Kind, k: Int, chunk: Int, outOfCache: Bool, arena: UnsafeMutableRawPointer, arenaBytes: Int,
-        minSeconds: Double, isal: ISAL?
+        minSeconds: Double, isal: ISAL?, tier: ParityKernelTier
     ) -> Double {
         let parityCount = kind == .xor ? 1 : 2
         let stripeBytes = (k + parityCount) * chunk
@@ -133,9 +148,9 @@ struct ParityBench: ParsableCommand {
                 } else {
                     for i in 0..<k { sources[i] = UnsafeRawPointer(base + i * chunk) }
                     if kind == .xor {
-                        xorKernel(UnsafeBufferPointer(sources), into: base + k * chunk, byteCount: chunk, nonTemporal: true)
+                        xorKernel(UnsafeBufferPointer(sources), into: base + k * chunk, byteCount: chunk, nonTemporal: outOfCache, tier: tier)
                     } else {
-                        pqKernel(UnsafeBufferPointer(sources), p: base + k * chunk, q: base + (k + 1) * chunk, byteCount: chunk, nonTemporal: true)
+                        pqKernel(UnsafeBufferPointer(sources), p: base + k * chunk, q: base + (k + 1) * chunk, byteCount: chunk, nonTemporal: outOfCache, tier: tier)
                     }
                 }
                 ops += 1

@@ -143,6 +143,35 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
         }
     }
 
+    /// Every kernel build this CPU can run (baseline, and AVX-512 where present) gives the
+    /// reference bytes: all block sizes and tails, aligned and misaligned, cached and streaming.
+    @Test(arguments: ParityKernelTier.allCases.filter(\.isSupported))
+    func everyKernelTierMatchesTheReference(tier: ParityKernelTier) async {
+        await propertyCheck(count: 150, input: Gen.int(in: 1...16), Gen.int(in: 1...1100), Gen.int(in: 0...3), Gen.uint64()) { n, length, skew, seed in
+            let row = Row(count: n + 2, byteCount: length + 64)
+            var slots: [[UInt8]] = []
+            for i in 0..<n {
+                let bytes = pseudoRandomBytes(length, seed: seed &+ UInt64(i))
+                slots.append(bytes)
+                bytes.withUnsafeBytes { (row.buffers[i] + skew).copyMemory(from: $0.baseAddress!, byteCount: length) }
+            }
+            let expected = Reference.pq(slots)
+            let sources = (0..<n).map { UnsafeRawPointer(row.buffers[$0] + skew) }
+            let p = row.buffers[n] + skew, q = row.buffers[n + 1] + skew
+            func read(_ b: UnsafeMutableRawPointer) -> [UInt8] { Array(UnsafeRawBufferPointer(start: b, count: length)) }
+            for streaming in [false, true] {
+                row.scribble(n)
+                row.scribble(n + 1)
+                sources.withUnsafeBufferPointer { pqKernel($0, p: p, q: q, byteCount: length, nonTemporal: streaming, tier: tier) }
+                #expect(read(p) == expected.p, "\(tier) p+q \(n) x \(length) skew \(skew)")
+                #expect(read(q) == expected.q, "\(tier) p+q \(n) x \(length) skew \(skew)")
+                row.scribble(n)
+                sources.withUnsafeBufferPointer { xorKernel($0, into: p, byteCount: length, nonTemporal: streaming, tier: tier) }
+                #expect(read(p) == expected.p, "\(tier) xor \(n) x \(length) skew \(skew)")
+            }
+        }
+    }
+
     @Test func gfMultiplyAddMatchesScalar() async {
         await propertyCheck(count: 200, input: Gen.uint8(), Gen.uint8(), Self.lengths, Gen.uint64()) { a, b, length, seed in
             let x = pseudoRandomBytes(length, seed: seed)

@@ -81,6 +81,8 @@ public final class MDProtocolModel: LivenessSubject {
     var superblockEvents: UInt64 = 10
     let stripeCacheSize: Int
     var stripes: [Int: Stripe] = [:]
+    /// md's R5_INACTIVE_BLOCKED: someone found the cache full and waits for it to drain.
+    var inactiveBlocked = false
     var nextStripe = 0
     /// raid5d's handle_list, oldest first.
     var handleList: [Int] = []
@@ -179,7 +181,7 @@ public final class MDProtocolModel: LivenessSubject {
             let satisfied: Bool
             switch w {
             case .superblockWritten: satisfied = !changePending
-            case .freeStripe: satisfied = stripes.count < stripeCacheSize
+            case .freeStripe: satisfied = stripeWaitOver
             case .mutex: satisfied = mutexOwner == nil
             case .syncThreadExit: satisfied = !syncRunning
             case .syncReaped(let seqAtStop): satisfied = syncSeq != seqAtStop
@@ -187,6 +189,8 @@ public final class MDProtocolModel: LivenessSubject {
             case .syncStripesDrain: satisfied = syncStripesInFlight == 0
             }
             if satisfied {
+                // raid5_get_active_stripe: the waiter clears R5_INACTIVE_BLOCKED as it leaves.
+                if w == .freeStripe { inactiveBlocked = false }
                 waits[party] = nil
                 wake(party)
             }
@@ -260,8 +264,8 @@ public final class MDProtocolModel: LivenessSubject {
                 return
             }
             // raid5_get_active_stripe: wait for a free stripe.
-            if stripes.count >= stripeCacheSize {
-                waits[.writer] = .freeStripe
+            if !canTakeStripe {
+                blockOnStripe(.writer)
                 return
             }
             let id = nextStripe
@@ -415,11 +419,27 @@ public final class MDProtocolModel: LivenessSubject {
 
     func syncStep() {
         guard syncRunning, !syncDone else { return }
+        // Its waits are uninterruptible: kthread_stop or MD_RECOVERY_INTR wakes the thread, but
+        // wait_event looks at its condition again and goes back to sleep. In the field the check
+        // thread sat in raid5_get_active_stripe with the cache full (stripe_cache_active at the
+        // limit) for as long as the hang lasted.
+        if let w = waits[.syncThread] {
+            if w == .freeStripe && stripeWaitOver || w == .syncStripesDrain && syncStripesInFlight == 0 {
+                if w == .freeStripe { inactiveBlocked = false }
+                waits[.syncThread] = nil
+            } else {
+                return
+            }
+        }
         // Woken in raid5_get_active_stripe: it takes the stripe and issues the request before
         // md_do_sync looks at MD_RECOVERY_INTR again.
         if syncBlockedOnStripe {
+            if !canTakeStripe {
+                blockOnStripe(.syncThread)
+                return
+            }
             syncBlockedOnStripe = false
-            if syncInterrupted && stripes.count < stripeCacheSize { takeSyncStripe() }
+            if syncInterrupted { takeSyncStripe() }
         }
         while true {
             if syncInterrupted || syncCompleted >= syncTotal {
@@ -441,13 +461,28 @@ public final class MDProtocolModel: LivenessSubject {
             }
             if syncStripesInFlight >= syncWindow { return }
             // raid5_get_active_stripe for the sync request: an uninterruptible wait for a stripe.
-            if stripes.count >= stripeCacheSize {
-                waits[.syncThread] = .freeStripe
+            if !canTakeStripe {
+                blockOnStripe(.syncThread)
                 syncBlockedOnStripe = true
                 return
             }
             takeSyncStripe()
         }
+    }
+
+    /// raid5_get_active_stripe takes a free stripe only while R5_INACTIVE_BLOCKED is clear.
+    var canTakeStripe: Bool { !inactiveBlocked && stripes.count < stripeCacheSize }
+
+    /// Its wait ends once a stripe is free and, if the cache was found full, only when fewer
+    /// than 3/4 of it are active: a thread blocked on a full cache stays blocked while the cache
+    /// drains by a quarter (why `idle` could not stop the check thread in the field).
+    var stripeWaitOver: Bool {
+        stripes.count < stripeCacheSize && (stripes.count < stripeCacheSize * 3 / 4 || !inactiveBlocked)
+    }
+
+    func blockOnStripe(_ party: Party) {
+        inactiveBlocked = true
+        waits[party] = .freeStripe
     }
 
     func takeSyncStripe() {
@@ -601,12 +636,14 @@ public final class MDProtocolModel: LivenessSubject {
             }
             switch waits[p] {
             case .superblockWritten?: return ("the superblock to be written (MD_SB_CHANGE_PENDING)", .daemon)
-            case .freeStripe?: return ("a free stripe (stripe_cache_active \(stripes.count)/\(stripeCacheSize)); stripes drain only when the daemon handles them", .daemon)
+            case .freeStripe?:
+                return ("a free stripe in raid5_get_active_stripe (stripe_cache_active \(stripes.count)/\(stripeCacheSize), R5_INACTIVE_BLOCKED: until fewer than \(stripeCacheSize * 3 / 4) are active); stripes drain only when the daemon handles them", .daemon)
             case .mutex?: return ("reconfig_mutex", mutexOwner)
             case .syncThreadExit?: return ("the check thread to exit (md_reap_sync_thread → kthread_stop)", .syncThread)
             case .syncReaped?: return ("the daemon to reap the check thread", .daemon)
             case .writesCompleted?: return ("its writes to complete", .daemon)
-            case .syncStripesDrain?: return ("its \(plural(syncStripesInFlight, "sync stripe")) in flight to be finished by the daemon", .daemon)
+            case .syncStripesDrain?:
+                return ("its \(plural(syncStripesInFlight, "sync stripe")) in flight to be finished by the daemon (md_do_sync's wait on recovery_active)", .daemon)
             case nil: return ("nothing", nil)
             }
         }

@@ -178,6 +178,24 @@ enum RaidLayoutChoice {
         #expect(hang.monitor.last?.contains("sync_action check") == true)
     }
 
+    /// The field's exact signature: the check thread stuck in raid5_get_active_stripe with the
+    /// cache above the 3/4 mark (R5_INACTIVE_BLOCKED), stripe_cache_active frozen there. Other
+    /// seeds close the same cycle while the thread drains its last stripes instead.
+    @Test func md54ReachesTheFieldSignatureWithTheCacheAtItsLimit() throws {
+        var found: MDModelRunner.Outcome? = nil
+        for seed in UInt64(1)...30 {
+            let outcome = MDModelRunner.run(seed: seed, version: .md54)
+            if outcome.failure != nil, outcome.cycle.contains(where: { $0.contains("in raid5_get_active_stripe") }) {
+                found = outcome
+                break
+            }
+        }
+        let hang = try #require(found, "no md-5.4 hang in 30 seeds had the check thread blocked on the stripe cache")
+        let active = hang.monitor.last.flatMap { $0.split(separator: " ").last }.flatMap { Int($0) } ?? 0
+        #expect(active >= 256 * 3 / 4, "\(hang.monitor)")
+        #expect(hang.monitor.allSatisfy { $0.hasSuffix("stripe_cache_active \(active)") }, "the cache never drains: \(hang.monitor)")
+    }
+
     @Test(arguments: [UInt64(1)...250, 251...500])
     func md69NeverHangs(seeds: ClosedRange<UInt64>) {
         for seed in seeds {

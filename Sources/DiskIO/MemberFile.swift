@@ -141,4 +141,26 @@ public final class MemberFile {
         var st = stat()
         return stat(path, &st) == 0
     }
+
+    /// Removes a file this program created (a member of a create that failed).
+    public static func remove(_ path: String) {
+        _ = unlink(path)
+    }
+
+    /// What `path` names (device and inode, or the device number of a block device), so that
+    /// two spellings of one file compare equal; nil when it does not exist.
+    public static func identity(_ path: String) -> FileIdentity? {
+        var st = stat()
+        guard stat(path, &st) == 0 else { return nil }
+        if (st.st_mode & S_IFMT) == S_IFBLK { return FileIdentity(device: 0, inode: 0, blockDevice: UInt64(st.st_rdev)) }
+        return FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), blockDevice: nil)
+    }
+}
+
+/// A file's identity as the kernel sees it (see `MemberFile.identity`).
+public struct FileIdentity: Hashable, Sendable {
+    public let device: UInt64
+    public let inode: UInt64
+    /// For block devices: the device they are (two nodes for one disk are one member).
+    public let blockDevice: UInt64?
 }

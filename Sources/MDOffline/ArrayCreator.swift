@@ -52,11 +52,8 @@ public final class ArrayCreator {
                 defer { file.close() }
                 let size: UInt64
                 do { size = try file.sizeBytes() } catch let e as DiskIOError { throw CreatorError.io(e) }
-                if !options.force, let existing = try? SuperblockProbe.probe(file, validate: false) {
-                    let sb = existing.superblock
-                    throw CreatorError.alreadyMember(
-                        path: path,
-                        detail: "raid\(sb.level) array \(formatMDUUID(sb.setUUID)) '\(sb.setName)', \(sb.role)")
+                if !options.force, let existing = SuperblockProbe.existingMetadata(file) {
+                    throw CreatorError.alreadyMember(path: path, detail: existing)
                 }
                 sizes.append(size / 512)
                 isNew.append(false)
@@ -74,13 +71,26 @@ public final class ArrayCreator {
         newMembers = isNew
     }
 
-    /// Creates the array. `progress` gets (sectors synced, total) during the initial parity sync.
+    /// Creates the array. `progress` gets (member sectors synced, total) during the initial parity
+    /// sync, as md counts a resync.
     public func run(progress: ((UInt64, UInt64) -> Void)? = nil) throws {
+        var created: [String] = []
+        do {
+            try createArray(progress: progress, created: &created)
+        } catch {
+            // Leave nothing half-made behind: member files this create made go again.
+            for path in created { MemberFile.remove(path) }
+            throw error
+        }
+    }
+
+    private func createArray(progress: ((UInt64, UInt64) -> Void)?, created: inout [String]) throws {
         var files: [MemberFile] = []
         do {
             for (i, path) in paths.enumerated() {
                 if newMembers[i] {
                     files.append(try MemberFile(creating: path, sizeBytes: plan.memberSizesSectors[i] * 512))
+                    created.append(path)
                 } else {
                     files.append(try MemberFile(path: path, mode: .readWrite))
                 }
@@ -95,7 +105,7 @@ public final class ArrayCreator {
                 if !newMembers.allSatisfy({ $0 }) {
                     try syncParity(files, progress: progress)
                 } else {
-                    progress?(plan.geometry.arraySectors, plan.geometry.arraySectors)
+                    progress?(plan.geometry.memberDataSectors, plan.geometry.memberDataSectors)
                 }
                 for file in files { try file.sync() }
                 // Parity is consistent: mark the array clean, every bitmap region in sync.
@@ -171,7 +181,8 @@ public final class ArrayCreator {
             for (disk, buffer) in writes {
                 try files[disk].write(at: offset, from: UnsafeRawBufferPointer(start: buffer, count: chunkBytes))
             }
-            progress?((row + 1) * g.rowDataSectors, g.arraySectors)
+            // As /proc/mdstat counts a resync: per member, not per array.
+            progress?((row + 1) * g.chunkSectors, g.rowCount * g.chunkSectors)
         }
     }
 }

@@ -83,6 +83,40 @@ public enum SuperblockProbe {
     }
 }
 
+extension SuperblockProbe {
+    /// Describes any md metadata on `file`: a readable v1.x superblock, md's magic at a v1.x
+    /// location whose superblock cannot be decoded, or a v0.90 superblock. nil when there is
+    /// none. `create` refuses to overwrite any of these without `--force`, as mdadm does.
+    public static func existingMetadata(_ file: MemberFile) -> String? {
+        let problem: String
+        do {
+            let sb = try probe(file, validate: false).superblock
+            return "raid\(sb.level) array \(formatMDUUID(sb.setUUID)) '\(sb.setName)', \(sb.role)"
+        } catch {
+            // A damaged superblock still marks the device as an md member.
+            problem = "\(error)"
+        }
+        guard let sizeBytes = try? file.sizeBytes() else { return nil }
+        let sizeSectors = sizeBytes / 512
+        func magicAt(_ sector: UInt64) -> Bool {
+            guard sector * 512 + 4 <= sizeBytes, let b = try? file.read(at: sector * 512, count: 4) else { return false }
+            let value = b.le32At(0)
+            return value == MDSuperblock1.magicValue || value.byteSwapped == MDSuperblock1.magicValue
+        }
+        for version in [MDMetadataVersion.v1_2, .v1_1, .v1_0] {
+            if let at = version.superblockOffsetSectors(deviceSizeSectors: sizeSectors), magicAt(at) {
+                return "md magic at sector \(at), a v\(version.rawValue) superblock that cannot be read: \(problem)"
+            }
+        }
+        // v0.90 keeps its superblock in the last 64 KiB-aligned 64 KiB of the device.
+        if sizeSectors >= 256 {
+            let at = (sizeSectors & ~UInt64(127)) - 128
+            if magicAt(at) { return "an md v0.90 superblock at sector \(at)" }
+        }
+        return nil
+    }
+}
+
 extension Array where Element == UInt8 {
     func le32At(_ offset: Int) -> UInt32 {
         UInt32(self[offset]) | UInt32(self[offset + 1]) << 8 | UInt32(self[offset + 2]) << 16 | UInt32(self[offset + 3]) << 24

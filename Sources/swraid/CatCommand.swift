@@ -36,8 +36,11 @@ struct Cat: ParsableCommand {
             if verbose || !array.plan.missingRoles.isEmpty || !array.plan.excluded.isEmpty {
                 for note in array.notes { printError(note) }
             }
-            if let path = output, array.members.contains(where: { $0.path == path }) {
-                throw CommandFailure(message: "--output \(path) is one of the members")
+            // Compare files, not spellings: `./m1.img` truncated would destroy member m1.img.
+            if let path = output, let target = MemberFile.identity(path),
+                let member = array.members.first(where: { MemberFile.identity($0.path) == target })
+            {
+                throw CommandFailure(message: "--output \(path) is member \(member.path); refusing to overwrite it")
             }
             let sink = try OutputSink(path: output)
             defer { sink.close() }

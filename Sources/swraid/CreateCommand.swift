@@ -33,7 +33,7 @@ struct Create: ParsableCommand {
     @Option(name: .customLong("bitmap-chunk"), help: "Bytes of member data per bitmap bit; a bare number is KiB.")
     var bitmapChunk: String?
 
-    @Option(name: [.customShort("z"), .long], help: "Space to use on each member; a bare number is KiB.")
+    @Option(name: [.customShort("z"), .long], help: "Space to use on each member; a bare number is KiB; max for all of the smallest.")
     var size: String?
 
     @Option(name: [.customShort("N"), .long], help: "Array name (stored as homehost:name).")
@@ -118,7 +118,8 @@ struct Create: ParsableCommand {
             bitmapChunkBytes = bytes
         }
         var sizeSectors: UInt64? = nil
-        if let text = size {
+        // `max` (as mdadm): the whole of the smallest member, which is also what no --size means.
+        if let text = size, text != "max" {
             guard let bytes = SizeArgument.parseBytes(text), bytes >= chunkBytes else {
                 throw CommandFailure(message: "invalid --size '\(text)': must be at least one chunk")
             }

@@ -190,3 +190,135 @@ func listDirectory(_ path: String) -> [String] { ((try? FileManager.default.cont
         expectOneLineRefusal(try swraid("sim", "--variant", "x"), containing: "unknown variant")
     }
 }
+
+/// Damaged and mismatched members through the binary: one line, non-zero exit, nothing written.
+@Suite struct BadMemberCLITests {
+    /// Three fresh RAID5 members with data, and their bytes.
+    func makeArray(_ dir: TemporaryDirectory, prefix: String = "m") throws -> [String] {
+        let members = (0..<3).map { dir.file("\(prefix)\($0).img") }
+        let made = try swraid(["create", "--level", "5", "--raid-devices", "3", "--chunk", "64K", "--size", "1M"] + members)
+        #expect(made.status == 0, "\(made.stderr)")
+        return members
+    }
+
+    func edit(_ path: String, _ change: (inout Data) -> Void) {
+        var bytes = fileBytes(path)!
+        change(&bytes)
+        FileManager.default.createFile(atPath: path, contents: bytes)
+    }
+
+    @Test func flippedChecksumByte() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        edit(members[0]) { $0[4096 + 216] ^= 0x40 }  // sb_csum itself
+        let before = members.map(fileBytes)
+        let out = dir.file("out.bin")
+        expectOneLineRefusal(try swraid(["cat", "--output", out] + members), containing: "checksum mismatch")
+        expectOneLineRefusal(try swraid(["check"] + members), containing: "checksum mismatch")
+        #expect(members.map(fileBytes) == before)
+        #expect(!FileManager.default.fileExists(atPath: out))
+    }
+
+    @Test func wrongMagic() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        edit(members[1]) { $0[4096] ^= 0xFF }
+        expectOneLineRefusal(try swraid("cat", "--output", dir.file("out.bin"), members[0], members[1], members[2]), containing: "no md superblock")
+    }
+
+    @Test func truncatedImages() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        // Cut inside the superblock, then inside the data area.
+        edit(members[2]) { $0 = $0.prefix(4096 + 100) }
+        expectOneLineRefusal(try swraid(["cat", "--output", dir.file("a.bin")] + members), containing: "truncated")
+        let other = try makeArray(dir, prefix: "n")
+        edit(other[1]) { $0 = $0.prefix($0.count / 2) }
+        let before = other.map(fileBytes)
+        let result = try swraid(["cat", "--output", dir.file("b.bin")] + other)
+        #expect(result.status != 0)
+        #expect(result.stderr.split(separator: "\n").count == 1, "\(result.stderr)")
+        #expect(result.stderr.contains(other[1]), "\(result.stderr)")
+        #expect(other.map(fileBytes) == before)
+    }
+
+    @Test func membersOfTwoArrays() throws {
+        let dir = TemporaryDirectory()
+        let a = try makeArray(dir, prefix: "a")
+        let b = try makeArray(dir, prefix: "b")
+        expectOneLineRefusal(try swraid(["cat", "--output", dir.file("out.bin"), a[0], a[1], b[2]]), containing: "different arrays")
+        expectOneLineRefusal(try swraid(["check", a[0], b[1], a[2]]), containing: "different arrays")
+    }
+
+    @Test func catRefusesToOverwriteAMemberUnderAnotherName() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        let before = members.map(fileBytes)
+        let sameFile = dir.path + "/./m1.img"
+        expectOneLineRefusal(try swraid(["cat", "--output", sameFile] + members), containing: "is member")
+        #expect(members.map(fileBytes) == before)
+    }
+
+    @Test func createRefusesADamagedOrOldMdMemberWithoutForce() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        // max_dev far past md's limit: the superblock cannot even be decoded, yet it is md's.
+        edit(members[0]) { $0.replaceSubrange((4096 + 220)..<(4096 + 224), with: [0x88, 0x13, 0, 0]) }
+        let before = members.map(fileBytes)
+        let again = try swraid(["create", "--level", "5", "--raid-devices", "3", "--chunk", "64K"] + members)
+        expectOneLineRefusal(again, containing: "cannot be read")
+        #expect(members.map(fileBytes) == before)
+        // A v0.90 superblock sits in the last 64 KiB-aligned 64 KiB of the device.
+        let old = dir.file("old.img")
+        var image = Data(count: 1 << 20)
+        image.replaceSubrange((image.count - 65536)..<(image.count - 65532), with: [0xfc, 0x4e, 0x2b, 0xa9])
+        FileManager.default.createFile(atPath: old, contents: image)
+        let fresh = [dir.file("f0.img"), dir.file("f1.img")]
+        let refused = try swraid(["create", "--level", "5", "--raid-devices", "3", "--size", "512K", old] + fresh)
+        expectOneLineRefusal(refused, containing: "v0.90")
+        #expect(fresh.allSatisfy { !FileManager.default.fileExists(atPath: $0) })
+        let forced = try swraid(["create", "--force", "--level", "5", "--raid-devices", "3", "--chunk", "64K"] + members)
+        #expect(forced.status == 0, "\(forced.stderr)")
+    }
+
+    @Test func aFailedCreateLeavesNoNewFilesBehind() throws {
+        let dir = TemporaryDirectory()
+        let members = [dir.file("m0.img"), dir.file("m1.img"), dir.file("no-such-folder/m2.img")]
+        let result = try swraid(["create", "--level", "5", "--raid-devices", "3", "--size", "1M"] + members)
+        expectOneLineRefusal(result, containing: "no-such-folder/m2.img")
+        #expect(listDirectory(dir.path).isEmpty)
+    }
+
+    @Test func sizeMaxUsesTheSmallestMember() throws {
+        let dir = TemporaryDirectory()
+        let members = (0..<3).map { dir.file("m\($0).img") }
+        for (i, m) in members.enumerated() { FileManager.default.createFile(atPath: m, contents: Data(count: (3 + i) << 20)) }
+        let made = try swraid(["create", "--level", "5", "--raid-devices", "3", "--chunk", "64K", "--size", "max"] + members)
+        #expect(made.status == 0, "\(made.stderr)")
+        let plain = (0..<3).map { dir.file("p\($0).img") }
+        for (i, m) in plain.enumerated() { FileManager.default.createFile(atPath: m, contents: Data(count: (3 + i) << 20)) }
+        _ = try swraid(["create", "--level", "5", "--raid-devices", "3", "--chunk", "64K"] + plain)
+        let a = try swraid("examine", members[0]).stdoutText.split(separator: "\n").filter { $0.contains("Array Size") }
+        let b = try swraid("examine", plain[0]).stdoutText.split(separator: "\n").filter { $0.contains("Array Size") }
+        #expect(!a.isEmpty && a == b)
+    }
+}
+
+/// Kernel-made arrays through the binary with members taken away (the library tests try every
+/// combination; this proves the command line gets the same bytes).
+@Suite(.enabled(if: FixturePaths.fixturesRoot != nil, Comment(rawValue: FixturePaths.skipMessage)))
+struct DegradedFixtureCLITests {
+    @Test(arguments: FixtureArray.all())
+    func catRebuildsWhatIsMissing(fixture: FixtureArray) throws {
+        let gone = fixture.maxDegraded - fixture.missingRoles.count - fixture.staleRoles.count
+        guard gone > 0 else { return }
+        let present = zip(fixture.memberFiles, fixture.memberRoles).filter { !fixture.staleRoles.contains($0.1) }.map(\.0)
+        let removed = Set(present.suffix(gone))
+        let args = fixture.memberFiles.map { removed.contains($0) ? "missing" : fixture.path($0) }
+        let result = try swraid(["cat"] + args)
+        #expect(result.status == 0, "\(result.stderr)")
+        var hash = SHA256()
+        result.stdout.withUnsafeBytes { hash.update($0) }
+        #expect(SHA256.hex(hash.finalize()) == fixture.sha256, "\(fixture.name) without \(removed.sorted())")
+    }
+}

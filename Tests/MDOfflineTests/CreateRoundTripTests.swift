@@ -65,7 +65,8 @@ func streamAll(_ array: OfflineArray) throws -> [UInt8] {
         let creator = try ArrayCreator(paths: paths, request: request(level: level, layout: layout, n: n, bitmap: .internal_), options: options)
         var lastProgress: (UInt64, UInt64) = (0, 0)
         try creator.run { lastProgress = ($0, $1) }
-        #expect(lastProgress.0 == lastProgress.1 && lastProgress.1 == creator.plan.geometry.arraySectors)
+        // Progress counts per-member sectors, as /proc/mdstat counts a resync.
+        #expect(lastProgress.0 == lastProgress.1 && lastProgress.1 == creator.plan.geometry.memberDataSectors)
 
         let expected = try dataChunksDirectly(paths, plan: creator.plan)
         let array = try OfflineArray(paths: paths)

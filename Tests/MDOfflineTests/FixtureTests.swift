@@ -63,9 +63,9 @@ struct KernelFixtureTests {
         let removable = zip(fixture.memberFiles, fixture.memberRoles).filter { !fixture.staleRoles.contains($0.1) }.map(\.0)
         let combinations = subsets(removable, maxCount: fixture.maxDegraded - alreadyGone).filter { !$0.isEmpty }
         if fixture.maxDegraded > alreadyGone { #expect(!combinations.isEmpty) }
-        for removed in combinations {
-            // Removed members are named `missing` half the time and left out otherwise.
-            let paths = fixture.memberFiles.map { removed.contains($0) ? (removed.count == 1 ? "missing" : nil) : fixture.path($0) }.compactMap { $0 }
+        for (n, removed) in combinations.enumerated() {
+            // Removed members are named `missing` in every other combination, left out otherwise.
+            let paths = fixture.memberFiles.map { removed.contains($0) ? (n % 2 == 0 ? "missing" : nil) : fixture.path($0) }.compactMap { $0 }
             let array = try OfflineArray(paths: paths)
             #expect(try sha256(of: array) == fixture.sha256, "\(fixture.name) without \(removed)")
         }
@@ -96,6 +96,42 @@ struct KernelFixtureTests {
         #expect(member.bitmap?.events == 17)
         #expect(member.bitmap?.eventsCleared == 1)
         #expect(member.bitmap.map { $0.dirtyBitCount(area: member.bitmapArea ?? []) } == 0)
+    }
+
+    /// `create` lays members out as mdadm 4.2 did for these very arrays: same member sizes, same
+    /// geometry and bitmap options give the same data offset, data size, superblock, bitmap and
+    /// bad-block log positions, and the same bitmap chunk.
+    @Test(arguments: arrays)
+    func createPlansWhatMdadmMadeOfTheSameMembers(fixture: FixtureArray) throws {
+        let probed = try fixture.memberFiles.map { try SuperblockProbe.probe(try MemberFile(path: fixture.path($0), mode: .readOnly)) }
+        let real = probed[0].superblock
+        var request = CreateRequest(
+            level: fixture.level == 6 ? .raid6 : .raid5, raidDisks: fixture.raidDisks,
+            memberSizesSectors: [UInt64?](repeating: probed[0].deviceSizeSectors, count: fixture.raidDisks),
+            arrayUUID: real.setUUID, deviceUUIDs: (0..<fixture.raidDisks).map { _ in real.deviceUUID }, timeSeconds: real.ctimeSeconds)
+        request.chunkKiB = UInt64(fixture.chunkKiB)
+        request.layout = RaidLayout(rawValue: fixture.layoutNumber)
+        if let bitmap = probed[0].bitmap {
+            request.bitmap = .internal_
+            request.bitmapChunkBytes = UInt64(bitmap.chunkSizeBytes)
+        } else {
+            request.bitmap = .auto  // mdadm 4.2 adds none on members this small
+        }
+        let plan = try CreatePlan(request, clean: true)
+        for (member, role) in zip(probed, fixture.memberRoles) {
+            let ours = plan.superblocks[role]
+            let theirs = member.superblock
+            #expect(ours.dataOffsetSectors == theirs.dataOffsetSectors, "\(fixture.name)")
+            #expect(ours.dataSizeSectors == theirs.dataSizeSectors, "\(fixture.name)")
+            #expect(ours.sizeSectors == theirs.sizeSectors, "\(fixture.name)")
+            #expect(ours.superOffsetSectors == theirs.superOffsetSectors, "\(fixture.name)")
+            #expect(ours.bitmapOffsetRaw == theirs.bitmapOffsetRaw, "\(fixture.name)")
+            #expect(ours.bblogOffsetSectors == theirs.bblogOffsetSectors, "\(fixture.name)")
+            #expect(ours.bblogSizeSectors == theirs.bblogSizeSectors, "\(fixture.name)")
+            #expect(ours.maxDev == theirs.maxDev, "\(fixture.name)")
+            #expect(ours.featureMap == theirs.featureMap.subtracting([.recoveryOffset]), "\(fixture.name)")
+        }
+        #expect(plan.bitmap?.chunkSizeBytes == probed[0].bitmap?.chunkSizeBytes)
     }
 
     /// The CLI's examine prints what mdadm printed for the same images (device line aside).

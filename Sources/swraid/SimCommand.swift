@@ -111,7 +111,7 @@ struct Sim: ParsableCommand {
             }
             let start = monotonicSeconds()
             let total = UInt64(range.count) * UInt64(scenarios.count)
-            let bar = range.count > 1 ? ProgressBar(action: "sim", countsSectors: false) : nil
+            let bar = range.count > 1 ? ProgressBar(action: "sim", countsSectors: false, items: "runs") : nil
             let tally = SimTally()
             let workers = max(1, min(jobs ?? ProcessInfo.processInfo.activeProcessorCount, 64))
             let lower = range.lowerBound

@@ -280,3 +280,20 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
         #expect(!ParityCheck.raid5Consistent(data: data, p: row.buffers[3], byteCount: 4096, scratch: scratch))
     }
 }
+
+#if os(Linux) && arch(x86_64)
+import Foundation
+
+@Suite struct KernelTierTests {
+    /// The CPUID probe agrees with what the kernel reports: on a CPU with every AVX-512 feature
+    /// the module is built for, the AVX-512 kernels are the ones that run.
+    @Test func probeAgreesWithProcCpuinfo() throws {
+        let cpuinfo = try String(contentsOfFile: "/proc/cpuinfo", encoding: .utf8)
+        guard let flagsLine = cpuinfo.split(separator: "\n").first(where: { $0.hasPrefix("flags") }) else { return }
+        let flags = Set(flagsLine.split(separator: " ").map(String.init))
+        let needed = ["avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512cd", "avx2", "bmi1", "bmi2", "fma", "movbe", "popcnt", "f16c", "abm"]
+        let hasAll = needed.allSatisfy(flags.contains)
+        #expect((ParityKernelTier.best == .avx512) == hasAll, "cpu flags \(needed.filter { !flags.contains($0) }) missing; probe says \(ParityKernelTier.best)")
+    }
+}
+#endif

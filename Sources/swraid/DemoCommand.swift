@@ -63,8 +63,11 @@ struct Demo: ParsableCommand {
 
             section("Linux md 5.4's hang (a model of its protocol), found in milliseconds")
             _ = try? spawn([selfPath(), "sim", "--model", "md-5.4", "--scenario", "seed"])
+            say("Seed 6 closes the cycle the way the field report saw it: the check thread stuck on a full stripe cache.")
+            _ = try? spawn([selfPath(), "sim", "--model", "md-5.4", "--scenario", "seed", "--seed", "6"])
             say("md 6.9's fix, and swraid's own core, never hang on the same scenario:")
             _ = try? spawn([selfPath(), "sim", "--model", "md-6.9", "--scenario", "seed", "--seeds", "1..20"])
+            _ = try? spawn([selfPath(), "sim", "--scenario", "seed", "--seeds", "1..20"])
 
             section("Done")
             say("The member files are left in \(directory); try `swraid examine` or `mdadm --examine` on them.")

@@ -40,8 +40,9 @@ public enum ParityKernelTier: String, Sendable, CaseIterable, CustomStringConver
     }
 }
 
-/// `dst = XOR of sources`. `dst` may alias one of the sources. With `nonTemporal`, `dst` is
-/// written around the cache (for parity headed to a member write rather than read back soon).
+/// `dst = XOR of sources`. `dst` may alias one of the sources. `nonTemporal` says the parity
+/// heads for a member write rather than being read back soon; a kernel then writes it around
+/// the cache where that measured faster (the baseline kernels do, the AVX-512 XOR does not).
 public func xorKernel(
     _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int,
     nonTemporal: Bool = false, tier: ParityKernelTier = .best

@@ -147,20 +147,18 @@ public final class MemberFile {
         _ = unlink(path)
     }
 
-    /// What `path` names (device and inode, or the device number of a block device), so that
-    /// two spellings of one file compare equal; nil when it does not exist.
+    /// What `path` names, so that two spellings of one file (or two nodes of one block device)
+    /// compare equal; nil when it does not exist.
     public static func identity(_ path: String) -> FileIdentity? {
         var st = stat()
         guard stat(path, &st) == 0 else { return nil }
-        if (st.st_mode & S_IFMT) == S_IFBLK { return FileIdentity(device: 0, inode: 0, blockDevice: UInt64(st.st_rdev)) }
-        return FileIdentity(device: UInt64(st.st_dev), inode: UInt64(st.st_ino), blockDevice: nil)
+        if (st.st_mode & S_IFMT) == S_IFBLK { return .blockDevice(UInt64(st.st_rdev)) }
+        return .file(device: UInt64(st.st_dev), inode: UInt64(st.st_ino))
     }
 }
 
 /// A file's identity as the kernel sees it (see `MemberFile.identity`).
-public struct FileIdentity: Hashable, Sendable {
-    public let device: UInt64
-    public let inode: UInt64
-    /// For block devices: the device they are (two nodes for one disk are one member).
-    public let blockDevice: UInt64?
+public enum FileIdentity: Hashable, Sendable {
+    case file(device: UInt64, inode: UInt64)
+    case blockDevice(UInt64)
 }

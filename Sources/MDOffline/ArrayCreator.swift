@@ -182,7 +182,7 @@ public final class ArrayCreator {
                 try files[disk].write(at: offset, from: UnsafeRawBufferPointer(start: buffer, count: chunkBytes))
             }
             // As /proc/mdstat counts a resync: per member, not per array.
-            progress?((row + 1) * g.chunkSectors, g.rowCount * g.chunkSectors)
+            progress?((row + 1) * g.chunkSectors, g.memberDataSectors)
         }
     }
 }

@@ -257,7 +257,7 @@ extension OfflineArray {
                 }
                 offset += block
             }
-            progress?((row + 1) * g.chunkSectors, g.rowCount * g.chunkSectors)
+            progress?((row + 1) * g.chunkSectors, g.memberDataSectors)
         }
         return report
     }

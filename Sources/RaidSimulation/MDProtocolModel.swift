@@ -174,26 +174,32 @@ public final class MDProtocolModel: LivenessSubject {
         schedule(.step(party), after: jitter(20_000))
     }
 
+    /// Whether what a party waits for has happened.
+    func isOver(_ w: Wait) -> Bool {
+        switch w {
+        case .superblockWritten: return !changePending
+        case .freeStripe: return stripeWaitOver
+        case .mutex: return mutexOwner == nil
+        case .syncThreadExit: return !syncRunning
+        case .syncReaped(let seqAtStop): return syncSeq != seqAtStop
+        case .writesCompleted: return writesInFlight == 0
+        case .syncStripesDrain: return syncStripesInFlight == 0
+        }
+    }
+
+    /// The party leaves its wait (raid5_get_active_stripe's waiter clears R5_INACTIVE_BLOCKED as
+    /// it leaves).
+    func endWait(_ party: Party) {
+        if waits[party] == .freeStripe { inactiveBlocked = false }
+        waits[party] = nil
+    }
+
     /// Wakes every party whose wait is over.
     func wakeWaiters() {
         for party in Party.allCases {
-            guard let w = waits[party] else { continue }
-            let satisfied: Bool
-            switch w {
-            case .superblockWritten: satisfied = !changePending
-            case .freeStripe: satisfied = stripeWaitOver
-            case .mutex: satisfied = mutexOwner == nil
-            case .syncThreadExit: satisfied = !syncRunning
-            case .syncReaped(let seqAtStop): satisfied = syncSeq != seqAtStop
-            case .writesCompleted: satisfied = writesInFlight == 0
-            case .syncStripesDrain: satisfied = syncStripesInFlight == 0
-            }
-            if satisfied {
-                // raid5_get_active_stripe: the waiter clears R5_INACTIVE_BLOCKED as it leaves.
-                if w == .freeStripe { inactiveBlocked = false }
-                waits[party] = nil
-                wake(party)
-            }
+            guard let w = waits[party], isOver(w) else { continue }
+            endWait(party)
+            wake(party)
         }
     }
 
@@ -424,12 +430,8 @@ public final class MDProtocolModel: LivenessSubject {
         // thread sat in raid5_get_active_stripe with the cache full (stripe_cache_active at the
         // limit) for as long as the hang lasted.
         if let w = waits[.syncThread] {
-            if w == .freeStripe && stripeWaitOver || w == .syncStripesDrain && syncStripesInFlight == 0 {
-                if w == .freeStripe { inactiveBlocked = false }
-                waits[.syncThread] = nil
-            } else {
-                return
-            }
+            guard isOver(w) else { return }
+            endWait(.syncThread)
         }
         // Woken in raid5_get_active_stripe: it takes the stripe and issues the request before
         // md_do_sync looks at MD_RECOVERY_INTR again.

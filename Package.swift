@@ -45,14 +45,17 @@ let package = Package(
         // Seeded scheduler, simulated members, workloads and checkers around the same core.
         .target(
             name: "RaidSimulation",
-            dependencies: ["RaidCore", "MDFormat", "RaidMath"],
+            dependencies: ["RaidCore", "MDFormat", "RaidMath", "DiskIO"],
             // Test machinery, run millions of times: no dynamic exclusivity checks here (the core
             // keeps them).
             swiftSettings: optimizedInDebug + [.unsafeFlags(["-enforce-exclusivity=unchecked"])]),
-        // Member access (pread/pwrite/fsync) through one file.
-        .target(name: "DiskIO", dependencies: [.product(name: "SystemPackage", package: "swift-system")]),
+        // Member devices behind one protocol (files and block devices, the fault injector), the
+        // superblock probe, and every other system call the package makes.
+        .target(name: "DiskIO", dependencies: ["MDFormat", "CDiskIO", .product(name: "SystemPackage", package: "swift-system")]),
+        // Linux calls Swift's Glibc module does not expose (pwritev2, O_DIRECT, BLKGETSIZE64).
+        .target(name: "CDiskIO"),
         // Offline assembly (read-only streaming) and array creation on real members.
-        .target(name: "MDOffline", dependencies: ["RaidMath", "MDFormat", "DiskIO"], swiftSettings: optimizedInDebug),
+        .target(name: "MDOffline", dependencies: ["RaidMath", "MDFormat", "RaidCore", "DiskIO"], swiftSettings: optimizedInDebug),
         .executableTarget(
             name: "swraid",
             dependencies: [

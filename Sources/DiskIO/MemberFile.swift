@@ -1,3 +1,5 @@
+import CDiskIO
+import MDFormat
 import SystemPackage
 
 #if canImport(Glibc)
@@ -8,132 +10,212 @@ import Darwin
 
 public enum DiskIOError: Error, CustomStringConvertible, Equatable {
     case open(path: String, reason: String)
-    case read(path: String, offsetBytes: UInt64, reason: String)
-    case write(path: String, offsetBytes: UInt64, reason: String)
-    case shortRead(path: String, offsetBytes: UInt64, wantedBytes: Int, gotBytes: Int)
-    case sync(path: String, reason: String)
+    /// Another process holds the member (an exclusive lock: a running array, a create).
+    case inUse(path: String)
     case resize(path: String, reason: String)
+    /// A read, write or flush failed.
+    case io(path: String, MemberIOError)
 
     public var description: String {
         switch self {
         case .open(let path, let reason): return "\(path): cannot open: \(reason)"
-        case .read(let path, let offset, let reason): return "\(path): read at byte \(offset) failed: \(reason)"
-        case .write(let path, let offset, let reason): return "\(path): write at byte \(offset) failed: \(reason)"
-        case .shortRead(let path, let offset, let wanted, let got):
-            return "\(path): truncated: wanted \(wanted) bytes at byte \(offset), the file ends after \(got)"
-        case .sync(let path, let reason): return "\(path): flush failed: \(reason)"
+        case .inUse(let path): return "\(path): in use by another process (a running array or a create holds it)"
         case .resize(let path, let reason): return "\(path): cannot set size: \(reason)"
+        case .io(let path, let error): return "\(path): \(error.message)"
         }
     }
 }
 
-/// A member device: a regular file or a block device, accessed with positioned reads and
-/// writes. Every system call the package makes on members goes through this type.
-public final class MemberFile {
-    public enum Mode: Sendable { case readOnly, readWrite }
+/// How a member is opened.
+public struct MemberOpenOptions: Sendable, Equatable {
+    public enum Mode: Sendable, Equatable { case readOnly, readWrite }
+    public var mode: Mode
+    /// O_DIRECT: bypass the page cache (buffers, offsets and lengths aligned to 512 bytes; any
+    /// that are not go through an aligned bounce buffer).
+    public var direct = false
+    /// Take an exclusive lock (flock) so that no second array or create writes to it meanwhile;
+    /// refused with `DiskIOError.inUse` when another process holds it.
+    public var exclusive = false
+
+    public init(mode: Mode, direct: Bool = false, exclusive: Bool = false) {
+        self.mode = mode
+        self.direct = direct
+        self.exclusive = exclusive
+    }
+}
+
+/// A member device: a regular file or a block device, accessed with positioned (vectored)
+/// reads and writes. Every system call the package makes on members goes through this type.
+///
+/// Thread safety: the descriptor never changes while the file is open, and positioned I/O keeps
+/// no shared offset, so I/O may run on several threads at once. `close` must come after all I/O
+/// has finished (the owner's job).
+public final class MemberFile: MemberDevice, @unchecked Sendable {
+    public typealias Mode = MemberOpenOptions.Mode
 
     public let path: String
-    public let mode: Mode
+    public let options: MemberOpenOptions
+    public var mode: Mode { options.mode }
+    public var name: String { path }
     private let fd: FileDescriptor
     private var closed = false
+    public let isBlockDevice: Bool
 
     /// Opens an existing member.
-    public init(path: String, mode: Mode) throws {
+    public convenience init(path: String, mode: Mode) throws(DiskIOError) {
+        try self.init(path: path, options: MemberOpenOptions(mode: mode))
+    }
+
+    public init(path: String, options: MemberOpenOptions) throws(DiskIOError) {
         self.path = path
-        self.mode = mode
-        do {
-            fd = try FileDescriptor.open(
-                FilePath(path), mode == .readOnly ? .readOnly : .readWrite, options: [.closeOnExec])
-        } catch let errno as Errno {
-            throw DiskIOError.open(path: path, reason: errno.description)
+        self.options = options
+        var raw = (options.mode == .readOnly ? O_RDONLY : O_RDWR) | O_CLOEXEC
+        if options.direct { raw |= swraid_o_direct() }
+        let descriptor = Glibc.open(path, raw)
+        guard descriptor >= 0 else { throw DiskIOError.open(path: path, reason: lastErrorText()) }
+        fd = FileDescriptor(rawValue: descriptor)
+        var st = stat()
+        isBlockDevice = fstat(descriptor, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
+        if options.exclusive && flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+            let busy = errno == EWOULDBLOCK
+            let reason = lastErrorText()
+            _ = Glibc.close(descriptor)
+            closed = true
+            throw busy ? DiskIOError.inUse(path: path) : DiskIOError.open(path: path, reason: "cannot lock: \(reason)")
         }
     }
 
     /// Creates a new, empty member file of `sizeBytes` (sparse); fails if it exists.
-    public init(creating path: String, sizeBytes: UInt64) throws {
+    public init(creating path: String, sizeBytes: UInt64, exclusive: Bool = false) throws(DiskIOError) {
         self.path = path
-        self.mode = .readWrite
-        do {
-            fd = try FileDescriptor.open(
-                FilePath(path), .readWrite, options: [.create, .exclusiveCreate, .closeOnExec],
-                permissions: [.ownerReadWrite, .groupRead, .otherRead])
-        } catch let errno as Errno {
-            throw DiskIOError.open(path: path, reason: errno.description)
-        }
-        do {
-            try fd.resize(to: Int64(sizeBytes))
-        } catch let errno as Errno {
-            try? fd.close()
-            throw DiskIOError.resize(path: path, reason: errno.description)
+        options = MemberOpenOptions(mode: .readWrite, exclusive: exclusive)
+        isBlockDevice = false
+        let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
+        guard descriptor >= 0 else { throw DiskIOError.open(path: path, reason: lastErrorText()) }
+        fd = FileDescriptor(rawValue: descriptor)
+        if exclusive { _ = flock(descriptor, LOCK_EX | LOCK_NB) }
+        if ftruncate(descriptor, off_t(sizeBytes)) != 0 {
+            let reason = lastErrorText()
+            _ = Glibc.close(descriptor)
+            closed = true
+            throw DiskIOError.resize(path: path, reason: reason)
         }
     }
 
-    deinit { if !closed { try? fd.close() } }
+    deinit { close() }
 
     public func close() {
         guard !closed else { return }
         closed = true
-        try? fd.close()
+        _ = Glibc.close(fd.rawValue)
     }
 
-    /// Size in bytes (works for block devices too: the end offset).
-    public func sizeBytes() throws -> UInt64 {
-        do {
-            let end = try fd.seek(offset: 0, from: .end)
-            return UInt64(end)
-        } catch let errno as Errno {
-            throw DiskIOError.read(path: path, offsetBytes: 0, reason: "cannot find size: \(errno)")
+    /// Size in bytes (the device size for block devices).
+    public func sizeBytes() throws(MemberIOError) -> UInt64 {
+        if isBlockDevice {
+            var size: UInt64 = 0
+            if swraid_block_device_size(fd.rawValue, &size) == 0 { return size }
         }
+        let end = lseek(fd.rawValue, 0, SEEK_END)
+        guard end >= 0 else { throw MemberIOError(errno: errno, message: "cannot find the size: \(lastErrorText())") }
+        return UInt64(end)
     }
 
-    /// Fills `buffer` from `offsetBytes`; a read past the end is an error naming the truncation.
-    public func read(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws {
-        var done = 0
-        while done < buffer.count {
-            let n: Int
-            do {
-                n = try fd.read(
-                    fromAbsoluteOffset: Int64(offsetBytes) + Int64(done),
-                    into: UnsafeMutableRawBufferPointer(rebasing: buffer[done...]), retryOnInterrupt: true)
-            } catch let errno as Errno {
-                throw DiskIOError.read(path: path, offsetBytes: offsetBytes + UInt64(done), reason: errno.description)
+    /// The same size, with the path in the error.
+    public func size() throws(DiskIOError) -> UInt64 {
+        do { return try sizeBytes() } catch { throw DiskIOError.io(path: path, error) }
+    }
+
+    public func read(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer], purpose: MemberIOPurpose) throws(MemberIOError) {
+        if options.direct && !Self.aligned(buffers.map { UnsafeRawBufferPointer($0) }, offsetBytes) {
+            let total = buffers.reduce(0) { $0 + $1.count }
+            let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 4096)
+            defer { bounce.deallocate() }
+            try transfer(read: true, offsetBytes, [UnsafeMutableRawBufferPointer(rebasing: bounce[0..<total])])
+            var at = 0
+            for b in buffers where b.count > 0 {
+                b.baseAddress!.copyMemory(from: bounce.baseAddress! + at, byteCount: b.count)
+                at += b.count
             }
-            if n == 0 {
-                throw DiskIOError.shortRead(path: path, offsetBytes: offsetBytes, wantedBytes: buffer.count, gotBytes: done)
+            return
+        }
+        try transfer(read: true, offsetBytes, buffers)
+    }
+
+    public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
+        precondition(options.mode == .readWrite, "write to a member opened read-only")
+        var sources = buffers
+        var bounce: UnsafeMutableRawBufferPointer?
+        defer { bounce?.deallocate() }
+        if options.direct && !Self.aligned(buffers, offsetBytes) {
+            let total = buffers.reduce(0) { $0 + $1.count }
+            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 4096)
+            var at = 0
+            for s in buffers where s.count > 0 {
+                (b.baseAddress! + at).copyMemory(from: s.baseAddress!, byteCount: s.count)
+                at += s.count
+            }
+            bounce = b
+            sources = [UnsafeRawBufferPointer(rebasing: b[0..<total])]
+        }
+        try transfer(read: false, offsetBytes, sources.map { UnsafeMutableRawBufferPointer(mutating: $0) }, dsync: fua)
+    }
+
+    public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
+        if fdatasync(fd.rawValue) != 0 { throw MemberIOError(errno: errno, message: "flush failed: \(lastErrorText())") }
+    }
+
+    /// Moves all the bytes, looping over short transfers and splitting at IOV_MAX.
+    private func transfer(read: Bool, _ offsetBytes: UInt64, _ buffers: [UnsafeMutableRawBufferPointer], dsync: Bool = false) throws(MemberIOError) {
+        var vectors = buffers.filter { $0.count > 0 }.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let wanted = vectors.reduce(0) { $0 + $1.iov_len }
+        var done = 0
+        var first = 0
+        let iovMax = Int(swraid_iov_max())
+        var useDsync = dsync
+        while first < vectors.count {
+            let count = min(vectors.count - first, iovMax)
+            let position = off_t(offsetBytes) + off_t(done)
+            let n: Int = vectors.withUnsafeBufferPointer { v in
+                let base = v.baseAddress! + first
+                if read { return preadv(fd.rawValue, base, Int32(count), position) }
+                if useDsync { return swraid_pwritev_dsync(fd.rawValue, base, Int32(count), position) }
+                return pwritev(fd.rawValue, base, Int32(count), position)
+            }
+            if n < 0 {
+                if errno == EINTR { continue }
+                if useDsync && (errno == EOPNOTSUPP || errno == ENOSYS || errno == EINVAL) {
+                    // No RWF_DSYNC here: plain writes, then fdatasync below.
+                    useDsync = false
+                    continue
+                }
+                let what = read ? "read" : "write"
+                throw MemberIOError(errno: errno, message: "\(what) at byte \(offsetBytes + UInt64(done)) failed: \(lastErrorText())")
+            }
+            if n == 0 && read {
+                throw MemberIOError(errno: EIO, message: "truncated: wanted \(wanted) bytes at byte \(offsetBytes), the file ends after \(done)")
             }
             done += n
-        }
-    }
-
-    public func read(at offsetBytes: UInt64, count: Int) throws -> [UInt8] {
-        var out = [UInt8](repeating: 0, count: count)
-        try out.withUnsafeMutableBytes { try read(at: offsetBytes, into: $0) }
-        return out
-    }
-
-    public func write(at offsetBytes: UInt64, from buffer: UnsafeRawBufferPointer) throws {
-        precondition(mode == .readWrite, "write to a member opened read-only")
-        var done = 0
-        while done < buffer.count {
-            do {
-                done += try fd.write(
-                    toAbsoluteOffset: Int64(offsetBytes) + Int64(done),
-                    UnsafeRawBufferPointer(rebasing: buffer[done...]), retryOnInterrupt: true)
-            } catch let errno as Errno {
-                throw DiskIOError.write(path: path, offsetBytes: offsetBytes + UInt64(done), reason: errno.description)
+            // Drop the iovecs done and trim a partly done one.
+            var left = n
+            while left > 0 && first < vectors.count {
+                if vectors[first].iov_len <= left {
+                    left -= vectors[first].iov_len
+                    first += 1
+                } else {
+                    vectors[first].iov_base = vectors[first].iov_base! + left
+                    vectors[first].iov_len -= left
+                    left = 0
+                }
             }
         }
-    }
-
-    public func write(at offsetBytes: UInt64, bytes: [UInt8]) throws {
-        try bytes.withUnsafeBytes { try write(at: offsetBytes, from: $0) }
-    }
-
-    /// Makes every completed write durable.
-    public func sync() throws {
-        if fsync(fd.rawValue) != 0 {
-            throw DiskIOError.sync(path: path, reason: Errno(rawValue: errno).description)
+        if dsync && !useDsync {
+            try flush(purpose: .data)
         }
+    }
+
+    private static func aligned(_ buffers: [UnsafeRawBufferPointer], _ offset: UInt64) -> Bool {
+        offset % 512 == 0 && buffers.allSatisfy { $0.count % 512 == 0 && (UInt(bitPattern: $0.baseAddress) % 512 == 0) }
     }
 
     /// True when `path` names something that exists.
@@ -161,4 +243,31 @@ public final class MemberFile {
 public enum FileIdentity: Hashable, Sendable {
     case file(device: UInt64, inode: UInt64)
     case blockDevice(UInt64)
+}
+
+/// strerror of the current errno.
+func lastErrorText() -> String { String(cString: strerror(errno)) }
+
+extension MemberFile {
+    /// Reads with the path in the error (for the offline tools' messages).
+    public func read(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer) throws(DiskIOError) {
+        do { try read(at: offsetBytes, into: [buffer], purpose: .data) } catch { throw DiskIOError.io(path: path, error) }
+    }
+
+    public func read(at offsetBytes: UInt64, count: Int) throws(DiskIOError) -> [UInt8] {
+        do { return try read(at: offsetBytes, count: count, purpose: .data) } catch { throw DiskIOError.io(path: path, error) }
+    }
+
+    public func write(at offsetBytes: UInt64, from buffer: UnsafeRawBufferPointer) throws(DiskIOError) {
+        do { try write(at: offsetBytes, from: [buffer], fua: false, purpose: .data) } catch { throw DiskIOError.io(path: path, error) }
+    }
+
+    public func write(at offsetBytes: UInt64, bytes: [UInt8]) throws(DiskIOError) {
+        do { try write(at: offsetBytes, bytes: bytes, purpose: .data) } catch { throw DiskIOError.io(path: path, error) }
+    }
+
+    /// Makes every completed write durable.
+    public func sync() throws(DiskIOError) {
+        do { try flush(purpose: .data) } catch { throw DiskIOError.io(path: path, error) }
+    }
 }

@@ -1,5 +1,6 @@
 import DiskIO
 import MDFormat
+import RaidCore
 import RaidMath
 
 public enum CreatorError: Error, CustomStringConvertible {
@@ -48,10 +49,10 @@ public final class ArrayCreator {
             if paths[..<i].contains(path) { throw CreatorError.duplicateMember(path) }
             if MemberFile.exists(path) {
                 let file: MemberFile
-                do { file = try MemberFile(path: path, mode: .readOnly) } catch let e as DiskIOError { throw CreatorError.io(e) }
+                do { file = try MemberFile(path: path, mode: .readOnly) } catch { throw CreatorError.io(error) }
                 defer { file.close() }
                 let size: UInt64
-                do { size = try file.sizeBytes() } catch let e as DiskIOError { throw CreatorError.io(e) }
+                do { size = try file.size() } catch { throw CreatorError.io(error) }
                 if !options.force, let existing = SuperblockProbe.existingMetadata(file) {
                     throw CreatorError.alreadyMember(path: path, detail: existing)
                 }
@@ -89,10 +90,11 @@ public final class ArrayCreator {
         do {
             for (i, path) in paths.enumerated() {
                 if newMembers[i] {
-                    files.append(try MemberFile(creating: path, sizeBytes: plan.memberSizesSectors[i] * 512))
+                    files.append(try MemberFile(creating: path, sizeBytes: plan.memberSizesSectors[i] * 512, exclusive: true))
                     created.append(path)
                 } else {
-                    files.append(try MemberFile(path: path, mode: .readWrite))
+                    // Locked as a running array locks them: no array may run on them meanwhile.
+                    files.append(try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true)))
                 }
             }
             defer { files.forEach { $0.close() } }
@@ -127,7 +129,7 @@ public final class ArrayCreator {
     private func writeMetadata(
         _ file: MemberFile, superblock sb: MDSuperblock1, bitmapArea: [UInt8]?, withBadBlockLog: Bool = true
     ) throws {
-        let sizeSectors = try file.sizeBytes() / 512
+        let sizeSectors = try file.size() / 512
         // Clear superblocks of other metadata versions so no older array shadows this one.
         for version in [MDMetadataVersion.v1_0, .v1_1] {
             guard let at = version.superblockOffsetSectors(deviceSizeSectors: sizeSectors), at != sb.superOffsetSectors,
@@ -167,16 +169,12 @@ public final class ArrayCreator {
             for disk in 0..<g.raidDisks {
                 try files[disk].read(at: offset, into: UnsafeMutableRawBufferPointer(start: chunk(disk), count: chunkBytes))
             }
-            let data = stripe.dataDisk.map { UnsafeRawPointer(chunk($0)) }
-            var writes: [(Int, UnsafeMutableRawPointer)] = []
-            if let qDisk = stripe.qDisk {
-                var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zero), count: stripe.syndromeSlotCount)
-                for (dd, disk) in stripe.dataDisk.enumerated() { slots[stripe.syndromeSlot[dd]] = UnsafeRawPointer(chunk(disk)) }
-                Parity.pq(slots: slots, p: newP, q: newQ, byteCount: chunkBytes)
-                if !buffersEqual(newQ, chunk(qDisk), byteCount: chunkBytes) { writes.append((qDisk, newQ)) }
-            } else {
-                Parity.xor(data, into: newP, byteCount: chunkBytes)
+            // Fresh parity into two spare chunks, compared with what the members hold.
+            RowParity(row: stripe, level: g.level, byteCount: chunkBytes, zero: zero).computeParity { role in
+                role == stripe.pDisk ? newP : role == stripe.qDisk ? newQ : chunk(role)
             }
+            var writes: [(Int, UnsafeMutableRawPointer)] = []
+            if let qDisk = stripe.qDisk, !buffersEqual(newQ, chunk(qDisk), byteCount: chunkBytes) { writes.append((qDisk, newQ)) }
             if !buffersEqual(newP, chunk(stripe.pDisk), byteCount: chunkBytes) { writes.append((stripe.pDisk, newP)) }
             for (disk, buffer) in writes {
                 try files[disk].write(at: offset, from: UnsafeRawBufferPointer(start: buffer, count: chunkBytes))

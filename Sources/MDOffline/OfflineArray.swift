@@ -1,5 +1,6 @@
 import DiskIO
 import MDFormat
+import RaidCore
 import RaidMath
 
 public enum OfflineError: Error, CustomStringConvertible {
@@ -27,14 +28,14 @@ public let missingMemberKeyword = "missing"
 /// superblocks, absent or stale members are rebuilt from parity.
 public final class OfflineArray {
     public let plan: AssemblyPlan
-    public let members: [ProbedMember]
+    public let members: [MemberMetadata]
     private let files: [MemberFile]
     public var geometry: RaidGeometry { plan.geometry }
 
     /// Assembles from `paths` (any order; `missing` entries are placeholders and carry no role).
     public init(paths: [String], force: Bool = false) throws {
         var files: [MemberFile] = []
-        var probed: [ProbedMember] = []
+        var probed: [MemberMetadata] = []
         var seen: [String] = []
         for path in paths where path != missingMemberKeyword {
             if seen.contains(path) { throw OfflineError.duplicateMember(path) }
@@ -50,7 +51,7 @@ public final class OfflineArray {
             }
         }
         let candidates = probed.map {
-            AssemblyCandidate(name: $0.path, superblock: $0.superblock, deviceSizeSectors: $0.deviceSizeSectors)
+            AssemblyCandidate(name: $0.name, superblock: $0.superblock, deviceSizeSectors: $0.deviceSizeSectors)
         }
         do {
             plan = try AssemblyPlan(candidates: candidates, force: force)
@@ -65,7 +66,7 @@ public final class OfflineArray {
 
     /// Human-readable notes on members left out and roles rebuilt.
     public var notes: [String] {
-        var out = plan.excluded.map { "\(members[$0.index].path): left out: \($0.reason)" }
+        var out = plan.excluded.map { "\(members[$0.index].name): left out: \($0.reason)" }
         for role in plan.missingRoles { out.append("role \(role): absent, rebuilt from parity") }
         return out
     }
@@ -119,7 +120,7 @@ public final class OfflineArray {
         return result
     }
 
-    fileprivate func file(forRole role: Int) -> (MemberFile, ProbedMember)? {
+    fileprivate func file(forRole role: Int) -> (MemberFile, MemberMetadata)? {
         guard let index = plan.memberForRole[role] else { return nil }
         return (files[index], members[index])
     }
@@ -157,8 +158,8 @@ final class RowReader {
         let offset = (member.superblock.dataOffsetSectors + row * geometry.chunkSectors) * 512
         do {
             try file.read(at: offset, into: UnsafeMutableRawBufferPointer(start: chunk(disk), count: chunkBytes))
-        } catch let e as DiskIOError {
-            throw OfflineError.io(e)
+        } catch {
+            throw OfflineError.io(error)
         }
     }
 
@@ -177,29 +178,11 @@ final class RowReader {
         for disk in 0..<geometry.raidDisks where !missing.contains(disk) {
             try readChunk(disk: disk, row: row)
         }
-        switch geometry.level {
-        case .raid4, .raid5:
-            let lost = stripe.dataDisk[lostData[0]]
-            let sources = (0..<geometry.raidDisks).filter { $0 != lost }.map { UnsafeRawPointer(chunk($0)) }
-            Parity.xor(sources, into: chunk(lost), byteCount: chunkBytes)
-        case .raid6:
-            var slots = [UnsafeMutableRawPointer](repeating: zero, count: stripe.syndromeSlotCount)
-            for (dd, disk) in stripe.dataDisk.enumerated() { slots[stripe.syndromeSlot[dd]] = chunk(disk) }
-            var lost: [RAID6Block] = []
-            for disk in missing {
-                switch stripe.content(ofDisk: disk) {
-                case .p: lost.append(.p)
-                case .q: lost.append(.q)
-                case .data(let dd): lost.append(.data(slot: stripe.syndromeSlot[dd]))
-                }
-            }
-            do {
-                try Parity.reconstructRAID6(
-                    slots: slots, p: chunk(stripe.pDisk), q: chunk(stripe.qDisk!), lost: lost, byteCount: chunkBytes,
-                    scratch: scratch)
-            } catch {
-                throw OfflineError.parity("row \(row): \(error)")
-            }
+        do {
+            try RowParity(row: stripe, level: geometry.level, byteCount: chunkBytes, zero: zero).rebuild(
+                missing: missing.filter { $0 < geometry.raidDisks }, { chunk($0) }, scratch: scratch)
+        } catch {
+            throw OfflineError.parity("row \(row): \(error)")
         }
         for (dd, disk) in stripe.dataDisk.enumerated() {
             (out + dd * chunkBytes).copyMemory(from: chunk(disk), byteCount: chunkBytes)
@@ -228,32 +211,12 @@ extension OfflineArray {
         for row in 0..<g.rowCount {
             let stripe = g.stripeRow(row)
             for disk in 0..<g.raidDisks { try reader.readChunk(disk: disk, row: row) }
+            let parity = RowParity(row: stripe, level: g.level, byteCount: reader.chunkBytes, zero: reader.zero)
             var offset = 0
             while offset < reader.chunkBytes {
-                let at = { (disk: Int) in UnsafeRawPointer(reader.chunk(disk) + offset) }
-                if let qDisk = stripe.qDisk {
-                    var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(reader.zero), count: stripe.syndromeSlotCount)
-                    for (dd, disk) in stripe.dataDisk.enumerated() { slots[stripe.syndromeSlot[dd]] = at(disk) }
-                    let result = ParityCheck.raid6(
-                        slots: slots, p: at(stripe.pDisk), q: at(qDisk), byteCount: block, scratch: reader.scratch,
-                        validSlots: Set(stripe.syndromeSlot))
-                    if result != .consistent {
-                        report.mismatchSectors += 8
-                        let sector = row * g.chunkSectors + UInt64(offset / 512)
-                        switch result {
-                        case .corrupt(.p): report.located.append((stripe.pDisk, sector))
-                        case .corrupt(.q): report.located.append((qDisk, sector))
-                        case .corrupt(.data(let slot)):
-                            let dd = stripe.syndromeSlot.firstIndex(of: slot)!
-                            report.located.append((stripe.dataDisk[dd], sector))
-                        default: break
-                        }
-                    }
-                } else {
-                    let data = stripe.dataDisk.map(at)
-                    if !ParityCheck.raid5Consistent(data: data, p: at(stripe.pDisk), byteCount: block, scratch: reader.scratch) {
-                        report.mismatchSectors += 8
-                    }
+                if case .mismatch(let blamed) = parity.check({ UnsafeRawPointer(reader.chunk($0)) }, offset: offset, length: block, scratch: reader.scratch) {
+                    report.mismatchSectors += 8
+                    if let role = blamed { report.located.append((role, row * g.chunkSectors + UInt64(offset / 512))) }
                 }
                 offset += block
             }

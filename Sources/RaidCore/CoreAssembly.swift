@@ -1,25 +1,9 @@
 import MDFormat
 
-/// One member device as the shell found it: its superblock (and bitmap area), its size.
-public struct CoreMemberInput: Sendable {
-    public var name: String
-    public var superblock: MDSuperblock1
-    public var deviceSizeSectors: UInt64
-    /// The bitmap area (header and bits) as read from this member, if the array has one.
-    public var bitmapArea: [UInt8]?
-
-    public init(name: String, superblock: MDSuperblock1, deviceSizeSectors: UInt64, bitmapArea: [UInt8]? = nil) {
-        self.name = name
-        self.superblock = superblock
-        self.deviceSizeSectors = deviceSizeSectors
-        self.bitmapArea = bitmapArea
-    }
-}
-
 /// What a member is to the running array.
 public enum MemberRole: Equatable, Sendable, CustomStringConvertible {
-    /// In the slot and in sync (or rebuilding, see `recoveryOffsetSectors`).
-    case active(slot: Int)
+    /// In the slot and in sync (or rebuilding, see `RaidCore.recoveryOffset`).
+    case active(slot: Role)
     case spare
     case faulty
     /// Removed from the array (`remove`); its device is no longer written.
@@ -47,27 +31,56 @@ struct Member {
     var dataOffsetSectors: UInt64 { template.dataOffsetSectors }
 
     var isActive: Bool { if case .active = role { return true } else { return false } }
-    var slot: Int? { if case .active(let s) = role { return s } else { return nil } }
+    var slot: Role? { if case .active(let s) = role { return s } else { return nil } }
     /// Receives superblock writes (everything still attached to the array).
     var receivesSuperblocks: Bool { role != .faulty && role != .removed }
 }
 
-/// The array as assembled from its members' superblocks: which member holds which role, the
-/// freshest superblock, the bitmap. Decided like `AssemblyPlan` (md's rules), keeping spares.
+/// The members, indexed by `MemberIndex` (never by a bare Int: a role is not a member).
+struct MemberTable {
+    var list: [Member] = []
+
+    subscript(_ m: MemberIndex) -> Member {
+        get { list[m.rawValue] }
+        _modify { yield &list[m.rawValue] }
+    }
+
+    var count: Int { list.count }
+    var indices: [MemberIndex] { list.indices.map(MemberIndex.init) }
+
+    func filter(_ isIncluded: (Member) -> Bool) -> [MemberIndex] {
+        list.indices.filter { isIncluded(list[$0]) }.map(MemberIndex.init)
+    }
+
+    func first(where predicate: (Member) -> Bool) -> MemberIndex? {
+        list.firstIndex(where: predicate).map(MemberIndex.init)
+    }
+
+    mutating func append(_ member: Member) -> MemberIndex {
+        list.append(member)
+        return MemberIndex(list.count - 1)
+    }
+}
+
+/// The array as assembled from its members' superblocks, decided by md's rules (`AssemblyPlan`):
+/// the freshest superblock defines the array, members whose events are behind are left out, spares
+/// are kept, a partly rebuilt member goes back to its slot to resume from its recovery offset.
 public struct CoreAssembly: Sendable {
     public let geometry: RaidGeometry
     public let freshest: MDSuperblock1
-    public let members: [CoreMemberInput]
+    public let members: [MemberMetadata]
     /// `roles[slot]` = member index, nil when missing.
-    public let roles: [Int?]
+    public let roles: [MemberIndex?]
     /// Members usable as spares.
-    public let spares: [Int]
+    public let spares: [MemberIndex]
+    /// Members returning to a slot they were being rebuilt into, and how far that got.
+    public let recovering: [(member: MemberIndex, slot: Role, rebuiltSectors: UInt64)]
     /// Members left out (stale, faulty) with the reason.
-    public let excluded: [(index: Int, reason: ExclusionReason)]
+    public let excluded: [(index: MemberIndex, reason: ExclusionReason)]
     public let bitmap: MDBitmapSuperblock?
     public let bitmapArea: [UInt8]?
 
-    public init(members: [CoreMemberInput], force: Bool = false) throws {
+    public init(members: [MemberMetadata], force: Bool = false) throws {
         let candidates = members.map {
             AssemblyCandidate(name: $0.name, superblock: $0.superblock, deviceSizeSectors: $0.deviceSizeSectors)
         }
@@ -75,9 +88,25 @@ public struct CoreAssembly: Sendable {
         geometry = plan.geometry
         freshest = plan.superblock
         self.members = members
-        roles = plan.memberForRole
-        spares = plan.excluded.filter { $0.reason == .spare }.map(\.index)
-        excluded = plan.excluded.filter { $0.reason != .spare }
+        var roles = plan.memberForRole.map { $0.map(MemberIndex.init) }
+        spares = plan.excluded.filter { $0.reason == .spare }.map { MemberIndex($0.index) }
+        var recovering: [(MemberIndex, Role, UInt64)] = []
+        var excluded: [(index: MemberIndex, reason: ExclusionReason)] = []
+        for (index, reason) in plan.excluded where reason != .spare {
+            // md keeps a member that was being rebuilt (its own superblock says so, and the
+            // array's names it in the same slot) and resumes its recovery where it stopped.
+            if case .recovering(let rebuilt) = reason, case .active(let slot) = plan.superblock.role(ofDevNumber: members[index].superblock.devNumber),
+                slot < roles.count, roles[slot] == nil
+            {
+                roles[slot] = MemberIndex(index)
+                recovering.append((MemberIndex(index), Role(slot), rebuilt))
+            } else {
+                excluded.append((MemberIndex(index), reason))
+            }
+        }
+        self.roles = roles
+        self.recovering = recovering
+        self.excluded = excluded
         // The bitmap as the freshest member holds it; a stale or invalid one means "all dirty".
         let freshestIndex = members.indices.first { members[$0].superblock == plan.superblock } ?? 0
         if plan.superblock.featureMap.contains(.bitmapOffset), let area = members[freshestIndex].bitmapArea,

@@ -1,22 +1,33 @@
+import DequeModule
 import MDFormat
 import RaidMath
 
 /// What a member I/O was for, so its completion can be routed.
 enum IOContext {
     // Stripe I/O names the member too: by the time it completes, the role may belong to another.
-    case stripeRead(Stripe, role: Int, member: Int)
-    case stripeWrite(Stripe, role: Int, member: Int)
-    case stripeRewrite(Stripe, role: Int, member: Int)
-    case stripeVerify(Stripe, role: Int, member: Int)
-    case directRead(Piece, member: Int)
-    case flush(ClientOp, member: Int)
-    case superblockWrite(member: Int)
+    case stripeRead(Stripe, role: Int, member: MemberIndex)
+    case stripeWrite(Stripe, role: Int, member: MemberIndex)
+    case stripeRewrite(Stripe, role: Int, member: MemberIndex)
+    /// The read-back of a rewritten block, into its own buffer (compared with the stripe's).
+    case stripeVerify(Stripe, role: Int, member: MemberIndex, readBack: IOBuffer)
+    case directRead(Piece, member: MemberIndex)
+    case flush(ClientOp, member: MemberIndex)
+    case superblockWrite(member: MemberIndex)
     /// The bitmap image (header and bits), one write per member for each batch of changes.
-    case bitmapWrite(member: Int)
+    case bitmapWrite(member: MemberIndex)
     /// Flushes that must all land before superblocks or bitmap are written (see
-    /// `flushBeforeMetadata`).
-    case superblockFlush(member: Int)
-    case bitmapFlush(member: Int)
+    /// `startSuperblockUpdate`).
+    case superblockFlush(member: MemberIndex)
+    case bitmapFlush(member: MemberIndex)
+}
+
+/// Where the array is in md's stop (`do_md_stop`).
+enum StopState {
+    case running
+    /// No new requests; waiting for those in flight, the sync to be reaped and the final
+    /// superblock writes. The commands are answered once the array is clean on disk.
+    case stopping(waiters: [RequestID], finalUpdateStarted: Bool)
+    case stopped
 }
 
 /// The array's state machine (design.md §3): it owns every piece of array state, never blocks
@@ -32,9 +43,9 @@ public final class RaidCore {
     /// Stripe units per member.
     let unitCount: UInt64
 
-    var members: [Member]
-    /// `roleMember[slot]` = member index holding the slot (in sync or rebuilding), nil if empty.
-    var roleMember: [Int?]
+    var members: MemberTable
+    /// `roleMember[slot]` = member holding the slot (in sync or rebuilding), nil if empty.
+    var roleMember: [MemberIndex?]
     var now: Nanoseconds = 0
     var out: [CoreAction] = []
 
@@ -45,17 +56,27 @@ public final class RaidCore {
     /// Items waiting for a free stripe, oldest first (a state, never a blocking wait).
     var stripeWaiters: [StripeItem] = []
     var stripeWaitersHead = 0
+    /// Stripes with something to do (md's handle_list), drained by one loop at the end of each
+    /// event: handling one stripe never calls into handling another, so no path a client can
+    /// drive recurses, however many requests are parked.
+    var readyStripes = Deque<Stripe>()
 
     // Requests.
-    var nextIOID: MemberIOID = 1
+    var nextIOID: UInt64 = 1
     var ioContexts: [MemberIOID: IOContext] = [:]
     var requestsInFlight = 0
+    /// Bytes of the requests in flight (read results held, write data pinned).
+    var bytesInFlight = 0
+    /// Stripe-unit pieces of admitted requests not finished yet: every parked client item is one
+    /// of them, so the parking queue can never outgrow the bound admission checks against.
+    var piecesInFlight = 0
     /// Write requests admitted and not completed (md's writes_pending).
     var writesPending = 0
 
     // Array state.
     var readAuto = true
     var readOnly = false
+    var stopState = StopState.running
     var superblocks: SuperblockProtocol
     var sync: SyncEngine
     var bitmap: WriteIntentBitmap?
@@ -77,9 +98,13 @@ public final class RaidCore {
 
     deinit { zeroPointer.deallocate() }
 
-    public init(assembly: CoreAssembly, config: CoreConfig = CoreConfig(), variant: FaultyCoreVariant = [], now: Nanoseconds = 0) throws {
-        precondition(CoreConfig.stripeCacheSizeRange.contains(config.stripeCacheSize))
-        precondition(config.stripeSizeBytes >= 4096 && config.stripeSizeBytes <= 32768 && config.stripeSizeBytes.nonzeroBitCount == 1)
+    public convenience init(assembly: CoreAssembly, config: CoreConfig = CoreConfig(), now: Nanoseconds = 0) throws {
+        try self.init(assembly: assembly, config: config, variant: [], now: now)
+    }
+
+    /// With a deliberately broken variant (tests and the simulator only).
+    package init(assembly: CoreAssembly, config: CoreConfig, variant: FaultyCoreVariant, now: Nanoseconds) throws {
+        try config.validate()
         geometry = assembly.geometry
         self.config = config
         self.variant = variant
@@ -90,17 +115,22 @@ public final class RaidCore {
         zeroPointer = .allocate(byteCount: unitBytes, alignment: 64)
         zeroPointer.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
 
-        var table: [Member] = []
-        for (index, input) in assembly.members.enumerated() {
+        var table = MemberTable()
+        for (i, input) in assembly.members.enumerated() {
+            let index = MemberIndex(i)
             let role: MemberRole
             if let slot = assembly.roles.firstIndex(where: { $0 == index }) {
-                role = .active(slot: slot)
+                role = .active(slot: Role(slot))
             } else if assembly.spares.contains(index) {
                 role = .spare
             } else {
                 role = .removed
             }
-            table.append(Member(name: input.name, template: input.superblock, deviceSizeSectors: input.deviceSizeSectors, role: role))
+            var member = Member(name: input.name, template: input.superblock, deviceSizeSectors: input.deviceSizeSectors, role: role)
+            if let resume = assembly.recovering.first(where: { $0.member == index }) {
+                member.recoveryOffsetSectors = resume.rebuiltSectors / unitSectors * unitSectors
+            }
+            _ = table.append(member)
         }
         members = table
         roleMember = assembly.roles
@@ -127,10 +157,18 @@ public final class RaidCore {
 
     /// Actions due at start: a needed resync or recovery begins once the array is writable.
     public func start(now: Nanoseconds) -> [CoreAction] {
+        precondition(now >= self.now, "time went backwards")
         self.now = now
-        log("assembled \(geometry.level) with \(members.filter(\.isActive).count) of \(geometry.raidDisks) members, \(superblocks.inSync ? "clean" : "dirty")")
+        switch config.startMode {
+        case .readWrite: readAuto = false
+        case .readAuto: readAuto = true
+        case .readOnly: readAuto = false; readOnly = true
+        }
+        let active = members.filter(\.isActive).count
+        log(.info, "assembled \(geometry.level) with \(active) of \(geometry.raidDisks) members, \(superblocks.inSync ? "clean" : "dirty")\(readOnly ? ", read-only" : readAuto ? ", auto-read-only" : "")")
         if let bitmap { armTimer(.bitmapDaemon, at: now + UInt64(bitmap.daemonSleepSeconds) * nanosPerSecond) }
         checkRecovery()
+        runReadyStripes()
         return takeActions()
     }
 
@@ -143,6 +181,8 @@ public final class RaidCore {
         case .memberIOCompleted(let id, let result): memberIOCompleted(id: id, result: result)
         case .timerFired(let timer): timerFired(timer)
         }
+        runReadyStripes()
+        progressStop()
         return takeActions()
     }
 
@@ -152,24 +192,58 @@ public final class RaidCore {
         return actions
     }
 
-    func log(_ text: String) { out.append(.log(text)) }
+    func log(_ level: CoreLogLevel, _ text: String) { out.append(.log(level, text)) }
 
     func armTimer(_ timer: TimerID, at deadline: Nanoseconds) { out.append(.armTimer(timer, atNanos: deadline)) }
 
-    func newIO(_ context: IOContext) -> MemberIOID {
-        let id = nextIOID
+    /// Issues a member I/O and remembers what it was for.
+    func issue(_ context: IOContext, member: MemberIndex, offsetBytes: UInt64, kind: MemberIOKind, purpose: MemberIOPurpose) {
+        let id = MemberIOID(nextIOID)
         nextIOID += 1
         ioContexts[id] = context
-        return id
+        out.append(.memberIO(MemberIORequest(id: id, member: member, offsetBytes: offsetBytes, kind: kind, purpose: purpose)))
+    }
+
+    // MARK: - the ready queue (md's handle_list)
+
+    /// Asks for `s` to be handled before this event's actions go out.
+    func handleStripe(_ s: Stripe) {
+        guard !s.isQueuedForHandling else { return }
+        s.isQueuedForHandling = true
+        readyStripes.append(s)
+    }
+
+    /// Handles ready stripes until none is left. Each turn moves one stripe on as far as it can
+    /// go; a stripe that becomes ready again goes to the back. The bound is far above any real
+    /// run (every turn finishes a batch, a sync unit or a parked item, or waits) and is there to
+    /// turn a livelock bug into a crash with a message rather than a hang.
+    func runReadyStripes() {
+        let bound = 64 * (stripes.count + config.maxParkedItems + config.maxRequestsInFlight + config.syncWindowStripes)
+        var turns = 0
+        while let s = readyStripes.popFirst() {
+            s.isQueuedForHandling = false
+            turns += 1
+            precondition(turns <= bound, "stripe handling does not settle: \(turns) turns in one event")
+            runStripe(s)
+        }
     }
 
     // MARK: - geometry helpers
 
     var dataDisks: Int { geometry.dataDisks }
 
+    /// The member in slot `role`, if any.
+    func memberInRole(_ role: Int) -> MemberIndex? { roleMember[role] }
+
     /// Byte offset on `member` of stripe unit `unit`.
-    func memberOffset(_ member: Int, unit: UInt64) -> UInt64 {
+    func memberOffset(_ member: MemberIndex, unit: UInt64) -> UInt64 {
         (members[member].dataOffsetSectors + unit * unitSectors) * 512
+    }
+
+    /// What a write of `role`'s block in this stripe is for.
+    func writePurpose(_ s: Stripe, role: Int) -> MemberIOPurpose {
+        if case .data = s.row.content(ofDisk: role) { return .data }
+        return .parity
     }
 
     /// Whether `role`'s member holds valid data for `unit` (in sync there and not failed).
@@ -208,37 +282,47 @@ public final class RaidCore {
     func admit(id: RequestID, request: ClientRequest) {
         counters.clientRequests += 1
         sync.lastClientActivity = now
-        let op = ClientOp(id: id, request: request)
-        if let problem = validate(request) {
-            out.append(.completeClient(id, .failed(.invalid(problem))))
+        if case .running = stopState {} else {
+            out.append(.completeClient(id, .failed(.shutdown)))
             return
         }
-        guard requestsInFlight < config.maxRequestsInFlight, parkedForStripe < config.maxParkedItems else {
-            counters.rejectedBusy += 1
-            out.append(.completeClient(id, .failed(.busy)))
+        if let problem = validate(request) {
+            out.append(.completeClient(id, .failed(.invalid(problem))))
             return
         }
         if isBroken {
             out.append(.completeClient(id, .failed(.io)))
             return
         }
-        if op.isWrite && readOnly {
+        if request.isWrite && readOnly {
             out.append(.completeClient(id, .failed(.readOnly)))
             return
         }
+        let op = ClientOp(id: id, request: request)
+        let pieces = split(op)
+        guard requestsInFlight < config.maxRequestsInFlight, bytesInFlight + op.byteCount <= config.maxBytesInFlight,
+            piecesInFlight + pieces.count <= config.maxParkedItems
+        else {
+            counters.rejectedBusy += 1
+            out.append(.completeClient(id, .failed(.busy)))
+            return
+        }
         requestsInFlight += 1
+        bytesInFlight += op.byteCount
         if case .flush = request {
             startFlush(op)
             return
         }
         if op.isWrite { beginWrite(op) }
-        let pieces = split(op)
         if pieces.isEmpty {
             finishPieces(op, count: 0)
             return
         }
         op.remaining = pieces.count
+        piecesInFlight += pieces.count
         for piece in pieces { route(piece) }
+        // Paired with admission: only admitted pieces (and the sync's window) ever park.
+        precondition(parkedForStripe <= config.maxParkedItems + config.syncWindowStripes, "parking queue over its bound")
     }
 
     func validate(_ request: ClientRequest) -> String? {
@@ -271,6 +355,7 @@ public final class RaidCore {
         case .flush: return []
         }
         var pieces: [Piece] = []
+        pieces.reserveCapacity(length / unitBytes + 2)
         var pos = start
         let end = start + UInt64(length)
         while pos < end {
@@ -304,11 +389,15 @@ public final class RaidCore {
             return
         }
         if !piece.isWrite && !hasStripeWaiters && roleReadable(piece.disk, unit: piece.unit) {
-            // Healthy read: bypass the stripe cache, as md's chunk-aligned reads do.
+            // Healthy read: bypass the stripe cache, as md's chunk-aligned reads do, straight
+            // into the client's buffer.
             let member = roleMember[piece.disk]!
-            let id = newIO(.directRead(piece, member: member))
             counters.directReads += 1
-            out.append(.memberRead(id, member: member, offsetBytes: memberOffset(member, unit: piece.unit) + UInt64(piece.offsetInBlock), length: piece.length))
+            issue(
+                .directRead(piece, member: member), member: member,
+                offsetBytes: memberOffset(member, unit: piece.unit) + UInt64(piece.offsetInBlock),
+                kind: .read(into: piece.op.buffer!.slice(piece.offsetInRequest..<(piece.offsetInRequest + piece.length))),
+                purpose: .data)
             return
         }
         enqueueForStripe(piece.isWrite ? .write(piece) : .read(piece))
@@ -339,7 +428,7 @@ public final class RaidCore {
     public var stripeCacheActive: Int { stripeByUnit.count }
 
     func releaseStripe(_ stripe: Stripe) {
-        precondition(stripe.isIdle)
+        precondition(stripe.isIdle, "releasing a busy stripe")
         stripeByUnit[stripe.unit] = nil
         if stripes.count > config.stripeCacheSize {
             stripes.removeAll { $0 === stripe }  // the cache was shrunk while this was busy
@@ -354,13 +443,17 @@ public final class RaidCore {
         while hasStripeWaiters {
             let item = stripeWaiters[stripeWaitersHead]
             guard let stripe = stripeFor(unit: item.unit) else { return }
-            stripeWaitersHead += 1
-            if stripeWaitersHead == stripeWaiters.count {
-                stripeWaiters.removeAll(keepingCapacity: true)
-                stripeWaitersHead = 0
-            }
+            popStripeWaiter()
             stripe.enqueue(item)
             handleStripe(stripe)
+        }
+    }
+
+    func popStripeWaiter() {
+        stripeWaitersHead += 1
+        if stripeWaitersHead == stripeWaiters.count {
+            stripeWaiters.removeAll(keepingCapacity: true)
+            stripeWaitersHead = 0
         }
     }
 
@@ -370,15 +463,21 @@ public final class RaidCore {
 
     func finishPieces(_ op: ClientOp, count: Int, error: ClientError? = nil) {
         if let error, op.failed == nil { op.failed = error }
+        precondition(op.remaining >= count, "request \(op.id): more pieces finished than it had")
         op.remaining -= count
-        precondition(op.remaining >= 0)
+        if case .flush = op.request {} else {
+            precondition(piecesInFlight >= count, "pieces in flight would go below zero")
+            piecesInFlight -= count
+        }
         guard op.remaining == 0 else { return }
+        precondition(requestsInFlight > 0 && bytesInFlight >= op.byteCount, "in-flight request accounting would go below zero")
         requestsInFlight -= 1
+        bytesInFlight -= op.byteCount
         if op.isWrite { endWrite() }
         if let error = op.failed {
             out.append(.completeClient(op.id, .failed(error)))
-        } else if case .read = op.request {
-            out.append(.completeClient(op.id, .data(op.buffer)))
+        } else if let buffer = op.buffer {
+            out.append(.completeClient(op.id, .data(buffer)))
         } else {
             out.append(.completeClient(op.id, .done))
         }
@@ -387,7 +486,7 @@ public final class RaidCore {
     // MARK: - flush
 
     func startFlush(_ op: ClientOp) {
-        let targets = members.indices.filter { members[$0].isActive }
+        let targets = members.filter(\.isActive)
         if variant.contains(.flushWithoutMemberFlush) || targets.isEmpty {
             op.remaining = 1
             finishPieces(op, count: 1)
@@ -395,7 +494,7 @@ public final class RaidCore {
         }
         op.remaining = targets.count
         for m in targets {
-            out.append(.memberFlush(newIO(.flush(op, member: m)), member: m))
+            issue(.flush(op, member: m), member: m, offsetBytes: 0, kind: .flush, purpose: .clientFlush)
         }
     }
 
@@ -405,48 +504,50 @@ public final class RaidCore {
         guard let context = ioContexts.removeValue(forKey: id) else {
             preconditionFailure("completion for unknown member I/O \(id)")
         }
+        let failure: MemberIOError? = { if case .failure(let e) = result { return e } else { return nil } }()
         switch context {
         case .stripeRead(let stripe, let role, let m):
-            stripe.pendingIO -= 1
+            stripe.ioCompleted()
             stripe.reading[role] = false
-            if case .success(let bytes) = result, bytes.count == unitBytes, roleMember[role] == m {
-                stripe.load(role, from: bytes)
+            if failure == nil, roleMember[role] == m {
+                stripe.valid[role] = true
             } else if roleMember[role] == m {
-                readError(stripe: stripe, role: role)
+                readError(stripe: stripe, role: role, error: failure!)
             } else {
                 // The member left the role meanwhile: rebuild the block instead.
                 stripe.readFailed[role] = true
             }
             handleStripe(stripe)
         case .stripeWrite(let stripe, _, let m):
-            stripe.pendingIO -= 1
-            if case .failure = result {
-                failMember(m, reason: "write error")
-            }
+            stripe.ioCompleted()
+            if let failure { failMember(m, reason: "write error: \(failure)") }
             handleStripe(stripe)
         case .stripeRewrite(let stripe, let role, let m):
-            stripe.pendingIO -= 1
-            if case .failure = result {
-                failMember(m, reason: "rewrite after read error failed")
+            stripe.ioCompleted()
+            if let failure {
+                failMember(m, reason: "rewrite after a read error failed: \(failure)")
             } else if roleMember[role] == m, members[m].isActive {
                 // md re-reads the rewritten block to be sure the sector was remapped.
-                stripe.pendingIO += 1
-                out.append(.memberRead(newIO(.stripeVerify(stripe, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: stripe.unit), length: unitBytes))
+                stripe.ioIssued()
+                let readBack = IOBuffer(uninitializedCount: unitBytes)
+                issue(
+                    .stripeVerify(stripe, role: role, member: m, readBack: readBack), member: m,
+                    offsetBytes: memberOffset(m, unit: stripe.unit), kind: .read(into: readBack), purpose: .rewrite)
                 return
             }
             handleStripe(stripe)
-        case .stripeVerify(let stripe, let role, let m):
-            stripe.pendingIO -= 1
-            if case .success(let bytes) = result, stripe.equals(role, bytes) {
+        case .stripeVerify(let stripe, let role, let m, let readBack):
+            stripe.ioCompleted()
+            if failure == nil, stripe.equals(role, readBack) {
                 counters.correctedReadErrors += 1
                 members[m].template.cntCorrectedRead += 1
+                log(.notice, "read error corrected (\(unitSectors) sectors at \(memberOffset(m, unit: stripe.unit) / 512) on member \(m), \(members[m].name))")
             } else {
                 failMember(m, reason: "block still unreadable after rewrite")
             }
             handleStripe(stripe)
         case .directRead(let piece, let member):
-            if case .success(let bytes) = result, bytes.count == piece.length {
-                piece.op.buffer.replaceSubrange(piece.offsetInRequest..<(piece.offsetInRequest + piece.length), with: bytes)
+            if failure == nil {
                 finishPieces(piece.op, count: 1)
             } else {
                 // md retries a failed direct read through the stripe cache, which rebuilds the
@@ -456,21 +557,21 @@ public final class RaidCore {
                 enqueueForStripe(.read(piece))
             }
         case .flush(let op, let member):
-            if case .failure = result { failMember(member, reason: "flush failed") }
+            if let failure { failMember(member, reason: "flush failed: \(failure)") }
             finishPieces(op, count: 1, error: isBroken ? .io : nil)
         case .superblockFlush(let member):
-            superblockFlushCompleted(member: member, ok: result != .failure)
+            superblockFlushCompleted(member: member, failure: failure)
         case .bitmapFlush(let member):
-            bitmapFlushCompleted(member: member, ok: result != .failure)
+            bitmapFlushCompleted(member: member, failure: failure)
         case .superblockWrite(let member):
-            superblockWriteCompleted(member: member, ok: result != .failure)
+            superblockWriteCompleted(member: member, failure: failure)
         case .bitmapWrite(let member):
-            bitmapWriteCompleted(member: member, ok: result != .failure)
+            bitmapWriteCompleted(member: member, failure: failure)
         }
     }
 
     /// A member read failed for a stripe: rebuild the block from the others and rewrite it.
-    func readError(stripe: Stripe, role: Int) {
+    func readError(stripe: Stripe, role: Int, error: MemberIOError) {
         counters.readErrors += 1
         stripe.readFailed[role] = true
         guard let m = roleMember[role] else { return }
@@ -479,7 +580,7 @@ public final class RaidCore {
     }
 
     /// md's `max_read_errors`: past it the member is failed instead of repaired.
-    func noteReadError(member m: Int) {
+    func noteReadError(member m: MemberIndex) {
         members[m].readErrors += 1
         if members[m].readErrors > config.maxReadErrors {
             failMember(m, reason: "more than max_read_errors (\(config.maxReadErrors)) read errors")
@@ -487,10 +588,11 @@ public final class RaidCore {
     }
 
     /// md_error: the member is faulty, the array degraded, the superblocks say so.
-    func failMember(_ m: Int, reason: String) {
+    func failMember(_ m: MemberIndex, reason: String) {
         guard case .active(let slot) = members[m].role else {
             if members[m].role == .spare {
                 members[m].role = .faulty
+                log(.warning, "spare member \(m) (\(members[m].name)): faulty (\(reason))")
                 superblocks.devicesChanged = true
                 requestSuperblockUpdate()
             }
@@ -498,9 +600,13 @@ public final class RaidCore {
         }
         members[m].role = .faulty
         members[m].recoveryOffsetSectors = nil
-        roleMember[slot] = nil
+        roleMember[slot.rawValue] = nil
         counters.memberFailures += 1
-        log("member \(m) (\(members[m].name)), role \(slot): faulty (\(reason)); \(isBroken ? "array broken" : "array degraded")")
+        let left = geometry.raidDisks - degradedCount
+        log(
+            .error,
+            "Disk failure on member \(m) (\(members[m].name)), disabling device (\(reason)). "
+                + (isBroken ? "Array broken: too many members lost" : "Operation continuing on \(left) devices."))
         superblocks.devicesChanged = true
         requestSuperblockUpdate()
         sync.memberFailed()
@@ -514,19 +620,18 @@ public final class RaidCore {
         for stripe in stripes where stripeByUnit[stripe.unit] === stripe { handleStripe(stripe) }
         while hasStripeWaiters {
             let item = stripeWaiters[stripeWaitersHead]
-            stripeWaitersHead += 1
+            popStripeWaiter()
             switch item {
             case .read(let p), .write(let p): finishPieces(p.op, count: 1, error: .io)
             case .sync(let u): syncUnitDone(u, abandoned: true)
             }
         }
-        stripeWaiters.removeAll()
-        stripeWaitersHead = 0
     }
 
     // MARK: - timers
 
     func timerFired(_ timer: TimerID) {
+        if case .stopped = stopState { return }
         switch timer {
         case .safeMode: safeModeTimerFired()
         case .syncThrottle: sync.throttledUntil = nil; pumpSync()

@@ -8,44 +8,37 @@ final class ClientOp {
     /// Pieces (stripe-unit parts, or member flushes) not finished yet.
     var remaining = 0
     var failed: ClientError?
-    /// Read result, filled piece by piece.
-    var buffer: [UInt8] = []
+    /// Read result, filled piece by piece (member reads land in it directly).
+    let buffer: IOBuffer?
     let isWrite: Bool
     let fua: Bool
     /// For writes: the bytes to write (zeroes for trim/write-zeroes are produced on demand).
-    let data: [UInt8]?
-    let offsetBytes: UInt64
+    let data: IOBuffer?
+    /// Bytes counted against `maxBytesInFlight` while the request is admitted.
+    let byteCount: Int
 
     init(id: RequestID, request: ClientRequest) {
         self.id = id
         self.request = request
+        byteCount = request.byteCount
+        isWrite = request.isWrite
         switch request {
-        case .read(let offset, let length):
-            isWrite = false
+        case .read(_, let length):
             fua = false
             data = nil
-            offsetBytes = offset
-            buffer = [UInt8](repeating: 0, count: length)
-        case .write(let offset, let bytes, let f):
-            isWrite = true
+            buffer = IOBuffer(uninitializedCount: length)
+        case .write(_, let bytes, let f):
             fua = f
             data = bytes
-            offsetBytes = offset
-        case .writeZeroes(let offset, _, let f):
-            isWrite = true
+            buffer = nil
+        case .writeZeroes(_, _, let f):
             fua = f
             data = nil
-            offsetBytes = offset
-        case .trim(let offset, _):
-            isWrite = true
+            buffer = nil
+        case .trim, .flush:
             fua = false
             data = nil
-            offsetBytes = offset
-        case .flush:
-            isWrite = false
-            fua = false
-            data = nil
-            offsetBytes = 0
+            buffer = nil
         }
     }
 }
@@ -111,7 +104,8 @@ enum WriteMode: Equatable {
 }
 
 /// A stripe head: one `stripe_size` block on every member at one member offset. Its blocks live
-/// in one allocation (plus two scratch blocks) for the stripe's whole life in the cache.
+/// in one allocation (plus two scratch blocks) for the stripe's whole life in the cache; member
+/// reads land in them and member writes leave from them, with no copy in between.
 final class Stripe {
     let slot: Int
     let unitBytes: Int
@@ -119,7 +113,7 @@ final class Stripe {
     var unit: UInt64 = 0
     var row: StripeRow!
     /// raidDisks blocks, then two scratch blocks.
-    let storage: UnsafeMutableRawPointer
+    let storage: IOBufferStorage
     /// Per role: the block holds the member's current content.
     var valid: [Bool]
     /// Per role: a member read is in flight.
@@ -128,7 +122,9 @@ final class Stripe {
     var readFailed: [Bool]
     /// Per role: after a failed read, the rebuilt block must be written back and re-read.
     var needsRewrite: [Bool]
-    var pendingIO = 0
+    /// Member I/Os in flight on this stripe's blocks. While it is above zero nothing in the core
+    /// reads or writes the blocks (the member I/O owns them; see `IOBuffer`).
+    private(set) var pendingIO = 0
     var queue: [StripeItem] = []
     var queueHead = 0
     var phase: StripePhase = .idle
@@ -139,39 +135,42 @@ final class Stripe {
     var coverage: (written: [Int], full: [Bool])?
     var syncUnit: SyncUnit?
     var waitingForMetadata = false
+    /// On the core's ready queue (md's handle_list): each stripe is there at most once.
+    var isQueuedForHandling = false
 
     init(slot: Int, raidDisks: Int, unitBytes: Int) {
         self.slot = slot
         self.unitBytes = unitBytes
         self.raidDisks = raidDisks
-        storage = .allocate(byteCount: (raidDisks + 2) * unitBytes, alignment: 64)
+        storage = IOBufferStorage(capacity: (raidDisks + 2) * unitBytes)
         valid = [Bool](repeating: false, count: raidDisks)
         reading = [Bool](repeating: false, count: raidDisks)
         readFailed = [Bool](repeating: false, count: raidDisks)
         needsRewrite = [Bool](repeating: false, count: raidDisks)
     }
 
-    deinit { storage.deallocate() }
+    func block(_ role: Int) -> UnsafeMutableRawPointer { storage.base + role * unitBytes }
+    var scratchA: UnsafeMutableRawPointer { storage.base + raidDisks * unitBytes }
+    var scratchB: UnsafeMutableRawPointer { storage.base + (raidDisks + 1) * unitBytes }
 
-    func block(_ role: Int) -> UnsafeMutableRawPointer { storage + role * unitBytes }
-    var scratchA: UnsafeMutableRawPointer { storage + raidDisks * unitBytes }
-    var scratchB: UnsafeMutableRawPointer { storage + (raidDisks + 1) * unitBytes }
-
-    /// A copy of the block, for a member write.
-    func bytes(_ role: Int) -> [UInt8] { Array(UnsafeRawBufferPointer(start: block(role), count: unitBytes)) }
-
-    func load(_ role: Int, from bytes: [UInt8]) {
-        precondition(bytes.count == unitBytes)
-        bytes.withUnsafeBytes { block(role).copyMemory(from: $0.baseAddress!, byteCount: unitBytes) }
-        valid[role] = true
-    }
+    /// The block of `role` as a buffer a member I/O reads into or writes from.
+    func buffer(_ role: Int) -> IOBuffer { IOBuffer(storage: storage, offset: role * unitBytes, count: unitBytes) }
 
     func zero(_ role: Int) {
         block(role).initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
     }
 
-    func equals(_ role: Int, _ bytes: [UInt8]) -> Bool {
-        bytes.count == unitBytes && bytes.withUnsafeBytes { memcmpEqual($0.baseAddress!, UnsafeRawPointer(block(role)), unitBytes) }
+    func equals(_ role: Int, _ other: IOBuffer) -> Bool {
+        other.count == unitBytes && memcmpEqual(other.baseAddress, UnsafeRawPointer(block(role)), unitBytes)
+    }
+
+    /// A member I/O on this stripe's blocks was issued.
+    func ioIssued() { pendingIO += 1 }
+
+    /// A member I/O on this stripe's blocks completed (checked before the count goes down).
+    func ioCompleted() {
+        precondition(pendingIO > 0, "stripe \(slot): completion with no I/O in flight")
+        pendingIO -= 1
     }
 
     var isIdle: Bool { phase == .idle && pendingIO == 0 && queueHead >= queue.count }

@@ -11,8 +11,10 @@ enum FetchResult {
 }
 
 extension RaidCore {
-    /// md's handle_stripe: move the stripe's head item(s) on as far as they can go now.
-    func handleStripe(_ s: Stripe) {
+    /// md's handle_stripe: move the stripe's head item(s) on as far as they can go now. Called
+    /// only from the ready-queue loop (`runReadyStripes`); anything that makes another stripe
+    /// ready queues it there instead of handling it here.
+    func runStripe(_ s: Stripe) {
         // The broken md-5.4-like variant: no stripe is handled while a superblock change is
         // pending (md requeued them and spun), which is what closed md's cycle.
         if variant.contains(.deferSuperblockWhileStopPending) && superblocks.changePending {
@@ -62,9 +64,7 @@ extension RaidCore {
                     if startRepairs(s) { return }
                     for p in s.readBatch {
                         let source = UnsafeRawPointer(s.block(p.disk) + p.offsetInBlock)
-                        p.op.buffer.withUnsafeMutableBytes { dst in
-                            (dst.baseAddress! + p.offsetInRequest).copyMemory(from: source, byteCount: p.length)
-                        }
+                        (p.op.buffer!.baseAddress + p.offsetInRequest).copyMemory(from: source, byteCount: p.length)
                         finishPieces(p.op, count: 1)
                     }
                     s.readBatch.removeAll()
@@ -158,34 +158,17 @@ extension RaidCore {
     func issueStripeRead(_ s: Stripe, role: Int) {
         let m = roleMember[role]!
         s.reading[role] = true
-        s.pendingIO += 1
-        out.append(.memberRead(newIO(.stripeRead(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), length: unitBytes))
+        s.ioIssued()
+        let purpose: MemberIOPurpose = s.phase == .syncing ? .syncRead : writePurpose(s, role: role)
+        issue(.stripeRead(s, role: role, member: m), member: m, offsetBytes: memberOffset(m, unit: s.unit), kind: .read(into: s.buffer(role)), purpose: purpose)
     }
 
     /// Computes the blocks of `missing` roles from the others (all up to date).
     func rebuild(_ s: Stripe, missing: [Int]) {
-        let row = s.row!
         for role in missing { s.zero(role) }
-        switch geometry.level {
-        case .raid4, .raid5:
-            let lost = missing[0]
-            let sources = (0..<geometry.raidDisks).filter { $0 != lost }.map { UnsafeRawPointer(s.block($0)) }
-            Parity.xor(sources, into: s.block(lost), byteCount: unitBytes)
-        case .raid6:
-            var slots = [UnsafeMutableRawPointer](repeating: zeroPointer, count: row.syndromeSlotCount)
-            for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = s.block(disk) }
-            var lost: [RAID6Block] = []
-            for role in missing {
-                switch row.content(ofDisk: role) {
-                case .p: lost.append(.p)
-                case .q: lost.append(.q)
-                case .data(let dd):
-                    let slot = row.syndromeSlot[dd]
-                    lost.append(.data(slot: variant.contains(.wrongReconstruction) ? (slot + 1) % max(1, row.syndromeSlotCount) : slot))
-                }
-            }
-            try! Parity.reconstructRAID6(slots: slots, p: s.block(row.pDisk), q: s.block(row.qDisk!), lost: lost, byteCount: unitBytes, scratch: scratch)
-        }
+        let parity = RowParity(row: s.row, level: geometry.level, byteCount: unitBytes, zero: zeroPointer)
+        // `fetch` never asks for more than the level tolerates, so this cannot throw.
+        try! parity.rebuild(missing: missing, { s.block($0) }, scratch: scratch, slotShift: variant.contains(.wrongReconstruction) ? 1 : 0)
         for role in missing { s.valid[role] = true }
         counters.rebuiltBlocks += missing.count
     }
@@ -197,8 +180,10 @@ extension RaidCore {
         for role in 0..<geometry.raidDisks where s.needsRewrite[role] {
             s.needsRewrite[role] = false
             guard let m = roleMember[role], members[m].isActive, s.valid[role], !readOnly else { continue }
-            s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeRewrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.bytes(role), fua: false))
+            s.ioIssued()
+            issue(
+                .stripeRewrite(s, role: role, member: m), member: m, offsetBytes: memberOffset(m, unit: s.unit),
+                kind: .write(from: s.buffer(role), fua: false), purpose: .rewrite)
             started = true
         }
         if started { s.phase = .repairing }
@@ -297,7 +282,7 @@ extension RaidCore {
     func applyPieces(_ s: Stripe, dataIndex dd: Int, into block: UnsafeMutableRawPointer) {
         for p in s.writeBatch where p.dataIndex == dd {
             if let data = p.op.data {
-                data.withUnsafeBytes { (block + p.offsetInBlock).copyMemory(from: $0.baseAddress! + p.offsetInRequest, byteCount: p.length) }
+                (block + p.offsetInBlock).copyMemory(from: data.baseAddress + p.offsetInRequest, byteCount: p.length)
             } else {
                 (block + p.offsetInBlock).initializeMemory(as: UInt8.self, repeating: 0, count: p.length)
             }
@@ -346,23 +331,19 @@ extension RaidCore {
         bitmap?.startWrite(unit: s.unit, unitSectors: unitSectors)
         for role in roles.sorted() where roleWritable(role, unit: s.unit) {
             let m = roleMember[role]!
-            s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.bytes(role), fua: fua))
+            s.ioIssued()
+            issue(
+                .stripeWrite(s, role: role, member: m), member: m, offsetBytes: memberOffset(m, unit: s.unit),
+                kind: .write(from: s.buffer(role), fua: fua), purpose: writePurpose(s, role: role))
         }
     }
 
     /// P (and Q) from the stripe's data blocks, all of which must be up to date.
     func computeParity(_ s: Stripe) {
         let row = s.row!
-        if let qDisk = row.qDisk {
-            var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zeroPointer), count: row.syndromeSlotCount)
-            for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(s.block(disk)) }
-            Parity.pq(slots: slots, p: s.block(row.pDisk), q: s.block(qDisk), byteCount: unitBytes)
-            s.valid[qDisk] = true
-        } else {
-            Parity.xor(row.dataDisk.map { UnsafeRawPointer(s.block($0)) }, into: s.block(row.pDisk), byteCount: unitBytes)
-        }
+        RowParity(row: row, level: geometry.level, byteCount: unitBytes, zero: zeroPointer).computeParity { s.block($0) }
         s.valid[row.pDisk] = true
+        if let q = row.qDisk { s.valid[q] = true }
     }
 
     // MARK: - write accounting (md_write_start / md_write_end)
@@ -371,15 +352,15 @@ extension RaidCore {
         writesPending += 1
         if readAuto {
             readAuto = false
-            log("first write: array switches from read-auto to read-write")
+            log(.info, "first write: the array switches from read-auto to read-write")
             checkRecovery()
         }
         markDirtyIfClean()
     }
 
     func endWrite() {
+        precondition(writesPending > 0, "writes_pending would go below zero")
         writesPending -= 1
-        precondition(writesPending >= 0)
         armSafeMode()
     }
 }

@@ -18,6 +18,8 @@ struct SuperblockProtocol {
     var updateRequested = false
     /// Control commands waiting for the next update to complete (e.g. `echo active`).
     var waiters: [RequestID] = []
+    /// Control commands waiting for some update, queued or in flight.
+    var waiterCount: Int { waiters.count + (update?.waiters.count ?? 0) }
     /// Roles and the clean flag as on disk after the last completed update.
     var persistedClean: Bool
 
@@ -106,7 +108,7 @@ extension RaidCore {
         }
         superblocks.devicesChanged = false
         counters.superblockUpdates += 1
-        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        let targets = members.filter(\.receivesSuperblocks)
         superblocks.update = .init(
             outstanding: targets.count, clearsPending: superblocks.changePending && !clean, clean: clean,
             waiters: superblocks.waiters)
@@ -121,40 +123,43 @@ extension RaidCore {
         // the superblocks written (FUA). md flushes each device before its own superblock; a clean
         // superblock on one member must not outlive data or parity still in another member's
         // cache, so here the barrier spans the whole array.
-        for m in targets { out.append(.memberFlush(newIO(.superblockFlush(member: m)), member: m)) }
+        for m in targets { issue(.superblockFlush(member: m), member: m, offsetBytes: 0, kind: .flush, purpose: .metadataBarrier) }
         if targets.isEmpty { writeSuperblocks() }
     }
 
-    func superblockFlushCompleted(member m: Int, ok: Bool) {
-        if !ok { failMember(m, reason: "flush failed") }
+    func superblockFlushCompleted(member m: MemberIndex, failure: MemberIOError?) {
+        if let failure { failMember(m, reason: "flush before the superblock write failed: \(failure)") }
+        precondition(superblocks.update?.flushing == true && superblocks.update!.outstanding > 0, "superblock flush completion with none outstanding")
         superblocks.update!.outstanding -= 1
         if superblocks.update!.outstanding == 0 { writeSuperblocks() }
     }
 
     /// Second phase: the superblocks themselves, with the roles as they are now.
     func writeSuperblocks() {
-        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        let targets = members.filter(\.receivesSuperblocks)
         superblocks.update!.flushing = false
         superblocks.update!.outstanding = targets.count
         let clean = superblocks.update!.clean
         for m in targets {
-            out.append(.memberWrite(newIO(.superblockWrite(member: m)), member: m, offsetBytes: members[m].template.superOffsetSectors * 512, data: superblockBytes(for: m, clean: clean), fua: true))
+            issue(
+                .superblockWrite(member: m), member: m, offsetBytes: members[m].template.superOffsetSectors * 512,
+                kind: .write(from: IOBuffer(superblockBytes(for: m, clean: clean)), fua: true), purpose: .superblock)
         }
         if targets.isEmpty { finishSuperblockUpdate() }
     }
 
     /// The superblock member `m` gets now (md super_1_sync).
-    func superblockBytes(for m: Int, clean: Bool) -> [UInt8] {
+    func superblockBytes(for m: MemberIndex, clean: Bool) -> [UInt8] {
         var sb = members[m].template
         sb.events = superblocks.events
         sb.utime = (config.wallClockAtZeroSeconds + now / nanosPerSecond) & MDSuperblock1.timeSecondsMask
         sb.resyncOffsetSectors = clean ? sync.recoveryCheckpointSectors : 0
         var roles = [UInt16](repeating: MDRole.spareValue, count: Int(sb.maxDev))
-        for member in members {
+        for member in members.list {
             let number = Int(member.template.devNumber)
             guard number < roles.count else { continue }
             switch member.role {
-            case .active(let slot): roles[number] = UInt16(slot)
+            case .active(let slot): roles[number] = UInt16(slot.rawValue)
             case .faulty: roles[number] = MDRole.faultyValue
             case .spare, .removed: roles[number] = MDRole.spareValue
             }
@@ -171,8 +176,9 @@ extension RaidCore {
         return sb.withValidChecksum().encode()
     }
 
-    func superblockWriteCompleted(member m: Int, ok: Bool) {
-        if !ok { failMember(m, reason: "superblock write failed") }
+    func superblockWriteCompleted(member m: MemberIndex, failure: MemberIOError?) {
+        if let failure { failMember(m, reason: "superblock write failed: \(failure)") }
+        precondition(superblocks.update?.flushing == false && superblocks.update!.outstanding > 0, "superblock write completion with none outstanding")
         superblocks.update!.outstanding -= 1
         if superblocks.update!.outstanding == 0 { finishSuperblockUpdate() }
     }

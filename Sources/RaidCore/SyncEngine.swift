@@ -1,11 +1,6 @@
 import MDFormat
 import RaidMath
 
-/// md's sync actions.
-public enum SyncKind: String, Sendable, CaseIterable {
-    case resync, recover, check, repair
-}
-
 /// The sync engine's state: what runs, how far it got, what waits for it to stop.
 struct SyncEngine {
     let totalSectors: UInt64
@@ -19,7 +14,7 @@ struct SyncEngine {
     var syncMinSectors: UInt64 = 0
     var syncMaxSectors: UInt64?
     var mismatchSectors: UInt64 = 0
-    var lastAction = "none"
+    var lastAction: SyncKind?
     var generation: UInt64 = 0
     var throttledUntil: Nanoseconds?
     /// Control requests (`idle`, `frozen`) waiting for the running sync to be reaped.
@@ -45,7 +40,7 @@ struct SyncEngine {
         var watermarkUnit: UInt64
         var interrupted = false
         /// For recover: the member being rebuilt and its slot.
-        var target: (member: Int, role: Int)?
+        var target: (member: MemberIndex, role: Int)?
         var lastCheckpointUnit: UInt64
         /// Waiting at `sync_max` for it to move.
         var pausedAtMax = false
@@ -65,7 +60,6 @@ struct SyncEngine {
 }
 
 extension RaidCore {
-    public var syncKind: SyncKind? { sync.running?.kind }
 
     /// md_check_recovery: start what is needed (recovery onto a spare, resync after an unclean
     /// stop, a requested check/repair), unless frozen, read-only, read-auto or broken.
@@ -74,7 +68,7 @@ extension RaidCore {
             pumpSync()
             return
         }
-        guard !sync.frozen, !readAuto, !readOnly, !isBroken else { return }
+        guard case .running = stopState, !sync.frozen, !readAuto, !readOnly, !isBroken else { return }
         // Recovery: a slot without an in-sync member and a spare (or a partly rebuilt member).
         if let (member, role) = recoveryTarget() {
             startSync(.recover, target: (member, role))
@@ -95,23 +89,23 @@ extension RaidCore {
     }
 
     /// The member to rebuild and its slot: one already rebuilding, or a spare for an empty slot.
-    func recoveryTarget() -> (Int, Int)? {
+    func recoveryTarget() -> (MemberIndex, Int)? {
         for role in 0..<geometry.raidDisks {
             if let m = roleMember[role], members[m].isActive, members[m].recoveryOffsetSectors != nil { return (m, role) }
         }
         guard let emptyRole = (0..<geometry.raidDisks).first(where: { roleMember[$0] == nil }),
-            let spare = members.indices.first(where: { members[$0].role == .spare })
+            let spare = members.first(where: { $0.role == .spare })
         else { return nil }
-        members[spare].role = .active(slot: emptyRole)
+        members[spare].role = .active(slot: Role(emptyRole))
         members[spare].recoveryOffsetSectors = 0
         roleMember[emptyRole] = spare
         superblocks.devicesChanged = true
         requestSuperblockUpdate()
-        log("member \(spare) (\(members[spare].name)) takes role \(emptyRole) as a spare: recovery starts")
+        log(.notice, "spare member \(spare) (\(members[spare].name)) takes role \(emptyRole): recovery starts")
         return (spare, emptyRole)
     }
 
-    func startSync(_ kind: SyncKind, target: (member: Int, role: Int)?) {
+    func startSync(_ kind: SyncKind, target: (member: MemberIndex, role: Int)?) {
         precondition(sync.running == nil, "two syncs must never run at once")
         sync.generation += 1
         sync.started += 1
@@ -135,10 +129,10 @@ extension RaidCore {
             kind: kind, generation: sync.generation, endUnit: unitCount, nextUnit: startUnit, watermarkUnit: startUnit,
             target: target, lastCheckpointUnit: startUnit, bitmapGuided: bitmapGuided)
         if kind == .resync { sync.mismatchSectors = 0 }
-        sync.lastAction = kind.rawValue
+        sync.lastAction = kind
         sync.rateWindowStart = now
         sync.rateWindowSectors = 0
-        log("\(kind.rawValue) started at sector \(startUnit * unitSectors) of \(sync.totalSectors)")
+        log(.info, "\(kind.rawValue) started at sector \(startUnit * unitSectors) of \(sync.totalSectors)")
         pumpSync()
     }
 
@@ -266,8 +260,10 @@ extension RaidCore {
         }
         for role in writes {
             guard let m = roleMember[role], members[m].isActive else { continue }
-            s.pendingIO += 1
-            out.append(.memberWrite(newIO(.stripeWrite(s, role: role, member: m)), member: m, offsetBytes: memberOffset(m, unit: s.unit), data: s.bytes(role), fua: false))
+            s.ioIssued()
+            issue(
+                .stripeWrite(s, role: role, member: m), member: m, offsetBytes: memberOffset(m, unit: s.unit),
+                kind: .write(from: s.buffer(role), fua: false), purpose: .syncWrite)
         }
         s.phase = .syncWriting
         return false
@@ -275,21 +271,12 @@ extension RaidCore {
 
     /// 4 KiB blocks of the stripe whose parity disagrees with the data (md counts 8 sectors each).
     func countMismatches(_ s: Stripe) -> Int {
-        let row = s.row!
+        let parity = RowParity(row: s.row, level: geometry.level, byteCount: unitBytes, zero: zeroPointer)
         var count = 0
         let block = 4096
         var offset = 0
         while offset < unitBytes {
-            if let qDisk = row.qDisk {
-                var slots = [UnsafeRawPointer](repeating: UnsafeRawPointer(zeroPointer), count: row.syndromeSlotCount)
-                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(s.block(disk) + offset) }
-                if ParityCheck.raid6(slots: slots, p: s.block(row.pDisk) + offset, q: s.block(qDisk) + offset, byteCount: block, scratch: scratch) != .consistent {
-                    count += 1
-                }
-            } else {
-                let data = row.dataDisk.map { UnsafeRawPointer(s.block($0) + offset) }
-                if !ParityCheck.raid5Consistent(data: data, p: s.block(row.pDisk) + offset, byteCount: block, scratch: scratch) { count += 1 }
-            }
+            if parity.check({ UnsafeRawPointer(s.block($0)) }, offset: offset, length: block, scratch: scratch) != .consistent { count += 1 }
             offset += block
         }
         return count
@@ -354,13 +341,13 @@ extension RaidCore {
                 superblocks.devicesChanged = true
                 bitmap?.arrayDegraded = degradedCount > 0
                 if degradedCount == 0, let bitmap { for i in 0..<bitmap.bitCount { bitmap.needed[i] = false } }
-                log("recovery of role \(target.role) onto member \(target.member) (\(members[target.member].name)) complete")
+                log(.notice, "recovery of role \(target.role) onto member \(target.member) (\(members[target.member].name)) done")
             }
             requestSuperblockUpdate()
         case .check, .repair:
             sync.syncMinSectors = 0
         }
-        log("\(run.kind.rawValue) finished, mismatch_cnt \(sync.mismatchSectors)")
+        log(.notice, "\(run.kind.rawValue) done\(run.kind == .check || run.kind == .repair ? ", mismatch_cnt \(sync.mismatchSectors)" : "")")
         sync.running = nil
         sync.reaped += 1
         completeStopWaiters()
@@ -378,7 +365,7 @@ extension RaidCore {
             sync.syncMinSectors = watermark
         }
         if run.kind != .check { requestSuperblockUpdate() }
-        log("\(run.kind.rawValue) interrupted at sector \(watermark)")
+        log(.notice, "\(run.kind.rawValue) interrupted at sector \(watermark)")
         sync.running = nil
         sync.reaped += 1
         completeStopWaiters()

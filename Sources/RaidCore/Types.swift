@@ -1,10 +1,39 @@
 import MDFormat
 
-/// Identifies a client or control request; chosen by the shell, echoed in the completion.
-public typealias RequestID = UInt64
+/// Identifies a client request or control command; chosen by the driver, echoed in the
+/// completion.
+public struct RequestID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public static func < (a: RequestID, b: RequestID) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { String(rawValue) }
+}
 
 /// Identifies a member I/O the core asked for; chosen by the core.
-public typealias MemberIOID = UInt64
+public struct MemberIOID: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: UInt64
+    public init(_ rawValue: UInt64) { self.rawValue = rawValue }
+    public static func < (a: MemberIOID, b: MemberIOID) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { String(rawValue) }
+}
+
+/// A member device's place in the array's member table (the order the shell gave them in at
+/// assembly, new members appended). Not a slot: see `Role`.
+public struct MemberIndex: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: Int
+    public init(_ rawValue: Int) { self.rawValue = rawValue }
+    public static func < (a: MemberIndex, b: MemberIndex) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { String(rawValue) }
+}
+
+/// A slot of the array (md's `raid_disk`, mdadm's "RaidDevice"): 0..<raid_disks. Which member
+/// holds it changes when a member fails and a spare takes over.
+public struct Role: Hashable, Comparable, Sendable, CustomStringConvertible {
+    public let rawValue: Int
+    public init(_ rawValue: Int) { self.rawValue = rawValue }
+    public static func < (a: Role, b: Role) -> Bool { a.rawValue < b.rawValue }
+    public var description: String { String(rawValue) }
+}
 
 /// Monotonic time in nanoseconds, as the shell (or the simulator) measures it.
 public typealias Nanoseconds = UInt64
@@ -13,7 +42,7 @@ public let nanosPerMilli: Nanoseconds = 1_000_000
 public let nanosPerSecond: Nanoseconds = 1_000_000_000
 
 /// The core's timers; arming one again replaces its previous deadline.
-public enum TimerID: Hashable, Sendable, CustomStringConvertible {
+public enum TimerID: Hashable, Sendable, CaseIterable, CustomStringConvertible {
     /// md's safe-mode timer: no writes for `safe_mode_delay` marks the array clean.
     case safeMode
     /// Resumes a sync held back by `sync_speed_max`.
@@ -34,7 +63,9 @@ public enum TimerID: Hashable, Sendable, CustomStringConvertible {
 /// multiples of 512.
 public enum ClientRequest: Sendable, CustomStringConvertible {
     case read(offsetBytes: UInt64, length: Int)
-    case write(offsetBytes: UInt64, data: [UInt8], fua: Bool)
+    /// The core copies what it needs out of `data` before it completes the request; the caller
+    /// must not change the bytes until then.
+    case write(offsetBytes: UInt64, data: IOBuffer, fua: Bool)
     case flush
     /// The range may be discarded: the core zeroes whole stripe units inside it and leaves
     /// partial ones alone (either is a valid result of TRIM); parity stays consistent.
@@ -50,6 +81,22 @@ public enum ClientRequest: Sendable, CustomStringConvertible {
         case .writeZeroes(let o, let l, let fua): return "write-zeroes \(o)+\(l)\(fua ? " fua" : "")"
         }
     }
+
+    /// Bytes the request moves (what the in-flight byte bound counts).
+    public var byteCount: Int {
+        switch self {
+        case .read(_, let l), .trim(_, let l), .writeZeroes(_, let l, _): return l
+        case .write(_, let d, _): return d.count
+        case .flush: return 0
+        }
+    }
+
+    public var isWrite: Bool {
+        switch self {
+        case .write, .trim, .writeZeroes: return true
+        case .read, .flush: return false
+        }
+    }
 }
 
 /// Why a client request failed, in errno terms an NBD server can pass on.
@@ -60,8 +107,10 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
     case invalid(String)
     /// EROFS/EPERM: the array is read-only.
     case readOnly
-    /// EAGAIN: more requests in flight than the core accepts.
+    /// EAGAIN: more requests (or bytes) in flight than the core accepts.
     case busy
+    /// ESHUTDOWN: the array is stopping or stopped.
+    case shutdown
 
     public var description: String {
         switch self {
@@ -69,64 +118,80 @@ public enum ClientError: Error, Equatable, Sendable, CustomStringConvertible {
         case .invalid(let why): return "invalid request: \(why)"
         case .readOnly: return "array is read-only"
         case .busy: return "too many requests in flight"
+        case .shutdown: return "array is stopped"
+        }
+    }
+
+    /// The Linux errno for the error.
+    public var errno: Int32 {
+        switch self {
+        case .io: return 5
+        case .invalid: return 22
+        case .readOnly: return 30
+        case .busy: return 11
+        case .shutdown: return 108
         }
     }
 }
 
 public enum ClientResult: Sendable, Equatable {
-    case data([UInt8])
+    case data(IOBuffer)
     case done
     case failed(ClientError)
 }
 
-/// A control command, in md's vocabulary: attribute writes as `echo VALUE > md/NAME`.
-public enum ControlCommand: Sendable, Equatable, CustomStringConvertible {
-    case set(attribute: String, value: String)
-    /// `mdadm --fail`: mark the member in `role`'s slot faulty.
-    case fail(role: Int)
-    /// `mdadm --remove`: drop a faulty or spare member (by member index).
-    case remove(member: Int)
-    /// `mdadm --add`: make a member known to the core (already given in the assembly as a
-    /// spare-capable device) available as a spare.
-    case add(member: Int)
-
-    public var description: String {
-        switch self {
-        case .set(let a, let v): return "\(v) > \(a)"
-        case .fail(let role): return "fail role \(role)"
-        case .remove(let m): return "remove member \(m)"
-        case .add(let m): return "add member \(m)"
-        }
-    }
+/// What a member I/O does.
+public enum MemberIOKind: Sendable {
+    /// Fill `into` (its whole length) from the member.
+    case read(into: IOBuffer)
+    /// Write `from` (its whole length). `fua`: durable before completion (superblocks, bitmap,
+    /// FUA client writes).
+    case write(from: IOBuffer, fua: Bool)
+    /// Make every write completed so far durable.
+    case flush
 }
 
-/// md's answers to attribute writes.
-public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
-    /// EBUSY: e.g. a sync action while another runs.
-    case busy(String)
-    /// EINVAL: unknown attribute value.
-    case invalid(String)
-    /// The attribute does not exist or cannot be written.
-    case unknownAttribute(String)
+/// One member I/O the core asks its shell to perform. Offsets are absolute bytes on the member.
+public struct MemberIORequest: Sendable, CustomStringConvertible {
+    public let id: MemberIOID
+    public let member: MemberIndex
+    public let offsetBytes: UInt64
+    public let kind: MemberIOKind
+    public let purpose: MemberIOPurpose
 
-    public var description: String {
-        switch self {
-        case .busy(let why): return "busy: \(why)"
-        case .invalid(let why): return "invalid: \(why)"
-        case .unknownAttribute(let name): return "no writable attribute '\(name)'"
+    public init(id: MemberIOID, member: MemberIndex, offsetBytes: UInt64, kind: MemberIOKind, purpose: MemberIOPurpose) {
+        self.id = id
+        self.member = member
+        self.offsetBytes = offsetBytes
+        self.kind = kind
+        self.purpose = purpose
+    }
+
+    /// Bytes moved (0 for a flush).
+    public var byteCount: Int {
+        switch kind {
+        case .read(let b), .write(let b, _): return b.count
+        case .flush: return 0
         }
     }
-}
 
-public enum ControlResult: Sendable, Equatable {
-    case done
-    case failed(ControlError)
+    public var isWrite: Bool { if case .write = kind { return true } else { return false } }
+
+    public var description: String {
+        switch kind {
+        case .read(let b): return "read member \(member) at \(offsetBytes)+\(b.count) (\(purpose))"
+        case .write(let b, let fua): return "write member \(member) at \(offsetBytes)+\(b.count)\(fua ? " fua" : "") (\(purpose))"
+        case .flush: return "flush member \(member) (\(purpose))"
+        }
+    }
 }
 
 public enum MemberIOResult: Sendable, Equatable {
-    /// For reads, the bytes read; for writes and flushes, empty.
-    case success([UInt8])
-    case failure
+    /// Reads have filled their buffer.
+    case success
+    case failure(MemberIOError)
+
+    public var succeeded: Bool { self == .success }
 }
 
 /// Everything that can happen to the core.
@@ -137,16 +202,35 @@ public enum CoreEvent: Sendable {
     case timerFired(TimerID)
 }
 
-/// Everything the core asks its shell to do. Member offsets are absolute bytes on the member.
-public enum CoreAction: Sendable, Equatable {
-    case memberRead(MemberIOID, member: Int, offsetBytes: UInt64, length: Int)
-    /// `fua`: durable before completion (superblocks, bitmap, FUA client writes).
-    case memberWrite(MemberIOID, member: Int, offsetBytes: UInt64, data: [UInt8], fua: Bool)
-    case memberFlush(MemberIOID, member: Int)
+/// How loud a log line is (the shells map these onto their loggers).
+public enum CoreLogLevel: Int, Sendable, Comparable {
+    case debug, info, notice, warning, error
+    public static func < (a: CoreLogLevel, b: CoreLogLevel) -> Bool { a.rawValue < b.rawValue }
+}
+
+/// Everything the core asks its shell to do.
+public enum CoreAction: Sendable {
+    case memberIO(MemberIORequest)
     case completeClient(RequestID, ClientResult)
     case completeControl(RequestID, ControlResult)
     case armTimer(TimerID, atNanos: Nanoseconds)
-    case log(String)
+    /// An array event in md's words (a member failed, a recovery finished, a check's result).
+    case log(CoreLogLevel, String)
+}
+
+/// How the array starts once assembled.
+public enum CoreStartMode: Sendable, Equatable {
+    /// md's default for an assembled array: read-write, a needed resync or recovery starts at once.
+    case readWrite
+    /// md's `read-auto`: nothing is written (and no resync runs) until the first write.
+    case readAuto
+    /// `readonly`: writes are refused.
+    case readOnly
+}
+
+public struct CoreConfigError: Error, Equatable, Sendable, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }
 
 /// Tunables, with md's names, defaults and ranges.
@@ -158,47 +242,77 @@ public struct CoreConfig: Sendable, Equatable {
     /// `safe_mode_delay`: idle time before the array is marked clean (md: 200 ms; 0 disables).
     public var safeModeDelayNanos: Nanoseconds = 200 * nanosPerMilli
     /// `sync_speed_min` / `sync_speed_max` in KiB/s of the core's time.
-    public var syncSpeedMinKiBps: UInt64 = 1000
-    public var syncSpeedMaxKiBps: UInt64 = 200_000
+    public var syncSpeedMinKiBps: UInt64 = CoreConfig.systemSyncSpeedMinKiBps
+    public var syncSpeedMaxKiBps: UInt64 = CoreConfig.systemSyncSpeedMaxKiBps
     /// `max_read_errors`: corrected read errors tolerated per member before it is failed.
     public var maxReadErrors = 20
     /// Client requests in flight (admitted or parked) before new ones get `busy`.
     public var maxRequestsInFlight = 4096
+    /// Bytes of client requests in flight before new ones get `busy` (a read allocates its
+    /// result, a write pins its data until it completes).
+    public var maxBytesInFlight = 1 << 30
     /// Largest client request (NBD's usual maximum block size, 32 MiB).
     public var maxRequestBytes = 32 << 20
     /// Stripe items parked for a free stripe before new requests get `busy` (keeps the parking
-    /// queue bounded whatever the request sizes).
+    /// queue bounded whatever the request sizes; counted after a request is cut into pieces).
     public var maxParkedItems = 1 << 16
+    /// Control commands waiting for a superblock update or a sync stop before new ones get
+    /// EBUSY.
+    public var maxControlWaiters = 1024
     /// Stripes a sync may hold at once (md: limited by the stripe cache; here explicit).
     public var syncWindowStripes = 8
     /// Seconds since the epoch at core time 0, for superblock update times.
     public var wallClockAtZeroSeconds: UInt64 = 0
     /// How often a running sync records its position in the superblocks (fraction of total).
     public var syncCheckpointsPerPass: UInt64 = 16
+    public var startMode: CoreStartMode = .readAuto
 
     public init() {}
 
     public static let stripeCacheSizeRange = 17...32768
+    /// md's global defaults (`/proc/sys/dev/raid/speed_limit_min` and `_max`).
+    public static let systemSyncSpeedMinKiBps: UInt64 = 1000
+    public static let systemSyncSpeedMaxKiBps: UInt64 = 200_000
+
+    /// Every value in its range, or an error naming the first that is not.
+    public func validate() throws(CoreConfigError) {
+        func fail(_ message: String) throws(CoreConfigError) { throw CoreConfigError(message: message) }
+        if !Self.stripeCacheSizeRange.contains(stripeCacheSize) { try fail("stripe_cache_size \(stripeCacheSize) is outside 17..32768") }
+        if stripeSizeBytes < 4096 || stripeSizeBytes > 32768 || stripeSizeBytes.nonzeroBitCount != 1 {
+            try fail("stripe_size \(stripeSizeBytes) must be a power of two from 4096 to 32768")
+        }
+        if syncSpeedMinKiBps == 0 || syncSpeedMaxKiBps == 0 { try fail("sync_speed_min and sync_speed_max must be positive") }
+        if maxReadErrors < 0 { try fail("max_read_errors must not be negative") }
+        if maxRequestsInFlight < 1 || maxBytesInFlight < 1 { try fail("the in-flight bounds must be positive") }
+        if maxRequestBytes < 512 || maxRequestBytes % 512 != 0 { try fail("the largest request must be a positive multiple of 512 bytes") }
+        if maxRequestBytes > maxBytesInFlight { try fail("the largest request (\(maxRequestBytes) bytes) exceeds the in-flight byte bound") }
+        if maxParkedItems < maxRequestBytes / 4096 + 2 {
+            try fail("the parking bound (\(maxParkedItems)) must hold one largest request cut into pieces")
+        }
+        if maxControlWaiters < 1 { try fail("the control waiter bound must be positive") }
+        if syncWindowStripes < 1 { try fail("the sync window must hold at least one stripe") }
+        if syncCheckpointsPerPass < 1 { try fail("a sync records its position at least once per pass") }
+    }
 }
 
-/// A deliberately broken core, for proving that the simulator's checkers catch bugs. Never set
-/// outside tests.
-public struct FaultyCoreVariant: Sendable, Equatable, OptionSet {
-    public let rawValue: UInt32
-    public init(rawValue: UInt32) { self.rawValue = rawValue }
+/// A deliberately broken core, for proving that the simulator's checkers catch bugs. Package
+/// access only: tests and the simulator use it; programs using the library cannot.
+package struct FaultyCoreVariant: Sendable, Equatable, OptionSet {
+    package let rawValue: UInt32
+    package init(rawValue: UInt32) { self.rawValue = rawValue }
 
     /// md 5.4's protocol inside our core: superblock updates are held back while a sync stop is
     /// pending (md's lock), no stripe is handled while a superblock change is pending (raid5d
     /// requeued them), and a stop waits for sync steps parked for a stripe.
-    public static let deferSuperblockWhileStopPending = FaultyCoreVariant(rawValue: 1 << 0)
+    package static let deferSuperblockWhileStopPending = FaultyCoreVariant(rawValue: 1 << 0)
     /// Data writes are issued before the superblock is marked dirty on disk.
-    public static let writeBeforeDirtySuperblock = FaultyCoreVariant(rawValue: 1 << 1)
+    package static let writeBeforeDirtySuperblock = FaultyCoreVariant(rawValue: 1 << 1)
     /// FLUSH completes without flushing members.
-    public static let flushWithoutMemberFlush = FaultyCoreVariant(rawValue: 1 << 3)
+    package static let flushWithoutMemberFlush = FaultyCoreVariant(rawValue: 1 << 3)
     /// Check miscounts: one sector per mismatching block instead of eight.
-    public static let mismatchCountInSectorsOfOne = FaultyCoreVariant(rawValue: 1 << 4)
+    package static let mismatchCountInSectorsOfOne = FaultyCoreVariant(rawValue: 1 << 4)
     /// Partial writes update data but leave parity as it was.
-    public static let skipParityOnPartialWrite = FaultyCoreVariant(rawValue: 1 << 5)
+    package static let skipParityOnPartialWrite = FaultyCoreVariant(rawValue: 1 << 5)
     /// Reconstruction of a lost member's block uses the wrong syndrome slot.
-    public static let wrongReconstruction = FaultyCoreVariant(rawValue: 1 << 6)
+    package static let wrongReconstruction = FaultyCoreVariant(rawValue: 1 << 6)
 }

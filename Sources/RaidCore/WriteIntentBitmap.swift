@@ -84,8 +84,8 @@ final class WriteIntentBitmap {
 
     func endWrite(unit: UInt64, unitSectors: UInt64, degraded: Bool) {
         let c = chunk(ofSector: unit * unitSectors)
+        precondition(counters[c] > 0, "bitmap region \(c): write end with none started")
         counters[c] -= 1
-        precondition(counters[c] >= 0)
         if degraded { needed[c] = true }
     }
 
@@ -100,6 +100,19 @@ final class WriteIntentBitmap {
                 idleOnce[c] = true
             }
         }
+    }
+
+    /// At a clean stop (md's bitmap flush): every region with no write in flight and nothing that
+    /// keeps its bit loses it at once. Returns whether any bit changed.
+    func clearIdleBits() -> Bool {
+        var changed = false
+        for c in 0..<bitCount where bits[c] && counters[c] == 0 && !needed[c] && !resyncPending[c] && !arrayDegraded {
+            bits[c] = false
+            idleOnce[c] = false
+            changed = true
+        }
+        if changed { writeWanted = true }
+        return changed
     }
 
     /// The on-disk image: header then bits, padded to whole sectors.
@@ -122,7 +135,7 @@ extension RaidCore {
         guard let bitmap else { return }
         if force { bitmap.writeWanted = true }
         guard bitmap.writeWanted, bitmap.writeOutstanding == 0 else { return }
-        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        let targets = members.filter(\.receivesSuperblocks)
         bitmap.writeWanted = false
         // The image is taken now: a bit cleared in it belongs to a region whose writes have all
         // completed, and the flushes below make them durable before the bit disappears on disk.
@@ -131,33 +144,36 @@ extension RaidCore {
         bitmap.flushing = true
         bitmap.writeOutstanding = targets.count
         counters.bitmapWrites += 1
-        for m in targets { out.append(.memberFlush(newIO(.bitmapFlush(member: m)), member: m)) }
+        for m in targets { issue(.bitmapFlush(member: m), member: m, offsetBytes: 0, kind: .flush, purpose: .metadataBarrier) }
         if targets.isEmpty { writeBitmapImage() }
     }
 
-    func bitmapFlushCompleted(member m: Int, ok: Bool) {
-        if !ok { failMember(m, reason: "flush failed") }
+    func bitmapFlushCompleted(member m: MemberIndex, failure: MemberIOError?) {
+        if let failure { failMember(m, reason: "flush before the bitmap write failed: \(failure)") }
         guard let bitmap else { return }
+        precondition(bitmap.flushing && bitmap.writeOutstanding > 0, "bitmap flush completion with none outstanding")
         bitmap.writeOutstanding -= 1
         if bitmap.writeOutstanding == 0 { writeBitmapImage() }
     }
 
     func writeBitmapImage() {
         guard let bitmap else { return }
-        let targets = members.indices.filter { members[$0].receivesSuperblocks }
+        let targets = members.filter(\.receivesSuperblocks)
         bitmap.flushing = false
         bitmap.writeOutstanding = targets.count
+        let image = IOBuffer(bitmap.inFlightImage)
         for m in targets {
             let sb = members[m].template
             let offset = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
-            out.append(.memberWrite(newIO(.bitmapWrite(member: m)), member: m, offsetBytes: offset, data: bitmap.inFlightImage, fua: true))
+            issue(.bitmapWrite(member: m), member: m, offsetBytes: offset, kind: .write(from: image, fua: true), purpose: .bitmap)
         }
         if targets.isEmpty { bitmapImageLanded() }
     }
 
-    func bitmapWriteCompleted(member m: Int, ok: Bool) {
-        if !ok { failMember(m, reason: "bitmap write failed") }
+    func bitmapWriteCompleted(member m: MemberIndex, failure: MemberIOError?) {
+        if let failure { failMember(m, reason: "bitmap write failed: \(failure)") }
         guard let bitmap else { return }
+        precondition(!bitmap.flushing && bitmap.writeOutstanding > 0, "bitmap write completion with none outstanding")
         bitmap.writeOutstanding -= 1
         if bitmap.writeOutstanding == 0 { bitmapImageLanded() }
     }

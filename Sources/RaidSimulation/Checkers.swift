@@ -76,7 +76,7 @@ public final class DataChecker: SimChecker {
     /// Per sector: the acknowledged content.
     var committed: [SectorValue]
     /// Every write's bytes by key (nil: zeroes; trims are `unknown` per sector).
-    var writeData: [Int: [UInt8]] = [:]
+    var writeData: [Int: IOBuffer] = [:]
     var writeIsTrim: [Int: Bool] = [:]
     var nextWriteKey = 0
     var writesInFlight: [RequestID: InFlightWrite] = [:]
@@ -137,9 +137,7 @@ public final class DataChecker: SimChecker {
             for i in 0..<512 where bytes[at + i] != 0 { return false }
             return true
         default:
-            return writeData[v.key]!.withUnsafeBytes { data in
-                memcmp(bytes.baseAddress! + at, data.baseAddress! + v.index * 512, 512) == 0
-            }
+            return memcmp(bytes.baseAddress! + at, writeData[v.key]!.baseAddress + v.index * 512, 512) == 0
         }
     }
 
@@ -161,7 +159,7 @@ public final class DataChecker: SimChecker {
         }
     }
 
-    func beginWrite(_ id: RequestID, start: Int, count: Int, data: [UInt8]?, isTrim: Bool) {
+    func beginWrite(_ id: RequestID, start: Int, count: Int, data: IOBuffer?, isTrim: Bool) {
         let key = nextWriteKey
         nextWriteKey += 1
         writeData[key] = data
@@ -191,7 +189,7 @@ public final class DataChecker: SimChecker {
                 for i in 0..<r.count where !matches(r.snapshot[i], raw, at: i * 512) {
                     let options = r.allowed(i, self)
                     if options.contains(where: { matches($0, raw, at: i * 512) }) { continue }
-                    let got = Array(bytes[(i * 512)..<((i + 1) * 512)])
+                    let got = Array(raw[(i * 512)..<((i + 1) * 512)])
                     sim.fail(.data, "read \(id) returned wrong data at array sector \(r.start + i) (\(describe(got)); expected \(options.map(describe).joined(separator: " or ")))")
                     return
                 }
@@ -249,7 +247,7 @@ public final class DataChecker: SimChecker {
     public func verifyAfterRestart(_ sim: Simulation, content: [UInt8]) {
         let key = nextWriteKey
         nextWriteKey += 1
-        writeData[key] = content
+        writeData[key] = IOBuffer(content)
         writeStart[key] = 0
         content.withUnsafeBytes { raw in
             for s in 0..<sectorCount {
@@ -285,7 +283,7 @@ public final class DataChecker: SimChecker {
         switch v.key {
         case -1: return "zeros"
         case -2: return "anything"
-        default: return describe(Array(writeData[v.key]![(v.index * 512)..<((v.index + 1) * 512)]))
+        default: return describe(Array(writeData[v.key]!.bytes[(v.index * 512)..<((v.index + 1) * 512)]))
         }
     }
 
@@ -326,7 +324,7 @@ public func readWholeArray(_ sim: Simulation) -> [UInt8]? {
             ok = false
             continue
         }
-        content.replaceSubrange(at..<(at + bytes.count), with: bytes)
+        content.replaceSubrange(at..<(at + bytes.count), with: bytes.bytes)
     }
     return ok && sim.failure == nil ? content : nil
 }
@@ -348,7 +346,7 @@ public enum ParityChecker {
         sim.checkers.append(waiter)
         defer { sim.checkers.removeAll { $0 === waiter } }
         // The answer may come at once (inside `control`) or later.
-        let id = sim.control(.set(attribute: "sync_action", value: action))
+        let id = sim.control(set: "sync_action", action)
         sim.runUntil { waiter.results[id] != nil }
         let answered = waiter.results[id] != nil
         let answer = waiter.results[id] ?? .done
@@ -405,9 +403,9 @@ public enum ParityChecker {
             if chosen.contains(key) { continue }
             let stripe = g.stripeRow(row)
             let role = stripe.qDisk != nil && sim.random.chance(0.5) ? stripe.qDisk! : stripe.pDisk
-            guard let m = sim.core.memberRoles.firstIndex(of: .active(slot: role)), let sb = sim.members[m].probe()?.superblock else { continue }
+            guard let m = sim.core.member(inSlot: Role(role)), let sb = sim.members[m.rawValue].probe()?.superblock else { continue }
             let offset = Int((sb.dataOffsetSectors + row * g.chunkSectors + block * 8) * 512) + sim.random.below(4096)
-            sim.members[m].corrupt(offset: offset, length: 1, xor: UInt8(1 + sim.random.below(255)))
+            sim.members[m.rawValue].corrupt(offset: offset, length: 1, xor: UInt8(1 + sim.random.below(255)))
             chosen.insert(key)
         }
         return chosen.count

@@ -2,7 +2,7 @@ import RaidCore
 
 /// Runs seeds: each run twice, trace hashes compared (one seed replays one run exactly).
 public enum SimRunner {
-    public static func run(
+    package static func run(
         seed: UInt64, scenario name: String, faults: FaultProfile, variant: FaultyCoreVariant = [], checkDeterminism: Bool = true,
         trace: ((String) -> Void)? = nil
     ) -> SimResult {
@@ -32,8 +32,8 @@ public enum SimRunner {
 }
 
 /// Names for the deliberately broken cores, and the default fault mix.
-public enum SimVariants {
-    public static let all: [(String, FaultyCoreVariant)] = [
+package enum SimVariants {
+    package static let all: [(String, FaultyCoreVariant)] = [
         ("defer-superblock-while-stop-pending", .deferSuperblockWhileStopPending),
         ("write-before-dirty-superblock", .writeBeforeDirtySuperblock),
         ("flush-without-member-flush", .flushWithoutMemberFlush),
@@ -42,12 +42,12 @@ public enum SimVariants {
         ("wrong-reconstruction", .wrongReconstruction),
     ]
 
-    public static var names: [String] { all.map(\.0) }
+    package static var names: [String] { all.map(\.0) }
 
-    public static func named(_ name: String) -> FaultyCoreVariant? { all.first { $0.0 == name }?.1 }
+    package static func named(_ name: String) -> FaultyCoreVariant? { all.first { $0.0 == name }?.1 }
 
     /// Seeds cycle through the fault profiles so that a seed range covers all of them.
-    public static func defaultProfile(seed: UInt64) -> FaultProfile {
+    package static func defaultProfile(seed: UInt64) -> FaultProfile {
         [FaultProfile.none, .latency, .errors, .all][Int(seed % 4)]
     }
 }

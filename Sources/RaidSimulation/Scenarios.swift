@@ -32,9 +32,9 @@ final class RandomClient {
 
     /// Data that names where and when it was written (so a misplaced read is obvious): each
     /// sector starts with its array sector number and the write's sequence number.
-    func pattern(sectorStart: UInt64, sectors: Int) -> [UInt8] {
+    func pattern(sectorStart: UInt64, sectors: Int) -> IOBuffer {
         writeSeq += 1
-        var data = [UInt8](repeating: 0, count: sectors * 512)
+        let data = IOBuffer(uninitializedCount: sectors * 512)
         data.withUnsafeMutableBytes { raw in
             for s in 0..<sectors {
                 let sector = sectorStart + UInt64(s)
@@ -157,7 +157,7 @@ public final class RandomScenario: SimScenario {
         if !controlInFlight {
             let actions = ["check", "repair", "idle", "frozen", "idle", "check"]
             controlInFlight = true
-            sim.control(.set(attribute: "sync_action", value: actions[sim.random.below(actions.count)]))
+            sim.control(set: "sync_action", actions[sim.random.below(actions.count)])
         }
         sim.wake(after: UInt64(1 + sim.random.below(40)) * nanosPerMilli, tag: 1)
     }
@@ -249,7 +249,7 @@ public final class SeedScenario: SimScenario {
         case 1:
             guard sim.now < endTime, !controlInFlight else { return }
             controlInFlight = true
-            sim.control(.set(attribute: "sync_action", value: nextControl))
+            sim.control(set: "sync_action", nextControl)
         case 2:
             if keepMonitor {
                 monitorLines.append("\(formatTime(sim.now)) sync_action \(sim.attribute("sync_action")) sync_completed \(sim.attribute("sync_completed")) array_state \(sim.attribute("array_state")) stripe_cache_active \(sim.attribute("stripe_cache_active"))")
@@ -320,15 +320,15 @@ public final class RebuildScenario: SimScenario {
         guard client.issued >= due, failures < 2, sim.canTakeAnotherMemberOut else { return }
         failures += 1
         let active = sim.core.memberRoles.enumerated().compactMap { i, r -> Int? in
-            if case .active = r, sim.core.recoveryOffset(member: i) == nil, !sim.members[i].dead { return i }
+            if case .active = r, sim.core.recoveryOffset(member: MemberIndex(i)) == nil, !sim.members[i].dead { return i }
             return nil
         }
         guard !active.isEmpty else { return }
         let victim = active[sim.random.below(active.count)]
         if sim.random.chance(0.5) {
             sim.killMember(victim)
-        } else if case .active(let slot) = sim.core.memberRoles[victim] {
-            sim.control(.fail(role: slot))
+        } else {
+            sim.control(.fail(MemberIndex(victim)))
         }
     }
 
@@ -449,7 +449,7 @@ public final class RaceScenario: SimScenario {
 
     /// Sends a command; its answer (which may come before `control` returns) moves the round on.
     func send(_ sim: Simulation, _ action: String) {
-        let id = sim.control(.set(attribute: "sync_action", value: action))
+        let id = sim.control(set: "sync_action", action)
         if sim.pendingControls[id] == nil {
             advance(sim)
         } else {
@@ -488,7 +488,7 @@ public final class RaceScenario: SimScenario {
         if sim.core.syncKind == nil || sim.random.chance(0.2) || isNearlyDone(sim) {
             phase = 2
             let action = sim.random.chance(0.5) ? "idle" : "frozen"
-            if sim.random.chance(0.5) { sim.control(.set(attribute: "sync_action", value: "idle")) }
+            if sim.random.chance(0.5) { sim.control(set: "sync_action", "idle") }
             send(sim, action)
         } else {
             sim.wake(after: UInt64(20 + sim.random.below(200)) * 1000, tag: 1)

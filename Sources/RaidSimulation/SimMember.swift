@@ -1,18 +1,20 @@
+import DiskIO
 import MDFormat
 import RaidCore
 
 /// A simulated member device: what reads return now, what would survive a crash, and the writes
-/// in between (completed but not yet flushed). Faults are decided by the simulation.
-public final class SimMember {
+/// in between (completed but not yet flushed). It is a `MemberDevice` like a real file, so the
+/// same superblock probe reads it; when I/O happens and which faults strike is decided by the
+/// simulation.
+public final class SimMember: MemberDevice {
     public let name: String
     /// Bytes as reads see them.
     public private(set) var current: [UInt8]
     /// Bytes that survive a crash.
     public private(set) var durable: [UInt8]
-    /// Sectors written (completed) but not yet durable: sector → its latest content. A volatile
+    /// Per sector: index into `unflushedWrites` of its latest unflushed write, or -1. A volatile
     /// cache holds the newest data for a sector, so an older write can never reappear over a
     /// newer one.
-    /// Per sector: index into `unflushedWrites` of its latest unflushed write, or -1.
     private var unflushedWrite: [Int32]
     /// Per sector: which sector of that write it is.
     private var unflushedIndex: [Int32]
@@ -33,15 +35,45 @@ public final class SimMember {
         unflushedIndex = [Int32](repeating: 0, count: image.count / 512)
     }
 
-    public var sizeBytes: Int { current.count }
+    public var sizeInBytes: Int { current.count }
 
-    public func read(offset: Int, length: Int) -> [UInt8]? {
-        guard !dead, offset >= 0, offset + length <= current.count else { return nil }
-        for sector in (offset / 512)..<((offset + length + 511) / 512) where badSectors.contains(sector) { return nil }
-        return Array(current[offset..<(offset + length)])
+    // MARK: - MemberDevice
+
+    public func sizeBytes() throws(MemberIOError) -> UInt64 { UInt64(current.count) }
+
+    public func read(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer], purpose: MemberIOPurpose) throws(MemberIOError) {
+        let length = buffers.reduce(0) { $0 + $1.count }
+        let offset = Int(offsetBytes)
+        guard !dead else { throw MemberIOError.io }
+        guard offset >= 0, offset + length <= current.count else { throw MemberIOError(errno: 5, message: "read past the end") }
+        if !badSectors.isEmpty {
+            for sector in (offset / 512)..<((offset + length + 511) / 512) where badSectors.contains(sector) { throw MemberIOError.io }
+        }
+        current.withUnsafeBytes { raw in
+            var at = offset
+            for b in buffers where b.count > 0 {
+                b.baseAddress!.copyMemory(from: raw.baseAddress! + at, byteCount: b.count)
+                at += b.count
+            }
+        }
     }
 
+    public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
+        var data: [UInt8] = []
+        for b in buffers { data.append(contentsOf: b) }
+        guard write(offset: Int(offsetBytes), data: data, fua: fua) else { throw MemberIOError.io }
+    }
+
+    public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
+        guard flush() else { throw MemberIOError.io }
+    }
+
+    public func close() {}
+
+    // MARK: - the simulated disk
+
     /// Applies a completed write; with `fua` it is durable at once.
+    @discardableResult
     public func write(offset: Int, data: [UInt8], fua: Bool) -> Bool {
         guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
         current.replaceSubrange(offset..<(offset + data.count), with: data)
@@ -64,6 +96,7 @@ public final class SimMember {
     }
 
     /// Everything completed so far becomes durable.
+    @discardableResult
     public func flush() -> Bool {
         guard !dead else { return false }
         // Copy only what changed: sharing `current` would make the next write copy the device.
@@ -108,20 +141,7 @@ public final class SimMember {
         }
     }
 
-    /// The superblock and bitmap as a shell would read them at assembly, or nil if there is none.
-    public func probe() -> CoreMemberInput? {
-        let sectors = UInt64(current.count / 512)
-        let at = 8
-        guard current.count >= at * 512 + 4096,
-            let sb = try? MDSuperblock1(decoding: Array(current[(at * 512)..<(at * 512 + 4096)])),
-            (try? sb.validate(readAtSectors: UInt64(at), deviceSizeSectors: sectors)) != nil
-        else { return nil }
-        var area: [UInt8]? = nil
-        if sb.featureMap.contains(.bitmapOffset) {
-            let start = Int(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
-            let end = min(current.count, start + 64 * 1024)
-            if start >= 0 && start < end { area = Array(current[start..<end]) }
-        }
-        return CoreMemberInput(name: name, superblock: sb, deviceSizeSectors: sectors, bitmapArea: area)
-    }
+    /// The superblock and bitmap as a shell reads them at assembly (the one probe every shell
+    /// uses), or nil when there is none.
+    public func probe() -> MemberMetadata? { try? SuperblockProbe.probe(self) }
 }

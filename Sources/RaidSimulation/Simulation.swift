@@ -162,7 +162,7 @@ struct TraceHasher {
     }
     /// Data is sampled (a word every 64 bytes): enough to see two runs diverge, cheap enough
     /// to do for every block.
-    mutating func add(_ bytes: [UInt8]) {
+    mutating func add(_ bytes: IOBuffer) {
         add(UInt64(bytes.count))
         var h: UInt64 = 0
         bytes.withUnsafeBytes { raw in
@@ -224,15 +224,21 @@ extension SimScenario {
     public var progress: String { "" }
 }
 
-/// One seeded run: simulated members, the real `RaidCore`, a scheduler that reorders
-/// completions and timers, a scenario and the checkers.
-public final class Simulation: LivenessSubject {
+/// One seeded run: simulated members, the real `RaidCore` behind the shared `CoreDriver`, a
+/// scheduler that reorders completions and timers, a scenario and the checkers. The simulation
+/// is the driver's shell: it performs member I/O on `SimMember`s at seeded times.
+public final class Simulation: LivenessSubject, CoreShell {
+    public typealias ClientContext = Void
+    public typealias ControlContext = Void
+
     public let seed: UInt64
     public let faults: FaultProfile
-    public let variant: FaultyCoreVariant
+    package let variant: FaultyCoreVariant
     public private(set) var shape: SimArrayShape
     public private(set) var coreConfig: CoreConfig
-    public private(set) var core: RaidCore
+    /// The driver of the core running now (a new one after each restart).
+    public private(set) var driver: CoreDriver<Simulation>!
+    public var core: RaidCore { driver.core }
     public private(set) var members: [SimMember]
     public var random: SimRandom
     /// The fault stream is separate so that scenario choices do not shift fault timing.
@@ -243,13 +249,6 @@ public final class Simulation: LivenessSubject {
     var epoch = 0
     var trace = TraceHasher()
     public private(set) var eventCount = 0
-    var nextRequestID: RequestID = 1
-    public private(set) var pendingClients: [RequestID: (request: ClientRequest, since: Nanoseconds)] = [:]
-    public private(set) var pendingControls: [RequestID: (command: ControlCommand, since: Nanoseconds)] = [:]
-    /// Member I/O in flight (for crash: writes that may or may not land).
-    var inFlightWrites: [MemberIOID: (member: Int, offset: Int, data: [UInt8])] = [:]
-    var timerTokens: [TimerID: Int] = [:]
-    var nextToken = 0
     /// The last events, for failure reports (bounded; formatted only when reported).
     var recent: [(Nanoseconds, RecentEvent)] = []
     var recentHead = 0
@@ -272,8 +271,11 @@ public final class Simulation: LivenessSubject {
     /// Receives every event line as it happens (`swraid sim --trace`).
     public var traceSink: ((String) -> Void)?
     public private(set) var traceLog: [String] = []
+    /// Called after every member I/O completion the core has handled, with the I/O (the crash
+    /// scenario uses it to fail the power at chosen points around metadata writes).
+    public var memberIOObserver: ((Simulation, MemberIORequest, MemberIOResult) -> Void)?
 
-    public init(seed: UInt64, scenario: SimScenario, faults: FaultProfile, variant: FaultyCoreVariant = [], maxEvents: Int = 400_000) throws {
+    package init(seed: UInt64, scenario: SimScenario, faults: FaultProfile, variant: FaultyCoreVariant = [], maxEvents: Int = 400_000) throws {
         self.seed = seed
         self.scenario = scenario
         self.faults = faults
@@ -293,7 +295,12 @@ public final class Simulation: LivenessSubject {
         members = try Simulation.makeMembers(shape)
         memberFailuresAllowed = shape.level.maxDegraded
         let assembly = try CoreAssembly(members: members.compactMap { $0.probe() })
-        core = try RaidCore(assembly: assembly, config: config, variant: variant, now: 0)
+        let core = try RaidCore(assembly: assembly, config: config, variant: variant, now: 0)
+        driver = CoreDriver(core: core, shell: self)
+    }
+
+    public convenience init(seed: UInt64, scenario: SimScenario, faults: FaultProfile, maxEvents: Int = 400_000) throws {
+        try self.init(seed: seed, scenario: scenario, faults: faults, variant: [], maxEvents: maxEvents)
     }
 
     /// Member images as `swraid create` would lay them out (small data offset for speed), with
@@ -342,7 +349,7 @@ public final class Simulation: LivenessSubject {
 
     /// Runs the scenario to the end: workload, drain (faults healed), verification.
     public func run() -> SimResult {
-        apply(core.start(now: now))
+        driver.start(now: now)
         scenario.begin(self)
         _ = runUntil { [unowned self] in self.scenario.workloadDone }
         if failure == nil {
@@ -358,9 +365,9 @@ public final class Simulation: LivenessSubject {
     /// After the workload: every request and control command must be answered within the bound.
     public func drain(bound: Nanoseconds = 60 * nanosPerSecond) {
         let deadline = now + bound
-        let done = runUntil { [unowned self] in self.pendingClients.isEmpty && self.pendingControls.isEmpty || self.now > deadline }
-        if done && (!pendingClients.isEmpty || !pendingControls.isEmpty) {
-            fail(.liveness, "\(pendingClients.count) client requests and \(pendingControls.count) control commands still unanswered \(bound / nanosPerSecond) s after the workload ended and faults healed")
+        let done = runUntil { [unowned self] in self.driver.pendingClients.isEmpty && self.driver.pendingControls.isEmpty || self.now > deadline }
+        if done && (!driver.pendingClients.isEmpty || !driver.pendingControls.isEmpty) {
+            fail(.liveness, "\(driver.pendingClients.count) client requests and \(driver.pendingControls.count) control commands still unanswered \(bound / nanosPerSecond) s after the workload ended and faults healed")
         }
     }
 
@@ -371,8 +378,8 @@ public final class Simulation: LivenessSubject {
         while failure == nil {
             if condition() { return true }
             guard let event = queue.pop() else {
-                if !pendingClients.isEmpty || !pendingControls.isEmpty {
-                    fail(.liveness, "stalled: nothing left to happen but \(pendingClients.count) client requests and \(pendingControls.count) control commands wait")
+                if !driver.pendingClients.isEmpty || !driver.pendingControls.isEmpty {
+                    fail(.liveness, "stalled: nothing left to happen but \(driver.pendingClients.count) client requests and \(driver.pendingControls.count) control commands wait")
                 }
                 return condition()
             }
@@ -401,11 +408,10 @@ public final class Simulation: LivenessSubject {
             guard e == epoch else { return }
             completeIO(id)
         case .timer(let timer, let token, let e):
-            guard e == epoch, timerTokens[timer] == token else { return }
-            timerTokens[timer] = nil
+            guard e == epoch, driver.timers[timer]?.token == UInt64(token) else { return }
             note(.timer(timer))
             trace.add(3); trace.add(now)
-            apply(core.handle(.timerFired(timer), now: now))
+            driver.timerFired(timer, token: UInt64(token), now: now)
         case .wake(let tag):
             if tag >= 0 { scenario.wake(self, tag: tag) }
         }
@@ -421,36 +427,41 @@ public final class Simulation: LivenessSubject {
 
     @discardableResult
     public func submit(_ request: ClientRequest) -> RequestID {
-        let id = nextRequestID
-        nextRequestID += 1
-        pendingClients[id] = (request, now)
+        // Checkers see the request before the core does (it may complete at once).
+        let id = RequestID(driver.upcomingRequestID)
         note(.client(id, request))
-        trace.add(1); trace.add(id); trace.add(now)
+        trace.add(1); trace.add(id.rawValue); trace.add(now)
         for c in checkers { c.clientSubmitted(self, id: id, request: request) }
-        apply(core.handle(.client(id, request), now: now))
+        let given = driver.submit(request, context: (), now: now)
+        precondition(given == id, "the driver numbered the request differently")
         return id
     }
 
     @discardableResult
     public func control(_ command: ControlCommand) -> RequestID {
-        let id = nextRequestID
-        nextRequestID += 1
-        pendingControls[id] = (command, now)
+        let id = RequestID(driver.upcomingRequestID)
         note(.control(id, command))
-        trace.add(2); trace.add(id); trace.add(now)
+        trace.add(2); trace.add(id.rawValue); trace.add(now)
         for c in checkers { c.controlSubmitted(self, id: id, command: command) }
-        apply(core.handle(.control(id, command), now: now))
+        let given = driver.control(command, context: (), now: now)
+        precondition(given == id, "the driver numbered the command differently")
         return id
+    }
+
+    /// `echo VALUE > md/NAME`, parsed as the control plane parses it.
+    @discardableResult
+    public func control(set attribute: String, _ value: String) -> RequestID {
+        control(try! ControlCommand.parse(attribute: attribute, value: value))
     }
 
     public func attribute(_ name: String) -> String { core.attribute(name) ?? "?" }
 
     public var writePendingNow: Bool { core.writePending }
 
-    public var unansweredRequests: [(String, Nanoseconds)] {
-        pendingClients.sorted { $0.key < $1.key }.map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
-            + pendingControls.sorted { $0.key < $1.key }.map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
-    }
+    public var pendingClients: [RequestID: CoreDriver<Simulation>.PendingClient] { driver.pendingClients }
+    public var pendingControls: [RequestID: CoreDriver<Simulation>.PendingControl] { driver.pendingControls }
+
+    public var unansweredRequests: [(String, Nanoseconds)] { driver.unanswered }
 
     public func fail(_ kind: SimFailure.Kind, _ message: String) {
         if failure == nil {
@@ -461,64 +472,47 @@ public final class Simulation: LivenessSubject {
 
     public func count(_ key: String, _ n: Int = 1) { stats[key, default: 0] += n }
 
-    // MARK: - the core's actions
+    // MARK: - the driver's shell
 
-    func apply(_ actions: [CoreAction]) {
-        let startEpoch = epoch
-        for action in actions {
-            // After a crash inside a callback, the dead core's remaining actions never happen.
-            guard epoch == startEpoch else { return }
-            switch action {
-            case .memberRead(let id, let m, let offset, let length):
-                if traceSink != nil { record("io \(id): read member \(m) at \(offset)+\(length)") }
-                trace.add(10); trace.add(id); trace.add(UInt64(m)); trace.add(offset); trace.add(UInt64(length))
-                pendingIO[id] = .read(member: m, offset: Int(offset), length: length)
-                schedule(id)
-            case .memberWrite(let id, let m, let offset, let data, let fua):
-                if traceSink != nil { record("io \(id): write member \(m) at \(offset)+\(data.count)\(fua ? " fua" : "")") }
-                trace.add(11); trace.add(id); trace.add(UInt64(m)); trace.add(offset); trace.add(data); trace.add(fua ? 1 : 0)
-                pendingIO[id] = .write(member: m, offset: Int(offset), data: data, fua: fua)
-                inFlightWrites[id] = (m, Int(offset), data)
-                schedule(id)
-            case .memberFlush(let id, let m):
-                if traceSink != nil { record("io \(id): flush member \(m)") }
-                trace.add(12); trace.add(id); trace.add(UInt64(m))
-                pendingIO[id] = .flush(member: m)
-                schedule(id)
-            case .completeClient(let id, let result):
-                trace.add(13); trace.add(id)
-                guard let entry = pendingClients.removeValue(forKey: id) else {
-                    fail(.invariant, "client request \(id) completed twice or never submitted")
-                    continue
-                }
-                switch result {
-                case .data(let d): trace.add(d)
-                case .done: trace.add(0)
-                case .failed(let e): trace.add(UInt64(e.description.utf8.count) + 1000)
-                }
-                note(.clientDone(id, result))
-                for c in checkers { c.clientCompleted(self, id: id, request: entry.request, result: result) }
-                scenario.clientCompleted(self, id: id, request: entry.request, result: result)
-            case .completeControl(let id, let result):
-                trace.add(14); trace.add(id)
-                guard let entry = pendingControls.removeValue(forKey: id) else {
-                    fail(.invariant, "control command \(id) completed twice or never submitted")
-                    continue
-                }
-                note(.controlDone(id, result))
-                for c in checkers { c.controlCompleted(self, id: id, command: entry.command, result: result) }
-                scenario.controlCompleted(self, id: id, command: entry.command, result: result)
-            case .armTimer(let timer, let at):
-                trace.add(15); trace.add(at)
-                nextToken += 1
-                timerTokens[timer] = nextToken
-                seq += 1
-                queue.push(ScheduledEvent(time: max(at, now), seq: seq, kind: .timer(timer, token: nextToken, epoch: epoch)))
-            case .log(let text):
-                record("core: \(text)")
-                if keepTraceLog { traceLog.append(text) }
-            }
+    public func performMemberIO(_ io: MemberIORequest) {
+        if traceSink != nil { record("io \(io.id): \(io)") }
+        trace.add(10); trace.add(io.id.rawValue); trace.add(UInt64(io.member.rawValue)); trace.add(io.offsetBytes)
+        switch io.kind {
+        case .read(let b): trace.add(UInt64(b.count))
+        case .write(let b, let fua): trace.add(b); trace.add(fua ? 1 : 0)
+        case .flush: trace.add(12)
         }
+        schedule(io.id)
+    }
+
+    public func armTimer(_ timer: TimerID, at deadline: Nanoseconds, token: UInt64) {
+        trace.add(15); trace.add(deadline)
+        seq += 1
+        queue.push(ScheduledEvent(time: max(deadline, now), seq: seq, kind: .timer(timer, token: Int(token), epoch: epoch)))
+    }
+
+    public func clientCompleted(_ id: RequestID, request: ClientRequest, context: Void, result: ClientResult) {
+        trace.add(13); trace.add(id.rawValue)
+        switch result {
+        case .data(let d): trace.add(d)
+        case .done: trace.add(0)
+        case .failed(let e): trace.add(UInt64(e.description.utf8.count) + 1000)
+        }
+        note(.clientDone(id, result))
+        for c in checkers { c.clientCompleted(self, id: id, request: request, result: result) }
+        scenario.clientCompleted(self, id: id, request: request, result: result)
+    }
+
+    public func controlCompleted(_ id: RequestID, command: ControlCommand, context: Void, result: ControlResult) {
+        trace.add(14); trace.add(id.rawValue)
+        note(.controlDone(id, result))
+        for c in checkers { c.controlCompleted(self, id: id, command: command, result: result) }
+        scenario.controlCompleted(self, id: id, command: command, result: result)
+    }
+
+    public func log(_ level: CoreLogLevel, _ text: String) {
+        record("core: \(text)")
+        if keepTraceLog { traceLog.append(text) }
     }
 
     func resultText(_ r: ClientResult) -> String {
@@ -528,13 +522,6 @@ public final class Simulation: LivenessSubject {
         case .failed(let e): return "failed (\(e))"
         }
     }
-
-    enum PendingIO {
-        case read(member: Int, offset: Int, length: Int)
-        case write(member: Int, offset: Int, data: [UInt8], fua: Bool)
-        case flush(member: Int)
-    }
-    var pendingIO: [MemberIOID: PendingIO] = [:]
 
     /// Draws the I/O's latency (with the occasional stall) and queues its completion.
     func schedule(_ id: MemberIOID) {
@@ -547,44 +534,49 @@ public final class Simulation: LivenessSubject {
         queue.push(ScheduledEvent(time: now + latency, seq: seq, kind: .ioComplete(id, epoch: epoch)))
     }
 
+    /// Performs the I/O on its member now (with the profile's faults) and tells the driver.
     func completeIO(_ id: MemberIOID) {
-        guard let io = pendingIO.removeValue(forKey: id) else { return }
-        inFlightWrites[id] = nil
-        let result: MemberIOResult
-        switch io {
-        case .read(let m, let offset, let length):
-            if !faultsHealed && faults.readErrorChance > 0 && isDataArea(m, offset) && canSpoil(m) && faultRandom.chance(faults.readErrorChance) {
+        guard let io = driver.memberIOsInFlight[id] else { preconditionFailure("completion scheduled for unknown member I/O \(id)") }
+        let m = io.member.rawValue
+        let member = members[m]
+        let mayFault = !faultsHealed && !io.purpose.isMetadata && io.purpose != .clientFlush
+        var result: MemberIOResult = .success
+        switch io.kind {
+        case .read(let buffer):
+            if mayFault && faults.readErrorChance > 0 && canSpoil(m) && faultRandom.chance(faults.readErrorChance) {
                 // A latent bad sector: reads of it fail until it is rewritten.
-                members[m].badSectors.insert(offset / 512 + faultRandom.below(max(1, length / 512)))
+                member.badSectors.insert(Int(io.offsetBytes) / 512 + faultRandom.below(max(1, buffer.count / 512)))
                 count("injected bad sectors")
-                result = .failure
-            } else if let bytes = members[m].read(offset: offset, length: length) {
-                result = .success(bytes)
+                result = .failure(.io)
             } else {
-                result = .failure
+                let raw = UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count)
+                do throws(MemberIOError) {
+                    try member.read(at: io.offsetBytes, into: [raw], purpose: io.purpose)
+                } catch {
+                    result = .failure(error)
+                }
             }
-        case .write(let m, let offset, let data, let fua):
-            if !faultsHealed && faults.writeErrorChance > 0 && memberFailuresAllowed > 0 && !members[m].dead
-                && isDataArea(m, offset) && canSpoil(m) && faultRandom.chance(faults.writeErrorChance)
+        case .write(let buffer, let fua):
+            if mayFault && faults.writeErrorChance > 0 && memberFailuresAllowed > 0 && !member.dead && canSpoil(m)
+                && faultRandom.chance(faults.writeErrorChance)
             {
                 // A write error kills the member for good (md fails it).
                 count("injected member deaths")
-                members[m].dead = true
+                member.dead = true
                 memberFailuresAllowed -= 1
-                result = .failure
-            } else {
-                result = members[m].write(offset: offset, data: data, fua: fua) ? .success([]) : .failure
+                result = .failure(.io)
+            } else if !member.write(offset: Int(io.offsetBytes), data: buffer.bytes, fua: fua) {
+                result = .failure(.io)
             }
-        case .flush(let m):
-            result = members[m].flush() ? .success([]) : .failure
+        case .flush:
+            if !member.flush() { result = .failure(.io) }
         }
-        if traceSink != nil { record("io \(id) done: \(result == .failure ? "FAILED" : "ok")") }
-        trace.add(20); trace.add(id); trace.add(now)
-        if case .success(let d) = result { trace.add(d) } else { trace.add(0xdead) }
-        apply(core.handle(.memberIOCompleted(id, result), now: now))
+        if traceSink != nil { record("io \(id) done: \(result == .success ? "ok" : "FAILED")") }
+        trace.add(20); trace.add(id.rawValue); trace.add(now)
+        if case .read(let buffer) = io.kind, result == .success { trace.add(buffer) } else if result != .success { trace.add(0xdead) }
+        driver.memberIOCompleted(id, result: result, now: now)
+        memberIOObserver?(self, io, result)
     }
-
-    func isDataArea(_ m: Int, _ offset: Int) -> Bool { offset >= 48 * 512 }
 
     /// Faults never take more members out of service (failed, missing, rebuilding, dead, or
     /// holding unreadable sectors) than the level tolerates: past that, losing data would be
@@ -620,31 +612,29 @@ public final class Simulation: LivenessSubject {
     public func crash() {
         record("CRASH")
         trace.add(30); trace.add(now)
+        let inFlight = driver.inFlightMemberIOs
         for (m, member) in members.enumerated() {
-            // In I/O order: dictionary order is not deterministic.
-            let writes = inFlightWrites.keys.sorted().compactMap { id -> (offset: Int, data: [UInt8])? in
-                let w = inFlightWrites[id]!
-                return w.member == m ? (w.offset, w.data) : nil
+            // In I/O order (the driver's table is a dictionary; its order decides nothing).
+            let writes = inFlight.compactMap { io -> (offset: Int, data: [UInt8])? in
+                guard io.member.rawValue == m, case .write(let buffer, _) = io.kind else { return nil }
+                return (Int(io.offsetBytes), buffer.bytes)
             }
             member.crash(inFlightWrites: writes, random: &faultRandom)
         }
         epoch += 1
-        pendingIO.removeAll()
-        inFlightWrites.removeAll()
-        timerTokens.removeAll()
+        driver.abandon()
         for c in checkers { c.crashed(self) }
-        pendingClients.removeAll()
-        pendingControls.removeAll()
     }
 
     /// Assembles a new core from the members' bytes, exactly as from real files.
     public func restart() throws {
-        let inputs = members.enumerated().compactMap { (i, m) -> CoreMemberInput? in m.dead ? nil : m.probe() }
+        let inputs = members.compactMap { m -> MemberMetadata? in m.dead ? nil : m.probe() }
         let assembly = try CoreAssembly(members: inputs)
-        core = try RaidCore(assembly: assembly, config: coreConfig, variant: variant, now: now)
+        let core = try RaidCore(assembly: assembly, config: coreConfig, variant: variant, now: now)
+        driver = CoreDriver(core: core, shell: self, firstRequestID: driver.upcomingRequestID, now: now)
         record("RESTART: assembled from member bytes, \(core.isClean ? "clean" : "dirty")")
         trace.add(31)
-        apply(core.start(now: now))
+        driver.start(now: now)
         for c in checkers { c.restarted(self) }
     }
 
@@ -689,11 +679,8 @@ public final class Simulation: LivenessSubject {
     func failureReport() -> [String] {
         var lines = ["seed \(seed), scenario \(scenario.name), faults \(faults.name), array: \(shape)", "workload: \(scenario.progress)"]
         lines.append("state: array_state \(attribute("array_state")), sync_action \(attribute("sync_action")), sync_completed \(attribute("sync_completed")), stripe_cache_active \(attribute("stripe_cache_active")), parked \(core.parkedForStripe)")
-        for (id, entry) in pendingClients.sorted(by: { $0.key < $1.key }).prefix(10) {
-            lines.append("waiting: client \(id) \(entry.request) since \(formatTime(entry.since))")
-        }
-        for (id, entry) in pendingControls.sorted(by: { $0.key < $1.key }).prefix(10) {
-            lines.append("waiting: control \(id) '\(entry.command)' since \(formatTime(entry.since))")
+        for (what, since) in driver.unanswered.prefix(20) {
+            lines.append("waiting: \(what) since \(formatTime(since))")
         }
         lines.append("last events:")
         lines += recentEvents.suffix(25).map { "  " + $0 }

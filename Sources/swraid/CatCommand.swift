@@ -38,9 +38,9 @@ struct Cat: ParsableCommand {
             }
             // Compare files, not spellings: `./m1.img` truncated would destroy member m1.img.
             if let path = output, let target = MemberFile.identity(path),
-                let member = array.members.first(where: { MemberFile.identity($0.path) == target })
+                let member = array.members.first(where: { MemberFile.identity($0.name) == target })
             {
-                throw CommandFailure(message: "--output \(path) is member \(member.path); refusing to overwrite it")
+                throw CommandFailure(message: "--output \(path) is member \(member.name); refusing to overwrite it")
             }
             let sink = try OutputSink(path: output)
             defer { sink.close() }

@@ -24,7 +24,7 @@ struct Check: ParsableCommand {
                 for (role, sector) in report.located {
                     let member = array.plan.memberForRole[role].map { array.members[$0] }
                     let device = member.map { " (device sector \($0.superblock.dataOffsetSectors + sector))" } ?? ""
-                    print("  role \(role) \(member?.path ?? "?"): 4K block at data sector \(sector)\(device) disagrees with the others")
+                    print("  role \(role) \(member?.name ?? "?"): 4K block at data sector \(sector)\(device) disagrees with the others")
                 }
             }
             if report.mismatchSectors != 0 { throw ExitCode(2) }

@@ -4,35 +4,22 @@ import Testing
 
 @testable import RaidCore
 
-/// Drives a core by hand: member I/O waits in a list until the test lets it complete, so tests
-/// can look at the state in between (write-pending, parked requests, a stop waiting).
-final class Harness {
-    let core: RaidCore
-    let members: [SimMember]
-    var now: Nanoseconds = 0
-    var pendingIO: [CoreAction] = []
-    var timers: [TimerID: Nanoseconds] = [:]
-    var clientResults: [RequestID: ClientResult] = [:]
-    var controlResults: [RequestID: ControlResult] = [:]
-    var issued: [CoreAction] = []
-    var nextID: RequestID = 1
-    var failingMembers: Set<Int> = []
-    /// Members whose writes (only) fail.
-    var failingWrites: Set<Int> = []
+/// The core stepped by hand (`SteppedArray`, the test double that ships with the simulator),
+/// on arrays made the way `swraid create` makes them.
+typealias Harness = SteppedArray
 
-    init(_ shape: SimArrayShape, config: CoreConfig = CoreConfig(), dirty: Bool = false) throws {
-        members = try Simulation.makeMembers(shape)
+extension SteppedArray {
+    convenience init(_ shape: SimArrayShape, config: CoreConfig = CoreConfig(), dirty: Bool = false) throws {
+        let members = try Simulation.makeMembers(shape)
         if dirty {
             // As after a crash: every superblock says writes may have been in flight.
             for m in members {
                 var sb = m.probe()!.superblock
                 sb.resyncOffsetSectors = 0
-                _ = m.write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
+                m.write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
             }
         }
-        let assembly = try CoreAssembly(members: members.compactMap { $0.probe() })
-        core = try RaidCore(assembly: assembly, config: config)
-        apply(core.start(now: 0))
+        try self.init(members: members, config: config)
     }
 
     static func raid5(_ n: Int = 4, bitmap: Bool = false, spares: Int = 0, cache: Int = 256, rows: UInt64 = 8) throws -> Harness {
@@ -45,114 +32,42 @@ final class Harness {
         try Harness(SimArrayShape(level: .raid6, layout: .leftSymmetric, raidDisks: n, chunkKiB: 8, rows: 8, bitmap: false, spares: 0, stripeCacheSize: 256))
     }
 
-    func apply(_ actions: [CoreAction]) {
-        for a in actions {
-            switch a {
-            case .memberRead, .memberWrite, .memberFlush:
-                pendingIO.append(a)
-                issued.append(a)
-            case .completeClient(let id, let r): clientResults[id] = r
-            case .completeControl(let id, let r): controlResults[id] = r
-            case .armTimer(let t, let at): timers[t] = at
-            case .log: break
-            }
-        }
-    }
-
-    @discardableResult
-    func submit(_ r: ClientRequest) -> RequestID {
-        let id = nextID
-        nextID += 1
-        apply(core.handle(.client(id, r), now: now))
-        return id
-    }
-
-    @discardableResult
-    func control(_ c: ControlCommand) -> RequestID {
-        let id = nextID
-        nextID += 1
-        apply(core.handle(.control(id, c), now: now))
-        return id
-    }
-
-    @discardableResult
-    func set(_ attribute: String, _ value: String) -> RequestID { control(.set(attribute: attribute, value: value)) }
-
-    /// Completes the oldest pending member I/O (in issue order).
-    func completeOne() {
-        let a = pendingIO.removeFirst()
-        now += 10_000
-        switch a {
-        case .memberRead(let id, let m, let offset, let length):
-            let bytes = failingMembers.contains(m) ? nil : members[m].read(offset: Int(offset), length: length)
-            apply(core.handle(.memberIOCompleted(id, bytes.map { .success($0) } ?? .failure), now: now))
-        case .memberWrite(let id, let m, let offset, let data, let fua):
-            let ok = !failingMembers.contains(m) && !failingWrites.contains(m) && members[m].write(offset: Int(offset), data: data, fua: fua)
-            apply(core.handle(.memberIOCompleted(id, ok ? .success([]) : .failure), now: now))
-        case .memberFlush(let id, let m):
-            let ok = !failingMembers.contains(m) && members[m].flush()
-            apply(core.handle(.memberIOCompleted(id, ok ? .success([]) : .failure), now: now))
-        default: break
-        }
-    }
-
-    /// Completes member I/O until none is left (bounded).
-    func settle(limit: Int = 100_000) {
-        var n = 0
-        while !pendingIO.isEmpty && n < limit {
-            completeOne()
-            n += 1
-        }
-        precondition(n < limit, "the core keeps issuing I/O")
-    }
-
-    /// Advances time to the next armed timer and fires it.
-    func fireNextTimer(_ timer: TimerID) {
-        guard let at = timers.removeValue(forKey: timer) else { return }
-        now = max(now, at)
-        apply(core.handle(.timerFired(timer), now: now))
-    }
-
-    func data(_ id: RequestID) -> [UInt8]? {
-        if case .data(let d)? = clientResults[id] { return d }
-        return nil
-    }
-
-    func superblock(_ m: Int) -> MDSuperblock1 { members[m].probe()!.superblock }
+    func fireNextTimer(_ timer: TimerID) { fireTimer(timer) }
 }
 
 func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }
+func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
 
 @Suite struct ArrayStateTests {
     @Test func cleanDirtyCleanAsMdDoes() throws {
         let h = try Harness.raid5()
-        #expect(h.core.arrayState == "read-auto")
+        #expect(h.core.arrayState == .readAuto)
         let events = h.core.events
-        let w = h.submit(.write(offsetBytes: 0, data: bytes(4096, 1), fua: false))
+        let w = h.submit(.write(offsetBytes: 0, data: buf(4096, 1), fua: false))
         // The first write after clean marks the array dirty on disk before any data is written.
-        #expect(h.core.arrayState == "write-pending")
-        let firstDataWrite = h.issued.firstIndex { if case .memberWrite(_, _, let o, _, _) = $0 { return o >= 48 * 512 } else { return false } }
+        #expect(h.core.arrayState == .writePending)
+        let firstDataWrite = h.issued.firstIndex { $0.isWrite && $0.purpose == .data }
         #expect(firstDataWrite == nil)
         // md writes superblocks with a preflush: every member is flushed first, then written.
-        let flushes = h.pendingIO.filter { if case .memberFlush = $0 { return true } else { return false } }
+        let flushes = h.pendingIO.filter { if case .flush = $0.kind { return $0.purpose == .metadataBarrier } else { return false } }
         #expect(flushes.count == 4)
         for _ in 0..<4 { h.completeOne() }
-        let superblockWrites = h.pendingIO.filter { if case .memberWrite(_, _, let o, _, let fua) = $0 { return o == 4096 && fua } else { return false } }
+        let superblockWrites = h.pendingIO.filter { if case .write(_, let fua) = $0.kind { return $0.offsetBytes == 4096 && fua && $0.purpose == .superblock } else { return false } }
         #expect(superblockWrites.count == 4)
         h.settle()
         #expect(h.clientResults[w] == .done)
-        #expect(h.core.arrayState == "active")
+        #expect(h.core.arrayState == .active)
         #expect(h.core.events == events + 1)
         #expect(h.superblock(0).resyncOffsetSectors == 0)
         // No writes for safe_mode_delay: clean again, and md's event roll-back applies.
         h.fireNextTimer(.safeMode)
         h.settle()
-        #expect(h.core.arrayState == "clean")
+        #expect(h.core.arrayState == .clean)
         #expect(h.superblock(2).isClean)
         // md never rolls events back to 1 or below, so the first cycle ends 2 up...
         #expect(h.core.events == events + 2)
         // ...and from then on a pure dirty/clean cycle takes its bump back.
-        h.submit(.write(offsetBytes: 0, data: bytes(4096, 2), fua: false))
+        h.submit(.write(offsetBytes: 0, data: buf(4096, 2), fua: false))
         h.settle()
         #expect(h.core.events == events + 3)
         h.fireNextTimer(.safeMode)
@@ -163,32 +78,32 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
 
     @Test func activeIdleWhileWritesHoldTheArrayDirty() throws {
         let h = try Harness.raid5()
-        h.submit(.write(offsetBytes: 0, data: bytes(4096, 1), fua: false))
+        h.submit(.write(offsetBytes: 0, data: buf(4096, 1), fua: false))
         h.settle()
-        let second = h.submit(.write(offsetBytes: 8192, data: bytes(4096, 2), fua: false))
+        let second = h.submit(.write(offsetBytes: 8192, data: buf(4096, 2), fua: false))
         h.fireNextTimer(.safeMode)
         // Safe mode fired but a write is in flight: md shows active-idle until it can go clean.
-        #expect(h.core.arrayState == "active-idle")
+        #expect(h.core.arrayState == .activeIdle)
         h.settle()
         #expect(h.clientResults[second] == .done)
         h.fireNextTimer(.safeMode)
         h.settle()
-        #expect(h.core.arrayState == "clean")
+        #expect(h.core.arrayState == .clean)
     }
 
     @Test func dirtyArrayResyncsThenGoesClean() throws {
         let h = try Harness(SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: false, spares: 0, stripeCacheSize: 64), dirty: true)
-        #expect(h.core.arrayState == "read-auto")
+        #expect(h.core.arrayState == .readAuto)
         #expect(h.core.attribute("resync_start") == "0")
         // Pending resyncs wait while read-auto; leaving it starts one.
-        #expect(h.core.syncAction == "idle")
+        #expect(h.core.syncAction == .idle)
         h.set("sync_action", "idle")
-        #expect(h.core.syncAction == "resync")
+        #expect(h.core.syncAction == .resync)
         h.settle()
         #expect(h.core.attribute("resync_start") == "none")
         h.fireNextTimer(.safeMode)
         h.settle()
-        #expect(h.core.arrayState == "clean")
+        #expect(h.core.arrayState == .clean)
         #expect(h.superblock(0).isClean)
     }
 
@@ -202,14 +117,14 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         #expect(h.controlResults[active] == nil)  // answered when the dirty superblock lands
         h.settle()
         #expect(h.controlResults[active] == .done)
-        #expect(h.core.arrayState == "active")
+        #expect(h.core.arrayState == .active)
         let clean = h.set("array_state", "clean")
         h.settle()
         #expect(h.controlResults[clean] == .done)
-        #expect(h.core.arrayState == "clean")
+        #expect(h.core.arrayState == .clean)
         let ro = h.set("array_state", "readonly")
         #expect(h.controlResults[ro] == .done)
-        let w = h.submit(.write(offsetBytes: 0, data: bytes(512, 1), fua: false))
+        let w = h.submit(.write(offsetBytes: 0, data: buf(512, 1), fua: false))
         #expect(h.clientResults[w] == .failed(.readOnly))
     }
 }
@@ -218,13 +133,13 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
     @Test func writeReadRoundTripAndBadRequests() throws {
         let h = try Harness.raid6()
         let data = bytes(12288, 7)
-        h.submit(.write(offsetBytes: 4096, data: data, fua: false))
+        h.submit(.write(offsetBytes: 4096, data: IOBuffer(data), fua: false))
         h.settle()
         let r = h.submit(.read(offsetBytes: 4096, length: 12288))
         h.settle()
         #expect(h.data(r) == data)
         let size = h.core.geometry.arraySectors * 512
-        for bad: ClientRequest in [.read(offsetBytes: size, length: 512), .read(offsetBytes: 100, length: 512), .write(offsetBytes: size - 512, data: bytes(1024, 1), fua: false)] {
+        for bad: ClientRequest in [.read(offsetBytes: size, length: 512), .read(offsetBytes: 100, length: 512), .write(offsetBytes: size - 512, data: buf(1024, 1), fua: false)] {
             let id = h.submit(bad)
             guard case .failed(.invalid)? = h.clientResults[id] else { Issue.record("\(bad) accepted"); continue }
         }
@@ -233,8 +148,8 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
     @Test func fuaWritesAreDurableAtCompletionAndFlushMakesTheRestDurable() throws {
         let h = try Harness.raid5()
         let size = h.core.geometry.chunkBytes
-        h.submit(.write(offsetBytes: 0, data: bytes(size, 3), fua: true))
-        h.submit(.write(offsetBytes: UInt64(size), data: bytes(size, 4), fua: false))
+        h.submit(.write(offsetBytes: 0, data: buf(size, 3), fua: true))
+        h.submit(.write(offsetBytes: UInt64(size), data: buf(size, 4), fua: false))
         h.settle()
         let dataOffset = 48 * 512
         // Chunk 0 is on member 0 and chunk 1 on member 1 in left-symmetric row 0.
@@ -252,12 +167,24 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         let rowBytes = UInt64(h.core.geometry.rowDataSectors * 512)
         func offset(_ i: Int) -> UInt64 { UInt64(i / 2) * rowBytes + UInt64(i % 2) * 4096 }
         var ids: [RequestID] = []
-        for i in 0..<40 { ids.append(h.submit(.write(offsetBytes: offset(i), data: bytes(4096, UInt8(i)), fua: false))) }
-        #expect(h.core.parkedForStripe > 0)
+        for i in 0..<40 { ids.append(h.submit(.write(offsetBytes: offset(i), data: buf(4096, UInt8(i)), fua: false))) }
+        #expect(h.core.parkedForStripe == 40 - 17)
         #expect(h.core.stripeCacheActive == 17)
         #expect(h.core.attribute("stripe_cache_active") == "17")
-        h.settle()
+        // Complete I/O oldest first and record the order in which the requests finish: a parked
+        // request gets a stripe only after every request parked before it (md's strict FIFO).
+        var finished: [RequestID] = []
+        while !h.pendingIO.isEmpty {
+            h.completeOne()
+            for id in ids where h.clientResults[id] != nil && !finished.contains(id) { finished.append(id) }
+        }
         #expect(ids.allSatisfy { h.clientResults[$0] == .done })
+        #expect(finished == ids, "requests finished out of arrival order: \(finished)")
+        // Each stripe's first data write went out in arrival order too.
+        let firstWriteOrder = h.issued.filter { $0.isWrite && $0.purpose == .data }.map(\.offsetBytes)
+        var seen: [UInt64] = []
+        for o in firstWriteOrder where !seen.contains(o) { seen.append(o) }
+        #expect(seen == seen.sorted() && seen.count == 40)
         #expect(h.core.parkedForStripe == 0)
         for i in [0, 17, 39] {
             let r = h.submit(.read(offsetBytes: offset(i), length: 4096))
@@ -266,13 +193,13 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         }
         let bad = h.set("stripe_cache_size", "16")
         guard case .failed(.invalid)? = h.controlResults[bad] else { Issue.record("16 accepted"); return }
-        #expect(h.controlResults[h.set("stripe_cache_size", "512")] == .done)
+        #expect(h.controlResult(h.set("stripe_cache_size", "512")) == .done)
         #expect(h.core.attribute("stripe_cache_size") == "512")
     }
 
     @Test func readErrorIsRebuiltRewrittenAndVerified() throws {
         let h = try Harness.raid5()
-        h.submit(.write(offsetBytes: 0, data: bytes(8192, 9), fua: false))
+        h.submit(.write(offsetBytes: 0, data: buf(8192, 9), fua: false))
         h.settle()
         h.members[0].badSectors.insert(48 + 3)
         let r = h.submit(.read(offsetBytes: 0, length: 8192))
@@ -286,7 +213,7 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
     @Test func writeErrorFailsTheMemberAndTheArrayCarriesOn() throws {
         let h = try Harness.raid5()
         h.failingMembers = [2]
-        let w = h.submit(.write(offsetBytes: 0, data: bytes(65536, 5), fua: false))
+        let w = h.submit(.write(offsetBytes: 0, data: buf(65536, 5), fua: false))
         h.settle()
         #expect(h.clientResults[w] == .done)
         #expect(h.core.degradedCount == 1)
@@ -298,47 +225,65 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         #expect(h.data(r) == bytes(65536, 5))
         // A second failure is beyond RAID5's redundancy: the array is broken, requests fail.
         h.failingWrites = [0]
-        let w2 = h.submit(.write(offsetBytes: 0, data: bytes(4096, 6), fua: false))
+        let w2 = h.submit(.write(offsetBytes: 0, data: buf(4096, 6), fua: false))
         h.settle()
         #expect(h.clientResults[w2] == .failed(.io))
-        #expect(h.core.arrayState == "broken", "roles \(h.core.memberRoles)")
+        #expect(h.core.arrayState == .broken, "roles \(h.core.memberRoles)")
         let after = h.submit(.read(offsetBytes: 0, length: 512))
         #expect(h.clientResults[after] == .failed(.io))
     }
 
     @Test func bitmapBitIsOnDiskBeforeTheDataWrite() throws {
         let h = try Harness.raid5(bitmap: true)
-        h.submit(.write(offsetBytes: 0, data: bytes(4096, 1), fua: false))
+        // At the moment each data or parity write is issued, every member's durable bitmap area
+        // (what survives a power loss) must already have the bit of its region set.
+        var writesSeen = 0
+        var bitDurableAtEachWrite: [Bool] = []
+        h.onIssue = { io in
+            guard io.isWrite, io.purpose == .data || io.purpose == .parity else { return }
+            writesSeen += 1
+            let durableEverywhere = h.members.prefix(4).allSatisfy { m in
+                let sb = try! MDSuperblock1(decoding: Array(m.durable[4096..<8192]))
+                let start = Int(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
+                return MDBitmapSuperblock.isBitSet(Array(m.durable[start..<(start + 4096)]), bit: 0)
+            }
+            bitDurableAtEachWrite.append(durableEverywhere)
+        }
+        let w = h.submit(.write(offsetBytes: 0, data: buf(4096, 1), fua: false))
+        // Nothing of the write goes out before the bitmap: pre-reads may, writes may not.
+        #expect(h.pendingIO.allSatisfy { !$0.isWrite || $0.purpose.isMetadata })
         h.settle()
-        let bitmapWrite = h.issued.lastIndex { if case .memberWrite(_, _, let o, _, _) = $0 { return o == 16 * 512 } else { return false } }
-        let dataWrite = h.issued.firstIndex { if case .memberWrite(_, _, let o, _, _) = $0 { return o >= 48 * 512 } else { return false } }
-        #expect(bitmapWrite != nil && dataWrite != nil)
-        // Bits on disk: the member's bitmap area has bit 0 set.
-        let area = h.members[0].probe()!.bitmapArea!
-        #expect(MDBitmapSuperblock.isBitSet(area, bit: 0))
+        #expect(h.clientResults[w] == .done)
+        #expect(writesSeen >= 2, "a data and a parity write")
+        #expect(bitDurableAtEachWrite.allSatisfy { $0 }, "\(bitDurableAtEachWrite)")
+        // And in issue order: the bitmap write that set the bit completed before the first data
+        // write was issued.
+        let bitmapDone = h.history.firstIndex { $0.completed && $0.io.purpose == .bitmap && $0.io.isWrite }
+        let firstData = h.history.firstIndex { !$0.completed && $0.io.purpose == .data && $0.io.isWrite }
+        #expect(bitmapDone != nil && firstData != nil && bitmapDone! < firstData!)
     }
 }
 
 @Suite struct SyncActionTests {
     @Test func checkCountsMismatchesAndRepairFixesThem() throws {
         let h = try Harness.raid6()
-        h.submit(.write(offsetBytes: 0, data: bytes(Int(h.core.geometry.arraySectors * 512), 2), fua: false))
+        h.submit(.write(offsetBytes: 0, data: buf(Int(h.core.geometry.arraySectors * 512), 2), fua: false))
         h.settle()
         // Corrupt P of row 0 in two 4 KiB blocks and Q of row 1 in one.
         let g = h.core.geometry
         func corrupt(role: Int, row: UInt64, block: UInt64) {
-            let m = h.core.memberRoles.firstIndex(of: .active(slot: role))!
+            let m = h.core.member(inSlot: Role(role))!.rawValue
             h.members[m].corrupt(offset: Int((48 + row * g.chunkSectors + block * 8) * 512) + 100, length: 1, xor: 0x40)
         }
         corrupt(role: g.stripeRow(0).pDisk, row: 0, block: 0)
         corrupt(role: g.stripeRow(0).pDisk, row: 0, block: 1)
         corrupt(role: g.stripeRow(1).qDisk!, row: 1, block: 0)
-        #expect(h.controlResults[h.set("sync_action", "check")] == .done)
-        #expect(h.core.syncAction == "check")
+        #expect(h.controlResult(h.set("sync_action", "check")) == .done)
+        #expect(h.core.syncAction == .check)
         let busy = h.set("sync_action", "repair")
         guard case .failed(.busy)? = h.controlResults[busy] else { Issue.record("repair during check accepted"); return }
         h.settle()
-        #expect(h.core.syncAction == "idle")
+        #expect(h.core.syncAction == .idle)
         #expect(h.core.mismatchCount == 24)
         h.set("sync_action", "repair")
         h.settle()
@@ -359,7 +304,7 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         #expect(h.core.pendingStopRequests == 1)
         h.settle()
         #expect(h.controlResults[idle] == .done)
-        #expect(h.core.syncAction == "idle")
+        #expect(h.core.syncAction == .idle)
         let resumeAt = UInt64(h.core.attribute("sync_min")!)!
         #expect(resumeAt > 0)
         #expect(h.core.syncsStarted == 1 && h.core.syncsReaped == 1)
@@ -376,24 +321,30 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         let frozen = h.set("sync_action", "frozen")
         h.settle()
         #expect(h.controlResults[frozen] == .done)
-        #expect(h.core.syncAction == "frozen")
-        #expect(h.controlResults[h.set("sync_action", "idle")] == .done)
-        #expect(h.core.syncAction == "idle")
+        #expect(h.core.syncAction == .frozen)
+        #expect(h.controlResult(h.set("sync_action", "idle")) == .done)
+        #expect(h.core.syncAction == .idle)
         #expect(h.core.attribute("sync_completed") == "none")
     }
 
     @Test func spareIsRebuiltAutomatically() throws {
         let h = try Harness.raid5(spares: 1)
         let content = bytes(Int(h.core.geometry.arraySectors * 512), 4)
-        h.submit(.write(offsetBytes: 0, data: content, fua: false))
+        h.submit(.write(offsetBytes: 0, data: IOBuffer(content), fua: false))
         h.settle()
-        #expect(h.controlResults[h.control(.fail(role: 1))] != nil || true)
+        let fail = h.control(.fail(MemberIndex(1)))
+        // Answered once the superblocks record the failure, not before.
+        #expect(h.controlResults[fail] == nil)
+        #expect(h.core.memberRoles[1] == .faulty)
         h.settle()
-        #expect(h.core.memberRoles[4] == .active(slot: 1))
+        #expect(h.controlResults[fail] == .done)
+        #expect(h.superblock(0).role(ofDevNumber: 1) == .faulty)
+        #expect(h.core.memberRoles[4] == .active(slot: Role(1)))
         #expect(h.core.degradedCount == 0)
-        #expect(h.core.recoveryOffset(member: 4) == nil)
+        #expect(h.core.recoveryOffset(member: MemberIndex(4)) == nil)
+        #expect(h.superblock(4).role == .active(slot: 1))
         // The rebuilt member holds the data: fail another one and read everything.
-        h.control(.fail(role: 0))
+        h.control(.fail(MemberIndex(0)))
         h.settle()
         let r = h.submit(.read(offsetBytes: 0, length: content.count))
         h.settle()
@@ -405,9 +356,9 @@ func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingI
         #expect(h.core.attribute("safe_mode_delay") == "0.200")
         #expect(h.core.attribute("sync_speed_min") == "1000 (system)")
         #expect(h.core.attribute("sync_speed_max") == "200000 (system)")
-        #expect(h.controlResults[h.set("sync_speed_max", "5000")] == .done)
+        #expect(h.controlResult(h.set("sync_speed_max", "5000")) == .done)
         #expect(h.core.attribute("sync_speed_max") == "5000 (local)")
-        #expect(h.controlResults[h.set("safe_mode_delay", "0.05")] == .done)
+        #expect(h.controlResult(h.set("safe_mode_delay", "0.05")) == .done)
         #expect(h.core.attribute("safe_mode_delay") == "0.050")
         #expect(h.core.attribute("stripe_cache_size") == "256")
         #expect(h.core.attribute("mismatch_cnt") == "0")

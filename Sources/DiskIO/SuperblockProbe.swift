@@ -1,16 +1,4 @@
-import DiskIO
 import MDFormat
-
-/// A member's superblock as found on disk, with where it was and how large the device is.
-public struct ProbedMember: Sendable {
-    public let path: String
-    public let superblock: MDSuperblock1
-    public let deviceSizeSectors: UInt64
-    /// The bitmap header, when feature bit 0 says there is one and it could be read.
-    public let bitmap: MDBitmapSuperblock?
-    /// The bitmap area (header and bits) as read, for counting dirty bits.
-    public let bitmapArea: [UInt8]?
-}
 
 public enum ProbeError: Error, CustomStringConvertible, Equatable {
     case noSuperblock(path: String)
@@ -30,23 +18,28 @@ public enum ProbeError: Error, CustomStringConvertible, Equatable {
     }
 }
 
+/// The one superblock probe (v1.0, v1.1, v1.2), on any member device: files, block devices,
+/// simulated members and fault-injecting wrappers all go through it.
 public enum SuperblockProbe {
-    /// Finds and validates the v1.x superblock of `file`, trying the 1.2, 1.1 and 1.0 locations
-    /// and keeping, like mdadm, the valid one with the newest creation time. A superblock whose
-    /// magic matches but which fails validation is reported with the reason, unless another
-    /// location holds a valid one.
-    public static func probe(_ file: MemberFile, validate: Bool = true) throws -> ProbedMember {
+    /// Finds and validates the v1.x superblock of `device`, trying the 1.2, 1.1 and 1.0
+    /// locations and keeping, like mdadm, the valid one with the newest creation time. A
+    /// superblock whose magic matches but which fails validation is reported with the reason,
+    /// unless another location holds a valid one.
+    public static func probe(_ device: MemberDevice, validate: Bool = true) throws(ProbeError) -> MemberMetadata {
+        let path = device.name
+        func read(_ offset: UInt64, _ count: Int) throws(ProbeError) -> [UInt8] {
+            do { return try device.read(at: offset, count: count, purpose: .superblock) } catch { throw ProbeError.io(.io(path: path, error)) }
+        }
         let sizeBytes: UInt64
-        do { sizeBytes = try file.sizeBytes() } catch let e as DiskIOError { throw ProbeError.io(e) }
+        do { sizeBytes = try device.sizeBytes() } catch { throw ProbeError.io(.io(path: path, error)) }
         let sizeSectors = sizeBytes / 512
-        guard sizeSectors >= 24 else { throw ProbeError.tooSmall(path: file.path, sizeBytes: sizeBytes) }
+        guard sizeSectors >= 24 else { throw ProbeError.tooSmall(path: path, sizeBytes: sizeBytes) }
         var best: MDSuperblock1? = nil
         var firstError: MDFormatError? = nil
         for version in [MDMetadataVersion.v1_2, .v1_1, .v1_0] {
             guard let at = version.superblockOffsetSectors(deviceSizeSectors: sizeSectors) else { continue }
             let count = Int(min(UInt64(MDSuperblock1.readBytes), sizeBytes - at * 512))
-            let bytes: [UInt8]
-            do { bytes = try file.read(at: at * 512, count: count) } catch let e as DiskIOError { throw ProbeError.io(e) }
+            let bytes = try read(at * 512, count)
             guard bytes.count >= 4, bytes.le32At(0) == MDSuperblock1.magicValue else { continue }
             do {
                 let sb = try MDSuperblock1(decoding: bytes)
@@ -57,29 +50,28 @@ public enum SuperblockProbe {
                 }
                 // mdadm keeps the newest by ctime when several locations hold one.
                 if best == nil || sb.ctimeSeconds > best!.ctimeSeconds { best = sb }
-            } catch let e as MDFormatError {
-                if firstError == nil { firstError = e }
+            } catch {
+                if firstError == nil { firstError = (error as? MDFormatError) ?? .invalidField("\(error)") }
             }
         }
         guard let sb = best else {
-            if let e = firstError { throw ProbeError.invalid(path: file.path, e) }
-            throw ProbeError.noSuperblock(path: file.path)
+            if let e = firstError { throw ProbeError.invalid(path: path, e) }
+            throw ProbeError.noSuperblock(path: path)
         }
         var bitmap: MDBitmapSuperblock? = nil
         var area: [UInt8]? = nil
         if sb.featureMap.contains(.bitmapOffset) {
             let start = Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)
             if start >= 0, UInt64(start) * 512 + 256 <= sizeBytes {
-                let b = try? file.read(at: UInt64(start) * 512, count: MDBitmapSuperblock.headerBytes)
+                let b = try? device.read(at: UInt64(start) * 512, count: MDBitmapSuperblock.headerBytes, purpose: .bitmap)
                 if let b, let header = try? MDBitmapSuperblock(decoding: b) {
                     bitmap = header
                     let want = min(UInt64(header.usedBytes), sizeBytes - UInt64(start) * 512)
-                    area = try? file.read(at: UInt64(start) * 512, count: Int(want))
+                    area = try? device.read(at: UInt64(start) * 512, count: Int(want), purpose: .bitmap)
                 }
             }
         }
-        return ProbedMember(
-            path: file.path, superblock: sb, deviceSizeSectors: sizeSectors, bitmap: bitmap, bitmapArea: area)
+        return MemberMetadata(name: path, superblock: sb, deviceSizeSectors: sizeSectors, bitmap: bitmap, bitmapArea: area)
     }
 }
 
@@ -87,19 +79,19 @@ extension SuperblockProbe {
     /// Describes any md metadata on `file`: a readable v1.x superblock, md's magic at a v1.x
     /// location whose superblock cannot be decoded, or a v0.90 superblock. nil when there is
     /// none. `create` refuses to overwrite any of these without `--force`, as mdadm does.
-    public static func existingMetadata(_ file: MemberFile) -> String? {
+    public static func existingMetadata(_ device: MemberDevice) -> String? {
         let problem: String
         do {
-            let sb = try probe(file, validate: false).superblock
+            let sb = try probe(device, validate: false).superblock
             return "raid\(sb.level) array \(formatMDUUID(sb.setUUID)) '\(sb.setName)', \(sb.role)"
         } catch {
             // A damaged superblock still marks the device as an md member.
             problem = "\(error)"
         }
-        guard let sizeBytes = try? file.sizeBytes() else { return nil }
+        guard let sizeBytes = try? device.sizeBytes() else { return nil }
         let sizeSectors = sizeBytes / 512
         func magicAt(_ sector: UInt64) -> Bool {
-            guard sector * 512 + 4 <= sizeBytes, let b = try? file.read(at: sector * 512, count: 4) else { return false }
+            guard sector * 512 + 4 <= sizeBytes, let b = try? device.read(at: sector * 512, count: 4, purpose: .superblock) else { return false }
             let value = b.le32At(0)
             return value == MDSuperblock1.magicValue || value.byteSwapped == MDSuperblock1.magicValue
         }

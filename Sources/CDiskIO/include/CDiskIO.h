@@ -1,0 +1,23 @@
+// Linux system calls and constants Swift's Glibc module does not expose (they sit behind
+// _GNU_SOURCE or in kernel headers). Thin wrappers only; the logic is in DiskIO.
+#ifndef SWRAID_CDISKIO_H
+#define SWRAID_CDISKIO_H
+
+#include <stdint.h>
+#include <sys/types.h>
+#include <sys/uio.h>
+
+/// O_DIRECT for open(2).
+int swraid_o_direct(void);
+
+/// The most iovecs one preadv/pwritev takes.
+int swraid_iov_max(void);
+
+/// pwritev2(2) with RWF_DSYNC: the write is durable when it returns (a FUA write). Returns -1
+/// with errno EOPNOTSUPP/ENOSYS/EINVAL where the kernel or file system lacks it.
+ssize_t swraid_pwritev_dsync(int fd, const struct iovec *iov, int iovcnt, off_t offset);
+
+/// The size of the block device open on fd (BLKGETSIZE64); -1 with errno on failure.
+int swraid_block_device_size(int fd, uint64_t *size);
+
+#endif

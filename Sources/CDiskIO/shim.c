@@ -1,0 +1,26 @@
+#define _GNU_SOURCE
+#include "CDiskIO.h"
+
+#include <errno.h>
+#include <fcntl.h>
+#include <limits.h>
+#include <linux/fs.h>
+#include <sys/ioctl.h>
+#include <sys/uio.h>
+
+int swraid_o_direct(void) { return O_DIRECT; }
+
+int swraid_iov_max(void) { return IOV_MAX; }
+
+ssize_t swraid_pwritev_dsync(int fd, const struct iovec *iov, int iovcnt, off_t offset) {
+#ifdef RWF_DSYNC
+    return pwritev2(fd, iov, iovcnt, offset, RWF_DSYNC);
+#else
+    errno = EOPNOTSUPP;
+    return -1;
+#endif
+}
+
+int swraid_block_device_size(int fd, uint64_t *size) {
+    return ioctl(fd, BLKGETSIZE64, size);
+}

@@ -1,0 +1,48 @@
+import MDFormat
+
+/// A member of an array as the layers above see it: a file, a block device, a simulated disk, or
+/// a wrapper that injects faults. Offsets are absolute bytes on the device. Every call says what
+/// the I/O is for (`purpose`), and a failure carries its errno.
+///
+/// Vectored calls move the buffers' bytes to or from one contiguous range of the device, in
+/// order (a plugged, merged request, as the block layer would make of consecutive stripes).
+public protocol MemberDevice: AnyObject {
+    /// How the device was named (its path, for files).
+    var name: String { get }
+    func sizeBytes() throws(MemberIOError) -> UInt64
+    /// Fills every buffer, in order, from `offsetBytes` on; a read past the end is an error.
+    func read(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer], purpose: MemberIOPurpose) throws(MemberIOError)
+    /// Writes every buffer, in order, from `offsetBytes` on. `fua`: durable when this returns.
+    func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError)
+    /// Makes every write completed so far durable.
+    func flush(purpose: MemberIOPurpose) throws(MemberIOError)
+    func close()
+}
+
+extension MemberDevice {
+    public func read(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer, purpose: MemberIOPurpose) throws(MemberIOError) {
+        try read(at: offsetBytes, into: [buffer], purpose: purpose)
+    }
+
+    public func read(at offsetBytes: UInt64, count: Int, purpose: MemberIOPurpose) throws(MemberIOError) -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: count)
+        var failure: MemberIOError?
+        out.withUnsafeMutableBytes { raw in
+            do throws(MemberIOError) { try read(at: offsetBytes, into: [raw], purpose: purpose) } catch { failure = error }
+        }
+        if let failure { throw failure }
+        return out
+    }
+
+    public func write(at offsetBytes: UInt64, from buffer: UnsafeRawBufferPointer, fua: Bool = false, purpose: MemberIOPurpose) throws(MemberIOError) {
+        try write(at: offsetBytes, from: [buffer], fua: fua, purpose: purpose)
+    }
+
+    public func write(at offsetBytes: UInt64, bytes: [UInt8], fua: Bool = false, purpose: MemberIOPurpose) throws(MemberIOError) {
+        var failure: MemberIOError?
+        bytes.withUnsafeBytes { raw in
+            do throws(MemberIOError) { try write(at: offsetBytes, from: [raw], fua: fua, purpose: purpose) } catch { failure = error }
+        }
+        if let failure { throw failure }
+    }
+}

@@ -1,0 +1,192 @@
+import DequeModule
+
+/// What a shell supplies to a `CoreDriver` (design.md §4.1): it performs member I/O and timers
+/// and hears about completions. The driver calls these on its owner (one thread or event loop)
+/// and never from inside `RaidCore.handle`.
+public protocol CoreShell: AnyObject {
+    /// What the shell keeps with each client request until its completion (a callback, a
+    /// promise, nothing).
+    associatedtype ClientContext
+    associatedtype ControlContext
+
+    /// Starts `io`; its end is reported with `CoreDriver.memberIOCompleted`.
+    func performMemberIO(_ io: MemberIORequest)
+    /// Fires `timer` at `deadline` by calling `CoreDriver.timerFired(_:token:now:)` with
+    /// `token`. Arming a timer again replaces the earlier deadline (the driver ignores a fire
+    /// whose token is not the latest, so a shell need not cancel).
+    func armTimer(_ timer: TimerID, at deadline: Nanoseconds, token: UInt64)
+    func clientCompleted(_ id: RequestID, request: ClientRequest, context: ClientContext, result: ClientResult)
+    func controlCompleted(_ id: RequestID, command: ControlCommand, context: ControlContext, result: ControlResult)
+    func log(_ level: CoreLogLevel, _ text: String)
+    /// Every action of the events handed to the driver so far has been dispatched: the place to
+    /// submit member I/O the shell batched (md's unplug).
+    func actionsDispatched()
+}
+
+extension CoreShell {
+    public func actionsDispatched() {}
+}
+
+/// The one driver every shell uses: it keeps the tables of pending client requests, control
+/// commands, member I/Os and timers, hands each of the core's actions to the shell, feeds
+/// results back, and asserts (always, in release builds too) that every request and command
+/// gets exactly one completion and every member I/O exactly one result.
+///
+/// Dispatch is a loop over a queue, not recursion: a shell that submits a new request from a
+/// completion callback gets its actions queued behind the current ones.
+public final class CoreDriver<Shell: CoreShell> {
+    public let core: RaidCore
+    public unowned let shell: Shell
+
+    public struct PendingClient {
+        public let request: ClientRequest
+        public let since: Nanoseconds
+        public let context: Shell.ClientContext
+    }
+
+    public struct PendingControl {
+        public let command: ControlCommand
+        public let since: Nanoseconds
+        public let context: Shell.ControlContext
+    }
+
+    public private(set) var pendingClients: [RequestID: PendingClient] = [:]
+    public private(set) var pendingControls: [RequestID: PendingControl] = [:]
+    public private(set) var memberIOsInFlight: [MemberIOID: MemberIORequest] = [:]
+    /// Bytes of member I/O in flight (reads and writes).
+    public private(set) var memberIOBytesInFlight = 0
+    /// Armed timers: deadline and the token of the latest arm.
+    public private(set) var timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] = [:]
+    public private(set) var isAbandoned = false
+    public private(set) var now: Nanoseconds
+    var nextRequestID: UInt64
+    var nextTimerToken: UInt64 = 0
+    var queue = Deque<CoreAction>()
+    var dispatching = false
+
+    /// `firstRequestID`: where request numbering starts (a shell that replaces its driver, as
+    /// the simulator does after a crash, keeps IDs unique across drivers).
+    public init(core: RaidCore, shell: Shell, firstRequestID: UInt64 = 1, now: Nanoseconds = 0) {
+        self.core = core
+        self.shell = shell
+        self.nextRequestID = firstRequestID
+        self.now = now
+    }
+
+    /// The next ID `submit` or `control` will use.
+    public var upcomingRequestID: UInt64 { nextRequestID }
+
+    /// An ID no request will get: for a shell that answers a request itself (a command that did
+    /// not parse) and wants it numbered with the rest.
+    public func reserveRequestID() -> RequestID {
+        defer { nextRequestID += 1 }
+        return RequestID(nextRequestID)
+    }
+
+    public func start(now: Nanoseconds) {
+        advance(to: now)
+        feed(core.start(now: now))
+    }
+
+    /// Hands a client request to the core; its completion comes through the shell (possibly
+    /// before this returns, when the driver is not already dispatching).
+    @discardableResult
+    public func submit(_ request: ClientRequest, context: Shell.ClientContext, now: Nanoseconds) -> RequestID {
+        precondition(!isAbandoned, "request submitted to an abandoned driver")
+        advance(to: now)
+        let id = RequestID(nextRequestID)
+        nextRequestID += 1
+        pendingClients[id] = PendingClient(request: request, since: now, context: context)
+        feed(core.handle(.client(id, request), now: now))
+        return id
+    }
+
+    @discardableResult
+    public func control(_ command: ControlCommand, context: Shell.ControlContext, now: Nanoseconds) -> RequestID {
+        precondition(!isAbandoned, "command submitted to an abandoned driver")
+        advance(to: now)
+        let id = RequestID(nextRequestID)
+        nextRequestID += 1
+        pendingControls[id] = PendingControl(command: command, since: now, context: context)
+        feed(core.handle(.control(id, command), now: now))
+        return id
+    }
+
+    /// A member I/O the shell performed has ended.
+    public func memberIOCompleted(_ id: MemberIOID, result: MemberIOResult, now: Nanoseconds) {
+        guard !isAbandoned else { return }
+        guard let io = memberIOsInFlight.removeValue(forKey: id) else {
+            preconditionFailure("member I/O \(id) completed twice, or was never issued")
+        }
+        precondition(memberIOBytesInFlight >= io.byteCount, "member I/O byte accounting would go below zero")
+        memberIOBytesInFlight -= io.byteCount
+        advance(to: now)
+        feed(core.handle(.memberIOCompleted(id, result), now: now))
+    }
+
+    /// A timer the shell armed has fired. Returns false (and does nothing) when a later arm
+    /// replaced it.
+    @discardableResult
+    public func timerFired(_ timer: TimerID, token: UInt64, now: Nanoseconds) -> Bool {
+        guard !isAbandoned, let armed = timers[timer], armed.token == token else { return false }
+        timers[timer] = nil
+        advance(to: now)
+        feed(core.handle(.timerFired(timer), now: now))
+        return true
+    }
+
+    /// The core is gone (the simulator's power loss): nothing more is dispatched, results still
+    /// on their way are ignored.
+    public func abandon() {
+        isAbandoned = true
+        queue.removeAll()
+    }
+
+    /// Member I/Os in flight, oldest first.
+    public var inFlightMemberIOs: [MemberIORequest] { memberIOsInFlight.values.sorted { $0.id < $1.id } }
+
+    /// Requests and commands not answered yet, oldest first: a description and when each came.
+    public var unanswered: [(String, Nanoseconds)] {
+        pendingClients.sorted { $0.key < $1.key }.map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
+            + pendingControls.sorted { $0.key < $1.key }.map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
+    }
+
+    func advance(to time: Nanoseconds) {
+        precondition(time >= now, "time went backwards (\(time) < \(now))")
+        now = time
+    }
+
+    func feed(_ actions: [CoreAction]) {
+        queue.append(contentsOf: actions)
+        guard !dispatching else { return }
+        dispatching = true
+        defer { dispatching = false }
+        while !isAbandoned, let action = queue.popFirst() { dispatch(action) }
+        if !isAbandoned { shell.actionsDispatched() }
+    }
+
+    func dispatch(_ action: CoreAction) {
+        switch action {
+        case .memberIO(let io):
+            precondition(memberIOsInFlight.updateValue(io, forKey: io.id) == nil, "member I/O \(io.id) issued twice")
+            memberIOBytesInFlight += io.byteCount
+            shell.performMemberIO(io)
+        case .completeClient(let id, let result):
+            guard let pending = pendingClients.removeValue(forKey: id) else {
+                preconditionFailure("client request \(id) completed twice, or was never submitted")
+            }
+            shell.clientCompleted(id, request: pending.request, context: pending.context, result: result)
+        case .completeControl(let id, let result):
+            guard let pending = pendingControls.removeValue(forKey: id) else {
+                preconditionFailure("control command \(id) completed twice, or was never submitted")
+            }
+            shell.controlCompleted(id, command: pending.command, context: pending.context, result: result)
+        case .armTimer(let timer, let deadline):
+            nextTimerToken += 1
+            timers[timer] = (deadline, nextTimerToken)
+            shell.armTimer(timer, at: deadline, token: nextTimerToken)
+        case .log(let level, let text):
+            shell.log(level, text)
+        }
+    }
+}

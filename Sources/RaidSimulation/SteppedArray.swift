@@ -1,0 +1,148 @@
+import DiskIO
+import MDFormat
+import RaidCore
+
+/// A test double that steps an array core by hand, as swift-nio ships `EmbeddedEventLoop`: the
+/// same `CoreDriver` every shell uses, over simulated members, where member I/O waits in a list
+/// until the test completes it and timers fire only when the test fires them. Tests look at the
+/// state in between (write-pending, parked requests, a stop waiting).
+public final class SteppedArray: CoreShell {
+    public typealias ClientContext = Void
+    public typealias ControlContext = Void
+
+    public let members: [SimMember]
+    public private(set) var driver: CoreDriver<SteppedArray>!
+    public var core: RaidCore { driver.core }
+    public var now: Nanoseconds = 0
+    /// Member I/O issued and not completed, in issue order.
+    public private(set) var pendingIO: [MemberIORequest] = []
+    /// Every member I/O issued, in order.
+    public private(set) var issued: [MemberIORequest] = []
+    /// Issues and completions in the order they happened.
+    public private(set) var history: [(io: MemberIORequest, completed: Bool)] = []
+    public private(set) var timers: [TimerID: (at: Nanoseconds, token: UInt64)] = [:]
+    public private(set) var clientResults: [RequestID: ClientResult] = [:]
+    public private(set) var controlResults: [RequestID: ControlResult] = [:]
+    public private(set) var logLines: [String] = []
+    /// Members whose I/O (all of it) fails.
+    public var failingMembers: Set<Int> = []
+    /// Members whose writes (only) fail.
+    public var failingWrites: Set<Int> = []
+    /// Called as each member I/O is issued (before it can complete).
+    public var onIssue: ((MemberIORequest) -> Void)?
+
+    public convenience init(members: [SimMember], config: CoreConfig = CoreConfig()) throws {
+        try self.init(members: members, config: config, variant: [])
+    }
+
+    package init(members: [SimMember], config: CoreConfig, variant: FaultyCoreVariant) throws {
+        self.members = members
+        let assembly = try CoreAssembly(members: members.compactMap { $0.probe() })
+        let core = try RaidCore(assembly: assembly, config: config, variant: variant, now: 0)
+        driver = CoreDriver(core: core, shell: self)
+        driver.start(now: 0)
+    }
+
+    // MARK: - CoreShell
+
+    public func performMemberIO(_ io: MemberIORequest) {
+        pendingIO.append(io)
+        issued.append(io)
+        history.append((io, false))
+        onIssue?(io)
+    }
+
+    public func armTimer(_ timer: TimerID, at deadline: Nanoseconds, token: UInt64) { timers[timer] = (deadline, token) }
+
+    public func clientCompleted(_ id: RequestID, request: ClientRequest, context: Void, result: ClientResult) {
+        precondition(clientResults[id] == nil)
+        clientResults[id] = result
+    }
+
+    public func controlCompleted(_ id: RequestID, command: ControlCommand, context: Void, result: ControlResult) {
+        precondition(controlResults[id] == nil)
+        controlResults[id] = result
+    }
+
+    public func log(_ level: CoreLogLevel, _ text: String) { logLines.append(text) }
+
+    // MARK: - stepping
+
+    @discardableResult
+    public func submit(_ request: ClientRequest) -> RequestID { driver.submit(request, context: (), now: now) }
+
+    @discardableResult
+    public func control(_ command: ControlCommand) -> RequestID { driver.control(command, context: (), now: now) }
+
+    /// `echo VALUE > md/NAME`, parsed as the control plane parses it (a parse error is answered
+    /// like a refused write, without reaching the core).
+    @discardableResult
+    public func set(_ attribute: String, _ value: String) -> RequestID {
+        do {
+            return control(try ControlCommand.parse(attribute: attribute, value: value))
+        } catch {
+            let id = driver.reserveRequestID()
+            controlResults[id] = .failed(error)
+            return id
+        }
+    }
+
+    /// Completes the pending member I/O at `index` (the oldest by default) against the members.
+    public func completeOne(at index: Int = 0) {
+        let io = pendingIO.remove(at: index)
+        now += 10_000
+        let m = io.member.rawValue
+        let member = members[m]
+        var result: MemberIOResult = .success
+        switch io.kind {
+        case .read(let buffer):
+            if failingMembers.contains(m) {
+                result = .failure(.io)
+            } else {
+                do throws(MemberIOError) {
+                    try member.read(at: io.offsetBytes, into: [UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count)], purpose: io.purpose)
+                } catch {
+                    result = .failure(error)
+                }
+            }
+        case .write(let buffer, let fua):
+            if failingMembers.contains(m) || failingWrites.contains(m) || !member.write(offset: Int(io.offsetBytes), data: buffer.bytes, fua: fua) {
+                result = .failure(.io)
+            }
+        case .flush:
+            if failingMembers.contains(m) || !member.flush() { result = .failure(.io) }
+        }
+        history.append((io, true))
+        driver.memberIOCompleted(io.id, result: result, now: now)
+    }
+
+    /// Completes member I/O, oldest first, until none is left (bounded).
+    public func settle(limit: Int = 1_000_000) {
+        var n = 0
+        while !pendingIO.isEmpty && n < limit {
+            completeOne()
+            n += 1
+        }
+        precondition(n < limit, "the core keeps issuing I/O")
+    }
+
+    /// Advances time to the timer's deadline and fires it (if armed).
+    public func fireTimer(_ timer: TimerID) {
+        guard let armed = timers.removeValue(forKey: timer) else { return }
+        now = max(now, armed.at)
+        driver.timerFired(timer, token: armed.token, now: now)
+    }
+
+    /// The answer to a command (nil while it waits). A function, so that
+    /// `h.controlResult(h.set(...))` runs the command before it looks.
+    public func controlResult(_ id: RequestID) -> ControlResult? { controlResults[id] }
+
+    public func clientResult(_ id: RequestID) -> ClientResult? { clientResults[id] }
+
+    public func data(_ id: RequestID) -> [UInt8]? {
+        if case .data(let d)? = clientResults[id] { return d.bytes }
+        return nil
+    }
+
+    public func superblock(_ m: Int) -> MDSuperblock1 { members[m].probe()!.superblock }
+}

@@ -20,12 +20,17 @@ let package = Package(
         .library(name: "RaidMath", targets: ["RaidMath"]),
         .library(name: "MDFormat", targets: ["MDFormat"]),
         .library(name: "MDOffline", targets: ["MDOffline"]),
+        .library(name: "RaidCore", targets: ["RaidCore"]),
+        .library(name: "DiskIO", targets: ["DiskIO"]),
+        .library(name: "RaidEngine", targets: ["RaidEngine"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
         .package(url: "https://github.com/apple/swift-system", from: "1.4.0"),
         .package(url: "https://github.com/x-sheep/swift-property-based.git", from: "2.0.0"),
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
+        .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
     ],
     targets: [
         // Pure layers: no I/O, no clock, no randomness.
@@ -56,11 +61,22 @@ let package = Package(
         .target(name: "CDiskIO"),
         // Offline assembly (read-only streaming) and array creation on real members.
         .target(name: "MDOffline", dependencies: ["RaidMath", "MDFormat", "RaidCore", "DiskIO"], swiftSettings: optimizedInDebug),
+        // The production shell: the core on an event loop, member I/O on a thread pool.
+        .target(
+            name: "RaidEngine",
+            dependencies: [
+                "RaidCore", "MDFormat", "DiskIO", "MDOffline",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
+            ]),
         .executableTarget(
             name: "swraid",
             dependencies: [
-                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation",
+                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
             ],
             swiftSettings: optimizedInDebug),
         .target(name: "TestSupport", dependencies: ["MDFormat"], path: "Tests/TestSupport", swiftSettings: optimizedInDebug),
@@ -72,6 +88,8 @@ let package = Package(
         .testTarget(name: "RaidSimulationTests", dependencies: ["RaidSimulation", "RaidCore", "MDFormat"]),
         .testTarget(name: "MDOfflineTests", dependencies: ["MDOffline", "MDFormat", "DiskIO", "TestSupport"]),
         .testTarget(name: "CLITests", dependencies: ["swraid", "MDOffline", "TestSupport"]),
+        .testTarget(name: "RaidEngineTests", dependencies: ["RaidEngine", "RaidCore", "RaidMath", "DiskIO", "MDOffline", "MDFormat", "TestSupport"]),
+        .testTarget(name: "DiskIOTests", dependencies: ["DiskIO", "MDFormat", "RaidCore"]),
     ],
     swiftLanguageModes: [.v6]
 )

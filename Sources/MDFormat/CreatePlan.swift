@@ -102,6 +102,10 @@ public enum CreateError: Error, Equatable, CustomStringConvertible {
     case invalidBitmapChunk(UInt64)
     case bitmapDoesNotFit(bits: Int, roomSectors: UInt64)
     case invalidName(String)
+    /// `add`: every device number of the roles table is taken.
+    case noFreeDeviceNumber(maxDev: UInt32)
+    /// `add`: the new device cannot hold the array's member data.
+    case spareTooSmall(haveSectors: UInt64, needSectors: UInt64)
 
     public var description: String {
         switch self {
@@ -117,6 +121,8 @@ public enum CreateError: Error, Equatable, CustomStringConvertible {
         case .bitmapDoesNotFit(let bits, let room):
             return "a bitmap of \(bits) bits does not fit in \(room) sectors: use a larger --bitmap-chunk"
         case .invalidName(let what): return what
+        case .noFreeDeviceNumber(let maxDev): return "no free device number: the roles table holds \(maxDev) devices"
+        case .spareTooSmall(let have, let need): return "the new device is too small: \(have) sectors, need at least \(need)"
         }
     }
 }
@@ -286,5 +292,49 @@ public struct CreatePlan: Sendable {
         self.superblocks = superblocks
         self.bitmap = bitmap
         self.bitmapAreaBytes = bitmapArea
+    }
+}
+
+extension MDSuperblock1 {
+    /// The superblock `mdadm --add` writes on a new device joining this array as a spare: the
+    /// array's fields from `template` (a current member's superblock), this device's own number,
+    /// UUID, size and placement (the same data offset; for v1.0 the superblock at the device's
+    /// end with the same room after the data as the template keeps), role spare.
+    public static func spare(
+        from template: MDSuperblock1, devNumber: UInt32, deviceUUID: [UInt8], deviceSizeSectors: UInt64, events: UInt64,
+        timeSeconds: UInt64
+    ) throws -> MDSuperblock1 {
+        guard devNumber < template.maxDev else { throw CreateError.noFreeDeviceNumber(maxDev: template.maxDev) }
+        var sb = template
+        sb.devNumber = devNumber
+        sb.deviceUUID = deviceUUID
+        sb.events = events
+        sb.utime = timeSeconds & MDSuperblock1.timeSecondsMask
+        sb.recoveryOffsetSectors = 0
+        sb.cntCorrectedRead = 0
+        sb.featureMap = template.featureMap.subtracting([.recoveryOffset, .recoveryBitmap])
+        switch template.metadataVersion {
+        case .v1_1, .v1_2:
+            guard deviceSizeSectors > template.dataOffsetSectors else {
+                throw CreateError.spareTooSmall(haveSectors: deviceSizeSectors, needSectors: template.dataOffsetSectors + template.sizeSectors)
+            }
+            sb.dataSizeSectors = deviceSizeSectors - template.dataOffsetSectors
+        case .v1_0:
+            let tail = template.superOffsetSectors - (template.dataOffsetSectors + template.dataSizeSectors)
+            guard let at = MDMetadataVersion.v1_0.superblockOffsetSectors(deviceSizeSectors: deviceSizeSectors),
+                at > tail + template.dataOffsetSectors
+            else {
+                throw CreateError.spareTooSmall(haveSectors: deviceSizeSectors, needSectors: template.sizeSectors + tail + 16)
+            }
+            sb.superOffsetSectors = at
+            sb.dataSizeSectors = at - tail - template.dataOffsetSectors
+        }
+        guard sb.dataSizeSectors >= template.sizeSectors else {
+            throw CreateError.spareTooSmall(haveSectors: deviceSizeSectors, needSectors: deviceSizeSectors - sb.dataSizeSectors + template.sizeSectors)
+        }
+        var roles = template.devRoles
+        if Int(devNumber) < roles.count { roles[Int(devNumber)] = MDRole.spareValue }
+        sb.devRoles = roles
+        return sb.withValidChecksum()
     }
 }

@@ -99,7 +99,7 @@ public final class ArrayCreator {
             }
             defer { files.forEach { $0.close() } }
             for (i, file) in files.enumerated() {
-                try writeMetadata(file, superblock: plan.superblocks[i], bitmapArea: plan.bitmapAreaBytes)
+                try MemberMetadataWriter.write(file, superblock: plan.superblocks[i], bitmapArea: plan.bitmapAreaBytes)
                 try file.sync()
             }
             if !options.assumeClean {
@@ -117,36 +117,12 @@ public final class ArrayCreator {
                 for (i, file) in files.enumerated() {
                     var sb = plan.superblocks[i]
                     sb.resyncOffsetSectors = maxSector
-                    try writeMetadata(file, superblock: sb.withValidChecksum(), bitmapArea: cleanBitmap.map(Array.init), withBadBlockLog: false)
+                    try MemberMetadataWriter.write(file, superblock: sb.withValidChecksum(), bitmapArea: cleanBitmap.map(Array.init), withBadBlockLog: false)
                     try file.sync()
                 }
             }
         } catch let e as DiskIOError {
             throw CreatorError.io(e)
-        }
-    }
-
-    private func writeMetadata(
-        _ file: MemberFile, superblock sb: MDSuperblock1, bitmapArea: [UInt8]?, withBadBlockLog: Bool = true
-    ) throws {
-        let sizeSectors = try file.size() / 512
-        // Clear superblocks of other metadata versions so no older array shadows this one.
-        for version in [MDMetadataVersion.v1_0, .v1_1] {
-            guard let at = version.superblockOffsetSectors(deviceSizeSectors: sizeSectors), at != sb.superOffsetSectors,
-                at * 512 + 4 <= sizeSectors * 512
-            else { continue }
-            if try file.read(at: at * 512, count: 4) == [0xfc, 0x4e, 0x2b, 0xa9] {
-                try file.write(at: at * 512, bytes: [UInt8](repeating: 0, count: 4096))
-            }
-        }
-        try file.write(at: sb.superOffsetSectors * 512, bytes: sb.encode())
-        if let area = bitmapArea {
-            let start = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors))
-            try file.write(at: start * 512, bytes: area)
-        }
-        if withBadBlockLog && sb.bblogSizeSectors > 0 {
-            let start = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bblogOffsetSectors))
-            try file.write(at: start * 512, bytes: [UInt8](repeating: 0xFF, count: Int(sb.bblogSizeSectors) * 512))
         }
     }
 
@@ -181,6 +157,41 @@ public final class ArrayCreator {
             }
             // As /proc/mdstat counts a resync: per member, not per array.
             progress?((row + 1) * g.chunkSectors, g.memberDataSectors)
+        }
+    }
+}
+
+/// Writes a member's md metadata: the superblock (clearing superblocks of other v1.x versions so
+/// no older array shadows it), the bitmap area, an empty bad-block log. Used by `create` and
+/// by `add` (a new spare's superblock).
+public enum MemberMetadataWriter {
+    public static func write(
+        _ device: MemberDevice, superblock sb: MDSuperblock1, bitmapArea: [UInt8]?, withBadBlockLog: Bool = true
+    ) throws(DiskIOError) {
+        let path = device.name
+        func run(_ body: () throws(MemberIOError) -> Void) throws(DiskIOError) {
+            do { try body() } catch { throw DiskIOError.io(path: path, error) }
+        }
+        var sizeSectors: UInt64 = 0
+        try run { () throws(MemberIOError) in sizeSectors = try device.sizeBytes() / 512 }
+        for version in [MDMetadataVersion.v1_0, .v1_1, .v1_2] {
+            guard let at = version.superblockOffsetSectors(deviceSizeSectors: sizeSectors), at != sb.superOffsetSectors,
+                at * 512 + 4096 <= sizeSectors * 512
+            else { continue }
+            var magic: [UInt8] = []
+            try run { () throws(MemberIOError) in magic = try device.read(at: at * 512, count: 4, purpose: .superblock) }
+            if magic == [0xfc, 0x4e, 0x2b, 0xa9] {
+                try run { () throws(MemberIOError) in try device.write(at: at * 512, bytes: [UInt8](repeating: 0, count: 4096), purpose: .superblock) }
+            }
+        }
+        try run { () throws(MemberIOError) in try device.write(at: sb.superOffsetSectors * 512, bytes: sb.encode(), purpose: .superblock) }
+        if let area = bitmapArea {
+            let start = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors))
+            try run { () throws(MemberIOError) in try device.write(at: start * 512, bytes: area, purpose: .bitmap) }
+        }
+        if withBadBlockLog && sb.bblogSizeSectors > 0 {
+            let start = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bblogOffsetSectors))
+            try run { () throws(MemberIOError) in try device.write(at: start * 512, bytes: [UInt8](repeating: 0xFF, count: Int(sb.bblogSizeSectors) * 512), purpose: .superblock) }
         }
     }
 }

@@ -655,4 +655,7 @@ public struct CoreCounters: Sendable, Equatable {
     public var degradedWrites = 0
     public var bitmapWrites = 0
     public var rebuiltBlocks = 0
+    /// Stripe units a resync, recovery, check or repair has finished (a bitmap-guided resync
+    /// counts only the dirty regions it visited).
+    public var syncUnitsDone = 0
 }

@@ -113,7 +113,7 @@ extension RaidCore {
         var bitmapGuided = false
         switch kind {
         case .resync:
-            if let bitmap, bitmap.anyResyncPending, sync.recoveryCheckpointSectors == maxSector || sync.recoveryCheckpointSectors == 0 {
+            if resyncIsBitmapGuided {
                 bitmapGuided = true
             } else {
                 startSector = sync.recoveryCheckpointSectors == maxSector ? 0 : sync.recoveryCheckpointSectors
@@ -134,6 +134,21 @@ extension RaidCore {
         sync.rateWindowSectors = 0
         log(.info, "\(kind.rawValue) started at sector \(startUnit * unitSectors) of \(sync.totalSectors)")
         pumpSync()
+    }
+
+    /// A resync owed now would visit only the regions whose bitmap bits are set (the array has a
+    /// bitmap, some bits say "resync", and no plain resync position overrides them).
+    var resyncIsBitmapGuided: Bool {
+        guard let bitmap, bitmap.anyResyncPending else { return false }
+        return sync.recoveryCheckpointSectors == maxSector || sync.recoveryCheckpointSectors == 0
+    }
+
+    /// Whether the metadata vouches for the parity of the stripe at member sector `sector`: no
+    /// resync owed now would touch it, so it must already be consistent. What a checker holds
+    /// the members' bytes to after a crash.
+    public func metadataVouchesForParity(memberSector sector: UInt64) -> Bool {
+        if resyncIsBitmapGuided { return !bitmap!.needsResync(memberSector: sector) }
+        return sector < sync.recoveryCheckpointSectors
     }
 
     /// Hands sync units to stripes, within the window and the speed limits. Re-entrant calls
@@ -295,6 +310,7 @@ extension RaidCore {
         if !abandoned {
             sync.running!.finishedAhead.insert(unit.unit)
             sync.rateWindowSectors += unitSectors
+            counters.syncUnitsDone += 1
         }
         advanceWatermark(&sync.running!)
         if now - sync.rateWindowStart > 3 * nanosPerSecond {

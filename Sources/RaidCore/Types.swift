@@ -230,6 +230,7 @@ public enum CoreStartMode: Sendable, Equatable {
 
 public struct CoreConfigError: Error, Equatable, Sendable, CustomStringConvertible {
     public let message: String
+    public init(message: String) { self.message = message }
     public var description: String { message }
 }
 

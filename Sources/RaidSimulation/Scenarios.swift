@@ -352,7 +352,10 @@ public final class RebuildScenario: SimScenario {
 }
 
 /// Power fails in the middle of a workload; the array is assembled again from the members'
-/// bytes, resyncs, and every durable write must be there.
+/// bytes, resyncs, and every durable write must be there. Where the power fails is chosen to
+/// hit the clean/dirty protocol's windows, not only at random: right after a superblock or
+/// bitmap write lands on one member (the others still old), or right after a data or parity
+/// write lands while the array still reads write-pending (which a correct core never allows).
 public final class CrashScenario: SimScenario {
     public let name = "crash"
     var client: RandomClient!
@@ -360,6 +363,10 @@ public final class CrashScenario: SimScenario {
     var crashAt = 0
     var crashed = false
     var afterCrash: RandomClient?
+    /// Where the power fails.
+    enum Trigger { case afterRequests, afterMetadataWrite(count: Int), afterEarlyDataWrite }
+    var trigger = Trigger.afterRequests
+    var metadataWritesSeen = 0
 
     public init() {}
 
@@ -373,9 +380,36 @@ public final class CrashScenario: SimScenario {
         data = installCheckers(sim)
         client = RandomClient(total: 300, queueDepth: 1 + sim.random.below(8), hotRegionSectors: sim.core.geometry.rowDataSectors * 3)
         crashAt = 30 + sim.random.below(200)
+        switch sim.random.below(4) {
+        case 0: trigger = .afterMetadataWrite(count: 1 + sim.random.below(12))
+        case 1: trigger = .afterEarlyDataWrite
+        default: trigger = .afterRequests
+        }
+        if case .afterRequests = trigger {} else {
+            sim.memberIOObserver = { [unowned self] sim, io, result in self.observe(sim, io, result) }
+        }
         // No member may be out of service when the power fails (see spoilingAllowed).
         sim.spoilingAllowed = false
         client.fill(sim)
+    }
+
+    public var progress: String { "trigger \(trigger), crashed \(crashed), " + client.progress }
+
+    /// Fails the power right after chosen member I/O completions (and never after the workload:
+    /// the request-count trigger covers a crash that does not come).
+    func observe(_ sim: Simulation, _ io: MemberIORequest, _ result: MemberIOResult) {
+        guard !crashed, result == .success, io.isWrite else { return }
+        switch trigger {
+        case .afterMetadataWrite(let count):
+            guard io.purpose == .superblock || io.purpose == .bitmap else { return }
+            metadataWritesSeen += 1
+            if metadataWritesSeen == count { crashAndVerify(sim) }
+        case .afterEarlyDataWrite:
+            // A data or parity write on disk while the superblocks may still say clean.
+            if (io.purpose == .data || io.purpose == .parity) && sim.core.writePending { crashAndVerify(sim) }
+        case .afterRequests:
+            break
+        }
     }
 
     public func wake(_ sim: Simulation, tag: Int) {}
@@ -390,25 +424,32 @@ public final class CrashScenario: SimScenario {
         if crashed { return }
         client.completed(id)
         if client.issued >= crashAt {
-            crashed = true
-            sim.crash()
-            do {
-                try sim.restart()
-            } catch {
-                sim.fail(.durability, "the array does not assemble after the crash: \(error)")
-                return
-            }
-            guard let content = readWholeArray(sim) else {
-                if sim.failure == nil { sim.fail(.durability, "reading the array after the crash failed") }
-                return
-            }
-            data.verifyAfterRestart(sim, content: content)
-            let next = RandomClient(total: 100, queueDepth: 4, hotRegionSectors: sim.core.geometry.rowDataSectors * 3)
-            afterCrash = next
-            next.fill(sim)
+            crashAndVerify(sim)
             return
         }
         client.fill(sim)
+    }
+
+    func crashAndVerify(_ sim: Simulation) {
+        crashed = true
+        sim.memberIOObserver = nil
+        sim.crash()
+        do {
+            try sim.restart()
+        } catch {
+            sim.fail(.durability, "the array does not assemble after the crash: \(error)")
+            return
+        }
+        MetadataTruthChecker.verify(sim)
+        guard sim.failure == nil else { return }
+        guard let content = readWholeArray(sim) else {
+            if sim.failure == nil { sim.fail(.durability, "reading the array after the crash failed") }
+            return
+        }
+        data.verifyAfterRestart(sim, content: content)
+        let next = RandomClient(total: 100, queueDepth: 4, hotRegionSectors: sim.core.geometry.rowDataSectors * 3)
+        afterCrash = next
+        next.fill(sim)
     }
 
     public var workloadDone: Bool { crashed ? (afterCrash?.finished ?? true) : client.finished }

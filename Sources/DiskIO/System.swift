@@ -1,0 +1,166 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+
+// Every system call the package makes outside member I/O: clocks, terminals, output files,
+// directories, child processes, the host name, dynamic libraries. The CLI and the engine call
+// these; nothing above DiskIO talks to the kernel directly.
+
+public enum Clock {
+    /// Monotonic nanoseconds (CLOCK_MONOTONIC): the engine's time and the CLI's stopwatch.
+    public static func monotonicNanoseconds() -> UInt64 {
+        var t = timespec()
+        clock_gettime(CLOCK_MONOTONIC, &t)
+        return UInt64(t.tv_sec) * 1_000_000_000 + UInt64(t.tv_nsec)
+    }
+
+    public static func monotonicSeconds() -> Double { Double(monotonicNanoseconds()) * 1e-9 }
+
+    /// Seconds since the epoch (superblock times).
+    public static func wallSeconds() -> UInt64 { UInt64(time(nil)) }
+}
+
+public enum Terminal {
+    public static let standardOutput: Int32 = 1
+    public static let standardError: Int32 = 2
+
+    public static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) != 0 }
+
+    /// Writes all of `text` to `fd` (standard error messages, progress lines).
+    public static func write(_ text: String, to fd: Int32) {
+        var t = text
+        t.withUTF8 { buffer in
+            var done = 0
+            while done < buffer.count {
+                let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
+                if n < 0 && errno == EINTR { continue }
+                if n <= 0 { return }
+                done += n
+            }
+        }
+    }
+}
+
+public struct SystemError: Error, CustomStringConvertible, Equatable {
+    public let message: String
+    public init(_ message: String) { self.message = message }
+    public var description: String { message }
+}
+
+/// A file being written from start to end (`swraid cat --output`), or standard output.
+public final class OutputFile {
+    public let path: String
+    private let fd: Int32
+    private let ownsDescriptor: Bool
+
+    /// Creates (or truncates) `path`, or writes to standard output when nil.
+    public init(path: String?) throws(SystemError) {
+        if let path {
+            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
+            guard fd >= 0 else { throw SystemError("\(path): cannot create: \(lastErrorText())") }
+            self.path = path
+            ownsDescriptor = true
+        } else {
+            fd = Terminal.standardOutput
+            self.path = "standard output"
+            ownsDescriptor = false
+        }
+    }
+
+    deinit { close() }
+
+    public func write(_ buffer: UnsafeRawBufferPointer) throws(SystemError) {
+        var done = 0
+        while done < buffer.count {
+            let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw SystemError("\(path): write failed: \(lastErrorText())")
+            }
+            done += n
+        }
+    }
+
+    /// Makes the file durable (nothing for standard output).
+    public func finish() throws(SystemError) {
+        if ownsDescriptor && fsync(fd) != 0 { throw SystemError("\(path): flush failed: \(lastErrorText())") }
+    }
+
+    private var closed = false
+    public func close() {
+        guard ownsDescriptor, !closed else { return }
+        closed = true
+        _ = Glibc.close(fd)
+    }
+}
+
+public enum FileSystem {
+    /// Creates `path` (fine if it exists already).
+    public static func makeDirectory(_ path: String) throws(SystemError) {
+        if mkdir(path, 0o755) != 0 && errno != EEXIST { throw SystemError("\(path): cannot create: \(lastErrorText())") }
+    }
+
+    /// A new directory under `parent` named `prefix` plus random characters.
+    public static func makeTemporaryDirectory(prefix: String, in parent: String = "/tmp") throws(SystemError) -> String {
+        var template = Array("\(parent)/\(prefix).XXXXXX".utf8CString)
+        guard let made = mkdtemp(&template) else { throw SystemError("cannot create a directory in \(parent): \(lastErrorText())") }
+        return String(cString: made)
+    }
+
+    public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
+    /// Finds `name` in the usual program directories.
+    public static func findProgram(_ name: String) -> String? {
+        for dir in ["/usr/sbin", "/sbin", "/usr/bin", "/bin", "/usr/local/bin"] where isExecutable("\(dir)/\(name)") {
+            return "\(dir)/\(name)"
+        }
+        return nil
+    }
+
+    /// The running program's own path.
+    public static func currentExecutablePath() -> String? {
+        var buffer = [CChar](repeating: 0, count: 4096)
+        let n = readlink("/proc/self/exe", &buffer, buffer.count - 1)
+        return n > 0 ? String(decoding: buffer[0..<n].map { UInt8(bitPattern: $0) }, as: UTF8.self) : nil
+    }
+}
+
+public enum ChildProcess {
+    /// Runs `argv` (argv[0] a path) with this process's standard streams; returns its exit
+    /// status (128 + signal when killed).
+    public static func run(_ argv: [String]) throws(SystemError) -> Int32 {
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        let rc = posix_spawn(&pid, argv[0], nil, nil, cArgs, environ)
+        guard rc == 0 else { throw SystemError("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
+    }
+}
+
+public enum Host {
+    /// gethostname(2), or nil.
+    public static func name() -> String? {
+        var buffer = [CChar](repeating: 0, count: 256)
+        guard gethostname(&buffer, buffer.count) == 0 else { return nil }
+        let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
+        return name.isEmpty ? nil : name
+    }
+
+    public static func processID() -> Int32 { getpid() }
+}
+
+/// A shared library opened at run time (ISA-L for the parity benchmark).
+public final class DynamicLibrary: @unchecked Sendable {
+    private let handle: UnsafeMutableRawPointer
+
+    /// The first of `names` that opens.
+    public init?(names: [String]) {
+        guard let h = names.lazy.compactMap({ dlopen($0, RTLD_NOW) }).first else { return nil }
+        handle = h
+    }
+
+    public func symbol(_ name: String) -> UnsafeMutableRawPointer? { dlsym(handle, name) }
+}

@@ -1,0 +1,516 @@
+import DiskIO
+import Logging
+import MDFormat
+import MDOffline
+import NIOCore
+import NIOPosix
+import RaidCore
+
+/// How an engine assembles and runs its array.
+public struct EngineOptions: Sendable {
+    /// The core's tunables. The engine starts arrays read-write (`startMode`), as mdadm's
+    /// assembly does: a needed resync or recovery begins at once.
+    public var config: CoreConfig
+    /// Serve read-only: nothing is written to the members, not even superblocks.
+    public var readOnly = false
+    /// Open members with O_DIRECT (bypass the page cache).
+    public var direct = false
+    /// Threads running member system calls (default: two per member, 4 to 32).
+    public var ioThreads: Int?
+    /// Assemble even a degraded array that was not shut down cleanly (mdadm's --force).
+    public var force = false
+    /// Take an exclusive lock on every member (design.md §4.3); a member another process holds
+    /// is refused.
+    public var lockMembers = true
+
+    public init() {
+        config = CoreConfig()
+        config.startMode = .readWrite
+    }
+}
+
+public enum EngineError: Error, CustomStringConvertible, Equatable {
+    case open(DiskIOError)
+    case probe(ProbeError)
+    case assembly(AssemblyError)
+    case config(CoreConfigError)
+    case member(String)
+    case busy(String)
+
+    public var description: String {
+        switch self {
+        case .open(let e): return e.description
+        case .probe(let e): return e.description
+        case .assembly(let e): return e.description
+        case .config(let e): return "invalid configuration: \(e)"
+        case .member(let why): return why
+        case .busy(let why): return why
+        }
+    }
+}
+
+/// The production shell (design.md §4): one serial owner, an event loop, runs the core through
+/// the shared `CoreDriver`; member system calls run on a bounded pool of threads and post their
+/// results back; timers use the loop's monotonic clock. Nothing here holds a lock around array
+/// state, and no call blocks the loop.
+///
+/// Every public method may be called from any thread or task: work hops onto the loop.
+/// Completion callbacks run on the loop.
+public final class RaidEngine: CoreShell, @unchecked Sendable {
+    public typealias ClientContext = @Sendable (ClientResult) -> Void
+    public typealias ControlContext = @Sendable (ControlResult) -> Void
+
+    public let eventLoop: EventLoop
+    /// The loop's group when the engine made its own (shut down with the engine).
+    let ownedGroup: MultiThreadedEventLoopGroup?
+    public let logger: Logger
+    public let geometry: RaidGeometry
+    /// md's set name (`host:name`) and UUID, from the superblocks.
+    public let arrayName: String
+    public let arrayUUID: [UInt8]
+    public let readOnly: Bool
+    /// Members assembly left out (stale, faulty), with the reason: mdadm's "kicking non-fresh".
+    public let leftOut: [(name: String, reason: ExclusionReason)]
+
+    var driver: CoreDriver<RaidEngine>!
+    /// By member index; a device stays in the table when its member is removed (indices are
+    /// stable), and is closed then.
+    var devices: [MemberDevice]
+    var pool: MemberIOPool!
+    let plug = IOPlug()
+    var plugged: [MemberIORequest] = []
+    /// While completions are being drained, member I/O waits in the plug for the whole batch.
+    var holdingPlug = false
+    var timerTasks: [TimerID: Scheduled<Void>] = [:]
+    let startUptimeNanos: UInt64
+    let mailbox = Mailbox()
+    var addInProgress = false
+    var closed = false
+    /// `waitForSync` callers, resumed once no sync runs (checked after every batch of actions).
+    var syncWaiters: [@Sendable () -> Void] = []
+
+    /// Set once the engine has stopped and its loop may be gone: calls answer without hopping.
+    let shutDown = Flag()
+    /// The array as it was when it stopped (what `snapshot` returns from then on).
+    var finalSnapshot: ArraySnapshot?
+
+    final class Flag: @unchecked Sendable {
+        let lock = ConditionLock()
+        var value = false
+        var isSet: Bool { lock.withLock { value } }
+        func set() { lock.withLock { value = true } }
+    }
+
+    /// Completions posted by the I/O threads, drained on the loop in batches.
+    final class Mailbox: @unchecked Sendable {
+        let lock = ConditionLock()
+        var results: [(MemberIOID, MemberIOResult)] = []
+    }
+
+    // MARK: - assembly
+
+    /// Opens the member files or block devices at `paths` and assembles the array from them by
+    /// md's rules. Opening and probing happen on the calling thread.
+    public static func assemble(paths: [String], options: EngineOptions = EngineOptions(), eventLoop: EventLoop? = nil, logger: Logger? = nil) throws(EngineError) -> RaidEngine {
+        var seen: [FileIdentity] = []
+        var devices: [MemberDevice] = []
+        for path in paths {
+            if let identity = MemberFile.identity(path) {
+                if seen.contains(identity) { throw EngineError.member("\(path) is named twice") }
+                seen.append(identity)
+            }
+            do {
+                let open = MemberOpenOptions(mode: options.readOnly ? .readOnly : .readWrite, direct: options.direct, exclusive: options.lockMembers)
+                devices.append(try MemberFile(path: path, options: open))
+            } catch {
+                devices.forEach { $0.close() }
+                throw EngineError.open(error)
+            }
+        }
+        return try RaidEngine(devices: devices, options: options, eventLoop: eventLoop, logger: logger)
+    }
+
+    /// Assembles the array from devices already open (tests pass fault-injecting ones). The
+    /// engine owns them from here on and closes them when it stops.
+    public init(devices given: [MemberDevice], options: EngineOptions = EngineOptions(), eventLoop: EventLoop? = nil, logger: Logger? = nil) throws(EngineError) {
+        var metadata: [MemberMetadata] = []
+        for device in given {
+            do { metadata.append(try SuperblockProbe.probe(device)) } catch {
+                given.forEach { $0.close() }
+                throw EngineError.probe(error)
+            }
+        }
+        let assembly: CoreAssembly
+        do { assembly = try CoreAssembly(members: metadata, force: options.force) } catch {
+            given.forEach { $0.close() }
+            if let e = error as? AssemblyError { throw EngineError.assembly(e) }
+            throw EngineError.member("\(error)")
+        }
+        var config = options.config
+        if options.readOnly { config.startMode = .readOnly }
+        config.wallClockAtZeroSeconds = Clock.wallSeconds()
+        do { try config.validate() } catch {
+            given.forEach { $0.close() }
+            throw EngineError.config(error)
+        }
+        let core: RaidCore
+        do { core = try RaidCore(assembly: assembly, config: config) } catch {
+            given.forEach { $0.close() }
+            throw EngineError.config(error as? CoreConfigError ?? CoreConfigError(message: "\(error)"))
+        }
+        let group: MultiThreadedEventLoopGroup?
+        if let eventLoop {
+            self.eventLoop = eventLoop
+            group = nil
+        } else {
+            let g = MultiThreadedEventLoopGroup(numberOfThreads: 1)
+            self.eventLoop = g.next()
+            group = g
+        }
+        ownedGroup = group
+        geometry = assembly.geometry
+        arrayName = assembly.freshest.setName
+        arrayUUID = assembly.freshest.setUUID
+        readOnly = options.readOnly
+        leftOut = assembly.excluded.map { (given[$0.index.rawValue].name, $0.reason) }
+        var log = logger ?? Logger(label: "swraid")
+        log[metadataKey: "array"] = .string(assembly.freshest.setName)
+        self.logger = log
+        // Left-out devices are not used; close them now.
+        for (index, _) in assembly.excluded { given[index.rawValue].close() }
+        devices = given
+        startUptimeNanos = NIODeadline.now().uptimeNanoseconds
+        let threads = options.ioThreads ?? min(32, max(4, 2 * given.count))
+        let box = mailbox
+        let loop = self.eventLoop
+        pool = MemberIOPool(threads: threads) { [weak self] results in
+            box.lock.lock()
+            let wasEmpty = box.results.isEmpty
+            box.results.append(contentsOf: results)
+            box.lock.unlock()
+            if wasEmpty { loop.execute { self?.drainMailbox() } }
+        }
+        driver = CoreDriver(core: core, shell: self)
+        for (name, reason) in leftOut { self.logger.warning("\(name) left out: \(reason)") }
+        loop.execute { self.driver.start(now: self.now()) }
+    }
+
+    deinit {
+        precondition(closed || pool == nil, "a RaidEngine must be stopped before it goes away")
+    }
+
+    /// Nanoseconds since the engine started (the core's time).
+    func now() -> Nanoseconds { NIODeadline.now().uptimeNanoseconds - startUptimeNanos }
+
+    var core: RaidCore { driver.core }
+
+    // MARK: - CoreShell (on the loop)
+
+    public func performMemberIO(_ io: MemberIORequest) {
+        plugged.append(io)
+    }
+
+    public func actionsDispatched() {
+        if !holdingPlug { unplug() }
+        if !syncWaiters.isEmpty && core.syncKind == nil {
+            let waiters = syncWaiters
+            syncWaiters.removeAll()
+            for w in waiters { w() }
+        }
+    }
+
+    /// Merges the I/O collected since the last unplug and hands it to the pool.
+    func unplug() {
+        guard !plugged.isEmpty else { return }
+        let batch = plugged
+        plugged.removeAll(keepingCapacity: true)
+        for merged in plug.merge(batch) {
+            pool.submit(IOJob(device: devices[merged.member.rawValue], io: merged))
+        }
+    }
+
+    /// Feeds the results the I/O threads posted to the core, then submits what they caused, merged.
+    func drainMailbox() {
+        mailbox.lock.lock()
+        let results = mailbox.results
+        mailbox.results.removeAll(keepingCapacity: true)
+        mailbox.lock.unlock()
+        guard !closed else { return }
+        holdingPlug = true
+        for (id, result) in results {
+            if case .failure(let e) = result, let io = driver.memberIOsInFlight[id] {
+                logger.warning("I/O error on \(devices[io.member.rawValue].name): \(io) failed: \(e)")
+            }
+            driver.memberIOCompleted(id, result: result, now: now())
+        }
+        holdingPlug = false
+        unplug()
+    }
+
+    public func armTimer(_ timer: TimerID, at deadline: Nanoseconds, token: UInt64) {
+        timerTasks[timer]?.cancel()
+        timerTasks[timer] = eventLoop.scheduleTask(deadline: .uptimeNanoseconds(startUptimeNanos + deadline)) { [weak self] in
+            guard let self, !self.closed else { return }
+            self.timerTasks[timer] = nil
+            self.driver.timerFired(timer, token: token, now: self.now())
+        }
+    }
+
+    public func clientCompleted(_ id: RequestID, request: ClientRequest, context: ClientContext, result: ClientResult) {
+        context(result)
+    }
+
+    public func controlCompleted(_ id: RequestID, command: ControlCommand, context: ControlContext, result: ControlResult) {
+        context(result)
+    }
+
+    public func log(_ level: CoreLogLevel, _ text: String) {
+        switch level {
+        case .debug: logger.debug("\(text)")
+        case .info: logger.info("\(text)")
+        case .notice: logger.notice("\(text)")
+        case .warning: logger.warning("\(text)")
+        case .error: logger.error("\(text)")
+        }
+    }
+
+    // MARK: - running on the loop
+
+    /// Runs `body` on the loop now if already there, else as soon as the loop gets to it.
+    func onLoop(_ body: @escaping @Sendable () -> Void) {
+        if eventLoop.inEventLoop { body() } else { eventLoop.execute(body) }
+    }
+
+    func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        if eventLoop.inEventLoop { return body() }
+        return try! await eventLoop.submit(body).get()
+    }
+
+    // MARK: - client requests
+
+    /// Hands a request to the array; `completion` runs on the loop with its one result. The
+    /// cheapest entry (no task, no continuation) for a server already on the loop.
+    public func submit(_ request: ClientRequest, completion: @escaping @Sendable (ClientResult) -> Void) {
+        if shutDown.isSet { return completion(.failed(.shutdown)) }
+        onLoop {
+            guard !self.closed else { return completion(.failed(.shutdown)) }
+            self.driver.submit(request, context: completion, now: self.now())
+        }
+    }
+
+    public func perform(_ request: ClientRequest) async -> ClientResult {
+        await withCheckedContinuation { continuation in
+            submit(request) { continuation.resume(returning: $0) }
+        }
+    }
+
+    public func read(offsetBytes: UInt64, length: Int) async throws(ClientError) -> IOBuffer {
+        switch await perform(.read(offsetBytes: offsetBytes, length: length)) {
+        case .data(let buffer): return buffer
+        case .failed(let error): throw error
+        case .done: preconditionFailure("a read completed without data")
+        }
+    }
+
+    public func write(offsetBytes: UInt64, data: IOBuffer, fua: Bool = false) async throws(ClientError) {
+        try Self.check(await perform(.write(offsetBytes: offsetBytes, data: data, fua: fua)))
+    }
+
+    public func flush() async throws(ClientError) { try Self.check(await perform(.flush)) }
+
+    public func trim(offsetBytes: UInt64, length: Int) async throws(ClientError) {
+        try Self.check(await perform(.trim(offsetBytes: offsetBytes, length: length)))
+    }
+
+    public func writeZeroes(offsetBytes: UInt64, length: Int, fua: Bool = false) async throws(ClientError) {
+        try Self.check(await perform(.writeZeroes(offsetBytes: offsetBytes, length: length, fua: fua)))
+    }
+
+    static func check(_ result: ClientResult) throws(ClientError) {
+        if case .failed(let error) = result { throw error }
+    }
+
+    /// The array's size in bytes.
+    public var sizeBytes: UInt64 { geometry.arraySectors * 512 }
+
+    // MARK: - control
+
+    public func control(_ command: ControlCommand, completion: @escaping @Sendable (ControlResult) -> Void) {
+        if shutDown.isSet { return completion(.failed(.stopped)) }
+        onLoop {
+            guard !self.closed else { return completion(.failed(.stopped)) }
+            self.driver.control(command, context: completion, now: self.now())
+        }
+    }
+
+    public func control(_ command: ControlCommand) async -> ControlResult {
+        await withCheckedContinuation { continuation in
+            control(command) { continuation.resume(returning: $0) }
+        }
+    }
+
+    /// `echo VALUE > md/NAME`; returns when md's write would return.
+    public func set(_ attribute: String, _ value: String) async throws(ControlError) {
+        let command = try ControlCommand.parse(attribute: attribute, value: value)
+        if case .failed(let error) = await control(command) { throw error }
+    }
+
+    /// `cat md/NAME`.
+    public func attribute(_ name: String) async throws(ControlError) -> String {
+        let parsed = try AttributeName(parsing: name)
+        if shutDown.isSet { throw ControlError.stopped }
+        let value: String? = await onLoop { self.closed ? nil : self.core.attribute(parsed) }
+        guard let value else { throw closed ? ControlError.stopped : ControlError.unknownAttribute(name) }
+        return value
+    }
+
+    public func snapshot() async -> ArraySnapshot {
+        if shutDown.isSet { return finalSnapshot! }
+        return await onLoop { self.core.snapshot() }
+    }
+
+    /// `mdadm --wait`: returns once no resync, recovery, check or repair runs (at once if none
+    /// does). A sync that another one follows (a check requested meanwhile) is waited for too.
+    public func waitForSync() async {
+        if shutDown.isSet { return }
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            onLoop {
+                if self.closed || self.core.syncKind == nil { return continuation.resume() }
+                self.syncWaiters.append { continuation.resume() }
+            }
+        }
+    }
+
+    /// The member a user names by path (any spelling of the same file or device), by its name as
+    /// given at assembly, or by its index.
+    public func member(named name: String) async throws(ControlError) -> MemberIndex {
+        let identity = MemberFile.identity(name)
+        let found: MemberIndex? = await onLoop {
+            for (i, device) in self.devices.enumerated() {
+                if device.name == name || (identity != nil && MemberFile.identity(device.name) == identity) { return MemberIndex(i) }
+            }
+            if let n = Int(name), n >= 0, n < self.devices.count { return MemberIndex(n) }
+            return nil
+        }
+        guard let found else { throw ControlError.invalid("\(name) is not a member of this array") }
+        return found
+    }
+
+    /// `mdadm --fail`.
+    public func fail(member name: String) async throws(ControlError) {
+        let m = try await member(named: name)
+        if case .failed(let e) = await control(.fail(m)) { throw e }
+    }
+
+    /// `mdadm --remove`: the member leaves the array and its device is closed.
+    public func remove(member name: String) async throws(ControlError) {
+        let m = try await member(named: name)
+        if case .failed(let e) = await control(.remove(m)) { throw e }
+        await onLoop { self.closeDeviceWhenIdle(m) }
+    }
+
+    /// `mdadm --re-add` of a member removed earlier.
+    public func readd(member name: String) async throws(ControlError) {
+        let m = try await member(named: name)
+        if case .failed(let e) = await control(.readd(m)) { throw e }
+    }
+
+    /// `mdadm --add`: writes a spare superblock of this array on the device at `path` and adds
+    /// it; recovery onto it starts when a slot is empty.
+    public func add(path: String, direct: Bool = false) async throws(EngineError) {
+        // 1. On the loop: reserve the add, and learn what the new superblock must say.
+        let plan: (template: MDSuperblock1, devNumber: UInt32, events: UInt64)? = await onLoop {
+            guard !self.closed, !self.addInProgress else { return nil }
+            self.addInProgress = true
+            let snap = self.core.snapshot()
+            let used = Set(snap.members.filter { $0.role != .removed }.map(\.devNumber))
+            let number = (0..<snap.superblock.maxDev).first { !used.contains($0) } ?? snap.superblock.maxDev
+            return (self.core.superblockTemplate(member: snap.members.first { if case .active = $0.role { return true } else { return false } }?.index ?? MemberIndex(0)), number, snap.events)
+        }
+        guard let plan else { throw EngineError.busy(closed ? "the array is stopped" : "another add is in progress") }
+        // 2. Off the loop: open, check and write the device (blocking system calls).
+        let device: MemberFile
+        let metadata: MemberMetadata
+        do throws(EngineError) {
+            if readOnly { throw EngineError.busy("the array is read-only") }
+            if let identity = MemberFile.identity(path), devices.contains(where: { MemberFile.identity($0.name) == identity }) {
+                throw EngineError.member("\(path) is already a member of this array")
+            }
+            do {
+                device = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, direct: direct, exclusive: true))
+            } catch { throw EngineError.open(error) }
+            do {
+                let size = try device.size()
+                var generator = SystemRandomNumberGenerator()
+                let uuid = (0..<16).map { _ in UInt8.random(in: 0...255, using: &generator) }
+                let sb = try MDSuperblock1.spare(
+                    from: plan.template, devNumber: plan.devNumber, deviceUUID: uuid, deviceSizeSectors: size / 512,
+                    events: plan.events, timeSeconds: Clock.wallSeconds())
+                try MemberMetadataWriter.write(device, superblock: sb, bitmapArea: nil)
+                try device.sync()
+                metadata = MemberMetadata(name: path, superblock: sb, deviceSizeSectors: size / 512)
+            } catch {
+                device.close()
+                throw EngineError.member("\(path): \(error)")
+            }
+        } catch {
+            await onLoop { self.addInProgress = false }
+            throw error
+        }
+        // 3. On the loop: the device joins the table at the index the core will give it.
+        let result: ControlResult = await withCheckedContinuation { continuation in
+            onLoop {
+                defer { self.addInProgress = false }
+                guard !self.closed else { return continuation.resume(returning: .failed(.stopped)) }
+                self.devices.append(device)
+                let expected = self.devices.count - 1
+                self.driver.control(.addNew(metadata), context: { result in
+                    if case .failed = result {
+                        // Refused: the table shrinks back (no other add can have run meanwhile).
+                        precondition(self.devices.count - 1 == expected)
+                        self.devices.removeLast()
+                        device.close()
+                    }
+                    continuation.resume(returning: result)
+                }, now: self.now())
+            }
+        }
+        if case .failed(let e) = result { throw EngineError.member("\(path): \(e)") }
+    }
+
+    /// Closes a removed member's device once no I/O on it is in flight.
+    func closeDeviceWhenIdle(_ m: MemberIndex) {
+        guard core.role(of: m) == .removed else { return }
+        if driver.memberIOsInFlight.values.contains(where: { $0.member == m }) {
+            eventLoop.scheduleTask(in: .milliseconds(10)) { self.closeDeviceWhenIdle(m) }
+            return
+        }
+        devices[m.rawValue].close()
+    }
+
+    // MARK: - stop
+
+    /// md's stop: requests in flight finish, a running sync stops at a recorded position, the
+    /// array is written clean, the members are closed and the I/O threads end. Requests after
+    /// this get ESHUTDOWN. Call it exactly once per engine before letting it go.
+    public func stop() async {
+        if shutDown.isSet { return }
+        let result = await control(.stop)
+        precondition(result == .done || result == .failed(.stopped), "stop refused: \(result)")
+        await onLoop {
+            // The final superblock write was the last I/O: nothing may be in flight now.
+            precondition(self.driver.memberIOsInFlight.isEmpty, "member I/O in flight after stop")
+            self.finalSnapshot = self.core.snapshot()
+            self.closed = true
+            for task in self.timerTasks.values { task.cancel() }
+            self.timerTasks.removeAll()
+            let waiters = self.syncWaiters
+            self.syncWaiters.removeAll()
+            for w in waiters { w() }
+        }
+        pool.shutdown()
+        for device in devices { device.close() }
+        shutDown.set()
+        if let ownedGroup { try? await ownedGroup.shutdownGracefully() }
+    }
+}

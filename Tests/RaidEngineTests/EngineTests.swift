@@ -1,0 +1,193 @@
+import DiskIO
+import MDFormat
+import MDOffline
+import RaidCore
+import RaidEngine
+import TestSupport
+import Testing
+
+/// The live array on real files: random requests against a shadow copy, healthy, degraded and
+/// rebuilding; then the members are checked offline, as the kernel would find them.
+@Suite struct EngineWorkloadTests {
+    static let shapes: [(RaidLevel, Int)] = [(.raid5, 4), (.raid6, 5)]
+
+    @Test(arguments: shapes)
+    func healthy(level: RaidLevel, disks: Int) async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: level, disks: disks)
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        let shadow = Shadow(sizeBytes: Int(engine.sizeBytes))
+        try await runWorkload(engine, shadow: shadow, seed: UInt64(level.rawValue), requests: 600)
+        try await verifyWholeArray(engine, shadow)
+        #expect(try await engine.attribute("degraded") == "0")
+        await engine.stop()
+        // Stopped cleanly: every superblock says clean, parity is right, the data is there.
+        for path in paths {
+            let sb = try SuperblockProbe.probe(try MemberFile(path: path, mode: .readOnly)).superblock
+            #expect(sb.isClean, "\(path) not clean after stop")
+        }
+        try verifyOffline(paths, shadow)
+    }
+
+    @Test(arguments: shapes)
+    func degraded(level: RaidLevel, disks: Int) async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: level, disks: disks)
+        // RAID5 runs without member 1, RAID6 without members 1 and 3.
+        let missing = level == .raid6 ? [1, 3] : [1]
+        let present = paths.enumerated().filter { !missing.contains($0.offset) }.map(\.element)
+        let engine = try RaidEngine.assemble(paths: present, options: testOptions(), logger: quietLogger)
+        #expect(try await engine.attribute("degraded") == String(missing.count))
+        let shadow = Shadow(sizeBytes: Int(engine.sizeBytes))
+        try await runWorkload(engine, shadow: shadow, seed: 77, requests: 400)
+        try await verifyWholeArray(engine, shadow)
+        await engine.stop()
+        // The members left carry the data (read offline, rebuilding the missing ones).
+        let array = try OfflineArray(paths: present)
+        #expect(array.plan.missingRoles == missing)
+        var offset = 0
+        try array.stream(sink: { chunk in
+            if let bad = shadow.firstMismatch(offset, chunk) { Issue.record("offline degraded read wrong at sector \(bad)") }
+            offset += chunk.count
+        })
+    }
+
+    @Test(arguments: shapes)
+    func rebuilding(level: RaidLevel, disks: Int) async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: level, disks: disks)
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        let shadow = Shadow(sizeBytes: Int(engine.sizeBytes))
+        try await runWorkload(engine, shadow: shadow, seed: 5, requests: 200)
+        // A spare joins; then a member fails and the spare is rebuilt, slowly, under load.
+        let sparePath = dir.file("spare.img")
+        _ = try MemberFile(creating: sparePath, sizeBytes: try MemberFile(path: paths[0], mode: .readOnly).size())
+        try await engine.add(path: sparePath)
+        #expect(try await engine.attribute("dev-\(disks)/state") == "spare")
+        try await engine.set("sync_speed_max", "1000")
+        try await engine.fail(member: paths[2])
+        #expect(try await engine.attribute("sync_action") == "recover")
+        try await runWorkload(engine, shadow: shadow, seed: 6, requests: 300)
+        let during = await engine.snapshot()
+        try await engine.set("sync_speed_max", "system")
+        await engine.waitForSync()
+        let after = await engine.snapshot()
+        #expect(after.degraded == 0)
+        #expect(after.members[disks].role == .active(slot: Role(2)))
+        #expect(after.members[2].role == .faulty)
+        // The workload ran while the spare was being rebuilt (at 1000 KiB/s, 8 MiB takes 8 s).
+        #expect(during.syncKind == .recover)
+        try await verifyWholeArray(engine, shadow)
+        await engine.stop()
+        var rebuilt = paths
+        rebuilt[2] = sparePath
+        try verifyOffline(rebuilt, shadow)
+        // The failed member's superblock is behind: assembly leaves it out as md does.
+        let all = try OfflineArray(paths: paths + [sparePath])
+        #expect(all.plan.missingRoles.isEmpty)
+        #expect(all.plan.excluded.contains { all.members[$0.index].name == paths[2] })
+    }
+}
+
+@Suite struct EngineLifecycleTests {
+    @Test func stopAnswersRequestsInFlightThenRefusesNewOnes() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 3)
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        let data = IOBuffer(pseudoRandomData(1 << 20, seed: 1))
+        async let write: ClientResult = engine.perform(.write(offsetBytes: 0, data: data, fua: false))
+        async let stopped: Void = engine.stop()
+        let (w, _) = await (write, stopped)
+        // Either the write was admitted before the stop (and finished) or it came after it.
+        #expect(w == .done || w == .failed(.shutdown))
+        #expect(await engine.perform(.read(offsetBytes: 0, length: 512)) == .failed(.shutdown))
+        let array = try OfflineArray(paths: paths)
+        #expect(array.plan.superblock.isClean)
+        #expect(try array.check().mismatchSectors == 0)
+        if w == .done { #expect(try array.read(offsetBytes: 0, byteCount: 1 << 20) == data.bytes) }
+    }
+
+    @Test func anUncleanArrayResyncsAtAssemblyAsMdWould() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid6, disks: 5, bitmap: false)
+        // As after a crash: every superblock says writes may have been in flight, and one row's
+        // parity does not match its data.
+        for path in paths {
+            let file = try MemberFile(path: path, mode: .readWrite)
+            var sb = try SuperblockProbe.probe(file).superblock
+            sb.resyncOffsetSectors = 0
+            try file.write(at: sb.superOffsetSectors * 512, bytes: sb.withValidChecksum().encode())
+        }
+        let data = try MemberFile(path: paths[0], mode: .readWrite)
+        let offset = try SuperblockProbe.probe(data).superblock.dataOffsetSectors * 512
+        try data.write(at: offset, bytes: [UInt8](repeating: 0xAB, count: 4096))
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        // md starts the resync at once (read-write assembly), and only then is the array clean.
+        await engine.waitForSync()
+        #expect(try await engine.attribute("last_sync_action") == "resync")
+        #expect(try await engine.attribute("resync_start") == "none")
+        try await engine.set("sync_action", "check")
+        await engine.waitForSync()
+        #expect(try await engine.attribute("mismatch_cnt") == "0")
+        await engine.stop()
+        #expect(try OfflineArray(paths: paths).check().mismatchSectors == 0)
+    }
+
+    @Test func bitmapLimitsTheResyncAfterAnUncleanShutdown() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 4, memberMiB: 16, bitmap: true)
+        // Mark the array dirty with one bitmap region (1 MiB chunks) dirty on every member.
+        for path in paths {
+            let file = try MemberFile(path: path, mode: .readWrite)
+            let probed = try SuperblockProbe.probe(file)
+            var sb = probed.superblock
+            sb.resyncOffsetSectors = 0
+            try file.write(at: sb.superOffsetSectors * 512, bytes: sb.withValidChecksum().encode())
+            let bitsAt = (Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512 + Int64(MDBitmapSuperblock.headerBytes)
+            try file.write(at: UInt64(bitsAt), bytes: [0b0000_0100])
+        }
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        await engine.waitForSync()
+        let snap = await engine.snapshot()
+        #expect(snap.lastSyncAction == .resync)
+        // Only the dirty region was visited: 1 MiB of each member (256 stripe units), not 16.
+        #expect(snap.counters.syncUnitsDone == 256)
+        #expect(try await engine.attribute("resync_start") == "none")
+        await engine.stop()
+    }
+
+    @Test func membersAreLockedWhileTheArrayRuns() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 3)
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        #expect(throws: EngineError.open(.inUse(path: paths[0]))) {
+            try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        }
+        var request = CreateRequest(level: .raid5, raidDisks: 3, memberSizesSectors: [], arrayUUID: [UInt8](repeating: 9, count: 16), deviceUUIDs: [[UInt8]](repeating: [UInt8](repeating: 1, count: 16), count: 3), timeSeconds: 0)
+        request.chunkKiB = 64
+        var options = CreateOptions()
+        options.force = true
+        #expect(throws: CreatorError.self) { try ArrayCreator(paths: paths, request: request, options: options).run() }
+        await engine.stop()
+        // Once stopped, the members are free again.
+        let again = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        await again.stop()
+    }
+
+    @Test func addRefusesAMemberAndADeviceTooSmall() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 3)
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        await #expect(throws: EngineError.self) { try await engine.add(path: paths[1]) }
+        let small = dir.file("small.img")
+        _ = try MemberFile(creating: small, sizeBytes: 1 << 20)
+        await #expect(throws: EngineError.self) { try await engine.add(path: small) }
+        #expect(await engine.snapshot().members.count == 3)
+        // Unknown members, attributes and values: md's errors, nothing changes.
+        await #expect(throws: ControlError.invalid("nothing.img is not a member of this array")) { try await engine.fail(member: "nothing.img") }
+        await #expect(throws: ControlError.self) { try await engine.set("sync_action", "reshape") }
+        await #expect(throws: ControlError.unknownAttribute("bogus")) { try await engine.attribute("bogus") }
+        #expect(try await engine.attribute("degraded") == "0")
+        await engine.stop()
+    }
+}

@@ -51,8 +51,14 @@ public final class FaultyMember: MemberDevice, @unchecked Sendable {
     private let lock = ConditionLock()
     private var rules: [(rule: Rule, seen: Int)] = []
     private var vanished = false
+    private var badRanges: [Range<UInt64>] = []
     /// Faults injected so far (by operation), for tests to check a rule fired.
     public private(set) var injected: [Operation: Int] = [:]
+    /// Every call that reached the device, by operation and purpose (faulted or not).
+    private var calls: [String: Int] = [:]
+
+    /// How many calls of `op` for `purpose` reached the device.
+    public func callCount(_ op: Operation, _ purpose: MemberIOPurpose) -> Int { locked { calls["\(op) \(purpose)", default: 0] } }
 
     public init(_ inner: MemberDevice) {
         self.inner = inner
@@ -61,6 +67,13 @@ public final class FaultyMember: MemberDevice, @unchecked Sendable {
     private func locked<T>(_ body: () -> T) -> T { lock.withLock(body) }
 
     public func add(_ rule: Rule) { locked { rules.append((rule, 0)) } }
+
+    /// A latent bad sector range, as on a real disk: every read touching it fails with EIO
+    /// until a write covers the whole range (the disk remaps it), and then it reads normally.
+    public func addBadRange(_ range: Range<UInt64>) { locked { badRanges.append(range) } }
+
+    /// Bad ranges not rewritten yet.
+    public var remainingBadRanges: [Range<UInt64>] { locked { badRanges } }
 
     public func removeAllRules() { locked { rules.removeAll() } }
 
@@ -72,9 +85,16 @@ public final class FaultyMember: MemberDevice, @unchecked Sendable {
     /// The fault (if any) for this call: an error to throw, and a gate to wait on first.
     private func decide(_ op: Operation, _ range: Range<UInt64>?, _ purpose: MemberIOPurpose) -> (MemberIOError?, FaultGate?) {
         locked {
+            calls["\(op) \(purpose)", default: 0] += 1
             if vanished {
                 injected[op, default: 0] += 1
                 return (MemberIOError(errno: ENXIO, message: "device vanished"), nil)
+            }
+            if let range {
+                if op == .read, badRanges.contains(where: { $0.overlaps(range) }) {
+                    injected[op, default: 0] += 1
+                    return (MemberIOError(errno: EIO, message: "injected fault: unreadable sector"), nil)
+                }
             }
             for i in rules.indices {
                 let rule = rules[i].rule
@@ -108,8 +128,11 @@ public final class FaultyMember: MemberDevice, @unchecked Sendable {
 
     public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
         let count = UInt64(buffers.reduce(0) { $0 + $1.count })
-        try apply(.write, offsetBytes..<(offsetBytes + count), purpose)
+        let range = offsetBytes..<(offsetBytes + count)
+        try apply(.write, range, purpose)
         try inner.write(at: offsetBytes, from: buffers, fua: fua, purpose: purpose)
+        // A completed write over a whole bad range remaps it.
+        locked { badRanges.removeAll { range.lowerBound <= $0.lowerBound && $0.upperBound <= range.upperBound } }
     }
 
     public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {

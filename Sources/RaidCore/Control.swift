@@ -117,7 +117,7 @@ extension RaidCore {
             case .faulty: return "faulty"
             case .removed: return "removed"
             }
-        case .errors: return String(member.readErrors)
+        case .errors: return String(member.template.cntCorrectedRead)
         case .slot: return member.slot.map { String($0.rawValue) } ?? "none"
         }
     }
@@ -171,7 +171,7 @@ extension RaidCore {
             done()
         case .setMemberErrors(let m, let n):
             guard isMember(m) else { return fail(.invalid("no member \(m)")) }
-            members[m].readErrors = n
+            members[m].template.cntCorrectedRead = UInt32(n)
             done()
         case .fail(let m): failByRequest(m, id: id)
         case .remove(let m): removeMember(m, id: id)

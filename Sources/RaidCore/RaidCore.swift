@@ -550,10 +550,10 @@ public final class RaidCore {
             if failure == nil {
                 finishPieces(piece.op, count: 1)
             } else {
-                // md retries a failed direct read through the stripe cache, which rebuilds the
+                // md retries a failed direct read through the stripe cache (raid5_align_endio),
+                // which reads it again and, if that fails too, counts the error, rebuilds the
                 // block from the other members and rewrites it.
-                counters.readErrors += 1
-                noteReadError(member: member)
+                _ = member
                 enqueueForStripe(.read(piece))
             }
         case .flush(let op, let member):

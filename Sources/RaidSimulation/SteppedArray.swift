@@ -10,7 +10,7 @@ public final class SteppedArray: CoreShell {
     public typealias ClientContext = Void
     public typealias ControlContext = Void
 
-    public let members: [SimMember]
+    public private(set) var members: [SimMember]
     public private(set) var driver: CoreDriver<SteppedArray>!
     public var core: RaidCore { driver.core }
     public var now: Nanoseconds = 0
@@ -67,6 +67,9 @@ public final class SteppedArray: CoreShell {
     public func log(_ level: CoreLogLevel, _ text: String) { logLines.append(text) }
 
     // MARK: - stepping
+
+    /// A new device joins the table (before `.addNew` names it): its I/O goes to `member`.
+    public func attach(_ member: SimMember) { members.append(member) }
 
     @discardableResult
     public func submit(_ request: ClientRequest) -> RequestID { driver.submit(request, context: (), now: now) }

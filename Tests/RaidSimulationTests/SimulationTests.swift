@@ -62,6 +62,16 @@ func firstFailure(variant: FaultyCoreVariant, scenario: String, faults: FaultPro
         #expect(failure.kind == .data, "seed \(seed): \(failure)")
     }
 
+    /// Data written before the dirty superblock is on disk: after a crash in that window the
+    /// array assembles clean over stale parity. The crash scenario aims at the window and the
+    /// metadata-truth check sees what it leaves.
+    @Test func metadataTruthCatchesWritesBeforeTheDirtySuperblock() throws {
+        let found = firstFailure(variant: .writeBeforeDirtySuperblock, scenario: "crash", seeds: 1...300)
+        let (seed, failure) = try #require(found)
+        #expect(failure.kind == .parity, "seed \(seed): \(failure)")
+        #expect(failure.message.contains("before the superblock said dirty"), "seed \(seed): \(failure)")
+    }
+
     @Test func durabilityCatchesFlushesThatDoNotFlushMembers() throws {
         let found = firstFailure(variant: .flushWithoutMemberFlush, scenario: "crash")
         let (seed, failure) = try #require(found)

@@ -87,7 +87,9 @@ let package = Package(
         .testTarget(name: "RaidCoreTests", dependencies: ["RaidCore", "MDFormat", "RaidSimulation", "TestSupport"]),
         .testTarget(name: "RaidSimulationTests", dependencies: ["RaidSimulation", "RaidCore", "MDFormat"]),
         .testTarget(name: "MDOfflineTests", dependencies: ["MDOffline", "MDFormat", "DiskIO", "TestSupport"]),
-        .testTarget(name: "CLITests", dependencies: ["swraid", "MDOffline", "TestSupport"]),
+        .testTarget(
+            name: "CLITests",
+            dependencies: ["swraid", "MDOffline", "TestSupport", "RaidEngine", "RaidCore", "DiskIO", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "RaidEngineTests", dependencies: ["RaidEngine", "RaidCore", "RaidMath", "DiskIO", "MDOffline", "MDFormat", "TestSupport"]),
         .testTarget(name: "DiskIOTests", dependencies: ["DiskIO", "MDFormat", "RaidCore"]),
     ],

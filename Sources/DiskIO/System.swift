@@ -18,6 +18,15 @@ public enum Clock {
 
     /// Seconds since the epoch (superblock times).
     public static func wallSeconds() -> UInt64 { UInt64(time(nil)) }
+
+    /// The local calendar time of `seconds` since the epoch (for mdadm's ctime-style times):
+    /// weekday 0 = Sunday, month 1...12; nil when the system cannot say.
+    public static func localTime(_ seconds: UInt64) -> (weekday: Int, month: Int, day: Int, hour: Int, minute: Int, second: Int, year: Int)? {
+        var t = time_t(seconds)
+        var parts = tm()
+        guard localtime_r(&t, &parts) != nil else { return nil }
+        return (Int(parts.tm_wday), Int(parts.tm_mon) + 1, Int(parts.tm_mday), Int(parts.tm_hour), Int(parts.tm_min), Int(parts.tm_sec), Int(parts.tm_year) + 1900)
+    }
 }
 
 public enum Terminal {
@@ -25,6 +34,10 @@ public enum Terminal {
     public static let standardError: Int32 = 2
 
     public static func isTerminal(_ fd: Int32) -> Bool { isatty(fd) != 0 }
+
+    /// Flushes what `print` has buffered for standard output (before writing to the raw
+    /// descriptors, so the two stay in order).
+    public static func flushStandardOutput() { fflush(nil) }
 
     /// Writes all of `text` to `fd` (standard error messages, progress lines).
     public static func write(_ text: String, to fd: Int32) {
@@ -108,6 +121,11 @@ public enum FileSystem {
     }
 
     public static func isExecutable(_ path: String) -> Bool { access(path, X_OK) == 0 }
+
+    public static func exists(_ path: String) -> Bool { MemberFile.exists(path) }
+
+    /// Removes a file (fine if it is not there).
+    public static func remove(_ path: String) { MemberFile.remove(path) }
 
     /// Finds `name` in the usual program directories.
     public static func findProgram(_ name: String) -> String? {

@@ -102,6 +102,7 @@ public enum CreateError: Error, Equatable, CustomStringConvertible {
     case invalidBitmapChunk(UInt64)
     case bitmapDoesNotFit(bits: Int, roomSectors: UInt64)
     case invalidName(String)
+    case invalidSize(String)
     /// `add`: every device number of the roles table is taken.
     case noFreeDeviceNumber(maxDev: UInt32)
     /// `add`: the new device cannot hold the array's member data.
@@ -121,6 +122,7 @@ public enum CreateError: Error, Equatable, CustomStringConvertible {
         case .bitmapDoesNotFit(let bits, let room):
             return "a bitmap of \(bits) bits does not fit in \(room) sectors: use a larger --bitmap-chunk"
         case .invalidName(let what): return what
+        case .invalidSize(let what): return what
         case .noFreeDeviceNumber(let maxDev): return "no free device number: the roles table holds \(maxDev) devices"
         case .spareTooSmall(let have, let need): return "the new device is too small: \(have) sectors, need at least \(need)"
         }
@@ -153,6 +155,12 @@ public struct CreatePlan: Sendable {
             throw CreateError.invalidChunk("invalid chunk size \(chunkKiB)K: must be a power of two from 4K up")
         }
         let chunkSectors = chunkKiB * 2
+        if let size = request.sizeSectors, size < chunkSectors {
+            throw CreateError.invalidSize("invalid --size: \(size / 2)K is less than one chunk (\(chunkKiB)K)")
+        }
+        guard !request.name.isEmpty, request.name.utf8.count <= 31, !request.name.contains("\0") else {
+            throw CreateError.invalidName("invalid array name '\(request.name)': 1 to 31 bytes")
+        }
         // raid4 has one placement (parity on the last disk); mdadm records its layout as 0.
         let storedLayout = request.level == .raid4 ? RaidLayout(rawValue: 0) : request.layout
         guard request.level == .raid4 || RaidLayout.valid(for: request.level).contains(request.layout) else {

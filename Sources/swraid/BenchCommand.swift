@@ -1,9 +1,7 @@
 import ArgumentParser
+import DiskIO
 import RaidMath
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -18,12 +16,10 @@ struct ISAL {
     let pqGen: GenFunction
 
     static func load() -> ISAL? {
-        for name in ["libisal.so.2", "libisal.so"] {
-            guard let handle = dlopen(name, RTLD_NOW) else { continue }
-            guard let x = dlsym(handle, "xor_gen"), let pq = dlsym(handle, "pq_gen") else { continue }
-            return ISAL(xorGen: unsafeBitCast(x, to: GenFunction.self), pqGen: unsafeBitCast(pq, to: GenFunction.self))
-        }
-        return nil
+        guard let library = DynamicLibrary(names: ["libisal.so.2", "libisal.so"]),
+            let x = library.symbol("xor_gen"), let pq = library.symbol("pq_gen")
+        else { return nil }
+        return ISAL(xorGen: unsafeBitCast(x, to: GenFunction.self), pqGen: unsafeBitCast(pq, to: GenFunction.self))
     }
 }
 
@@ -111,7 +107,7 @@ struct ParityBench: ParsableCommand {
                         outOfCache ? "\(arenaBytes >> 20) MiB" : "in cache", formatFixed(ours, digits: 1),
                         theirs.map { formatFixed($0, digits: 1) } ?? "-", ratio, target,
                     ]))
-                    fflush(nil)
+                    Terminal.flushStandardOutput()
                 }
             }
         }

@@ -2,9 +2,6 @@ import ArgumentParser
 import DiskIO
 import MDOffline
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Cat: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -29,7 +26,7 @@ struct Cat: ParsableCommand {
 
     func run() throws {
         try failingCleanly {
-            if output == nil && isatty(1) != 0 {
+            if output == nil && Terminal.isTerminal(Terminal.standardOutput) {
                 throw CommandFailure(message: "refusing to write array data to a terminal: give --output FILE or pipe it")
             }
             let array = try OfflineArray(paths: members, force: force)
@@ -42,9 +39,9 @@ struct Cat: ParsableCommand {
             {
                 throw CommandFailure(message: "--output \(path) is member \(member.name); refusing to overwrite it")
             }
-            let sink = try OutputSink(path: output)
+            let sink = try OutputFile(path: output)
             defer { sink.close() }
-            let bar = (output != nil && isatty(2) != 0) || verbose ? ProgressBar(action: "copy") : nil
+            let bar = (output != nil && Terminal.isTerminal(Terminal.standardError)) || verbose ? ProgressBar(action: "copy") : nil
             try array.stream(sink: { try sink.write($0) }, progress: { bar?.update(done: $0, total: $1) })
             bar?.finish()
             try sink.finish()
@@ -52,42 +49,3 @@ struct Cat: ParsableCommand {
     }
 }
 
-/// Where streamed array data goes: standard output or a new file.
-final class OutputSink {
-    let fd: Int32
-    let path: String
-    let ownsDescriptor: Bool
-
-    init(path: String?) throws {
-        if let path {
-            fd = open(path, O_WRONLY | O_CREAT | O_TRUNC | O_CLOEXEC, 0o644)
-            guard fd >= 0 else { throw CommandFailure(message: "\(path): cannot create: \(String(cString: strerror(errno)))") }
-            self.path = path
-            ownsDescriptor = true
-        } else {
-            fd = 1
-            self.path = "standard output"
-            ownsDescriptor = false
-        }
-    }
-
-    func write(_ buffer: UnsafeRawBufferPointer) throws {
-        var done = 0
-        while done < buffer.count {
-            let n = Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw CommandFailure(message: "\(path): write failed: \(String(cString: strerror(errno)))")
-            }
-            done += n
-        }
-    }
-
-    func finish() throws {
-        if ownsDescriptor && fsync(fd) != 0 {
-            throw CommandFailure(message: "\(path): flush failed: \(String(cString: strerror(errno)))")
-        }
-    }
-
-    func close() { if ownsDescriptor { _ = Glibc.close(fd) } }
-}

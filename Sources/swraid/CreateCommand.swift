@@ -1,10 +1,8 @@
 import ArgumentParser
+import DiskIO
 import MDFormat
 import MDOffline
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Create: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -82,21 +80,15 @@ struct Create: ParsableCommand {
         }
     }
 
+    /// Turns the options' text into a request. Only parsing happens here: whether the values make
+    /// an array (enough members, a valid chunk, a name that fits) is `CreatePlan`'s to say, in
+    /// one place for every caller.
     func makeRequest() throws -> CreateRequest {
         guard let raidLevel = RaidLevel(name: level) else {
             throw CommandFailure(message: "invalid raid level '\(level)': swraid creates raid4, raid5 or raid6")
         }
-        guard raidDevices >= raidLevel.minimumRaidDisks else {
-            throw CommandFailure(message: "\(raidLevel) needs at least \(raidLevel.minimumRaidDisks) raid devices, not \(raidDevices)")
-        }
-        guard members.count == raidDevices else {
-            throw CommandFailure(message: "\(members.count) members given for --raid-devices \(raidDevices)")
-        }
-        guard let chunkBytes = SizeArgument.parseBytes(chunk) else {
+        guard let chunkBytes = SizeArgument.parseBytes(chunk), chunkBytes % 1024 == 0 else {
             throw CommandFailure(message: "invalid chunk size '\(chunk)'")
-        }
-        guard chunkBytes >= 4096, chunkBytes.nonzeroBitCount == 1, chunkBytes % 1024 == 0 else {
-            throw CommandFailure(message: "invalid chunk size '\(chunk)': must be a power of two of at least 4K")
         }
         let layoutName = raidLevel == .raid4 && layout == "default" ? "parity-last" : layout
         guard let raidLayout = RaidLayout(name: layoutName, level: raidLevel) else {
@@ -112,31 +104,24 @@ struct Create: ParsableCommand {
         }
         var bitmapChunkBytes: UInt64? = nil
         if let text = bitmapChunk {
-            guard let bytes = SizeArgument.parseBytes(text), bytes >= 4096, bytes.nonzeroBitCount == 1 else {
-                throw CommandFailure(message: "invalid --bitmap-chunk '\(text)': must be a power of two of at least 4K")
-            }
+            guard let bytes = SizeArgument.parseBytes(text) else { throw CommandFailure(message: "invalid --bitmap-chunk '\(text)'") }
             bitmapChunkBytes = bytes
         }
         var sizeSectors: UInt64? = nil
         // `max` (as mdadm): the whole of the smallest member, which is also what no --size means.
         if let text = size, text != "max" {
-            guard let bytes = SizeArgument.parseBytes(text), bytes >= chunkBytes else {
-                throw CommandFailure(message: "invalid --size '\(text)': must be at least one chunk")
-            }
+            guard let bytes = SizeArgument.parseBytes(text) else { throw CommandFailure(message: "invalid --size '\(text)'") }
             sizeSectors = bytes / 512
-        }
-        guard !name.isEmpty, name.utf8.count <= 31, !name.contains("\0") else {
-            throw CommandFailure(message: "invalid array name '\(name)': 1 to 31 bytes")
         }
         let host: String?
         switch homehost {
         case "<none>": host = nil
-        case nil, "<system>": host = systemHostName()
+        case nil, "<system>": host = Host.name()
         case let h?: host = h
         }
         var request = CreateRequest(
             level: raidLevel, raidDisks: raidDevices, memberSizesSectors: [], arrayUUID: randomBytes(16),
-            deviceUUIDs: (0..<raidDevices).map { _ in randomBytes(16) }, timeSeconds: UInt64(time(nil)))
+            deviceUUIDs: (0..<max(0, raidDevices)).map { _ in randomBytes(16) }, timeSeconds: Clock.wallSeconds())
         request.chunkKiB = chunkBytes / 1024
         request.layout = raidLayout
         request.bitmap = bitmapChoice
@@ -146,13 +131,6 @@ struct Create: ParsableCommand {
         request.homehost = host
         return request
     }
-}
-
-func systemHostName() -> String? {
-    var buffer = [CChar](repeating: 0, count: 256)
-    guard gethostname(&buffer, buffer.count) == 0 else { return nil }
-    let name = String(decoding: buffer.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
-    return name.isEmpty ? nil : name
 }
 
 /// Random bytes for UUIDs (the CLI shell draws randomness; the format layer never does).

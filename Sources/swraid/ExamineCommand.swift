@@ -3,9 +3,6 @@ import DiskIO
 import MDFormat
 import MDOffline
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 struct Examine: ParsableCommand {
     static let configuration = CommandConfiguration(
@@ -38,7 +35,7 @@ struct Examine: ParsableCommand {
                 }
                 reports.append((path, ExamineReport(
                     superblock: probed.superblock, deviceSizeSectors: probed.deviceSizeSectors, bitmap: probed.bitmap,
-                    homehost: homehost == "<none>" ? nil : (homehost ?? systemHostName()))))
+                    homehost: homehost == "<none>" ? nil : (homehost ?? Host.name()))))
             }
             if json {
                 let value: JSONValue = .array(reports.map { $0.1.json(device: $0.0) })
@@ -50,7 +47,6 @@ struct Examine: ParsableCommand {
                 }
             }
             if !problems.isEmpty {
-                fflush(nil)
                 for problem in problems { printError(problem) }
                 throw ExitCode(1)
             }
@@ -60,10 +56,6 @@ struct Examine: ParsableCommand {
 
 /// ctime(3) text in local time, as mdadm prints Creation/Update Time.
 func localCTime(_ seconds: UInt64) -> String {
-    var t = time_t(seconds)
-    var parts = tm()
-    guard localtime_r(&t, &parts) != nil else { return formatUTCTime(seconds) }
-    return ctimeText(
-        weekday: Int(parts.tm_wday), month: Int(parts.tm_mon) + 1, day: Int(parts.tm_mday), hour: Int(parts.tm_hour),
-        minute: Int(parts.tm_min), second: Int(parts.tm_sec), year: Int(parts.tm_year) + 1900)
+    guard let t = Clock.localTime(seconds) else { return formatUTCTime(seconds) }
+    return ctimeText(weekday: t.weekday, month: t.month, day: t.day, hour: t.hour, minute: t.minute, second: t.second, year: t.year)
 }

@@ -1,13 +1,7 @@
-#if canImport(Glibc)
-import Glibc
-#endif
+import DiskIO
 
 /// Monotonic seconds, for progress and benchmarks (the CLI shell may read clocks).
-func monotonicSeconds() -> Double {
-    var t = timespec()
-    clock_gettime(CLOCK_MONOTONIC, &t)
-    return Double(t.tv_sec) + Double(t.tv_nsec) * 1e-9
-}
+func monotonicSeconds() -> Double { Clock.monotonicSeconds() }
 
 /// md's progress line, as /proc/mdstat prints it:
 /// `[====>................]  resync = 21.4% (224256/1046528) finish=0.6min speed=22425K/sec`
@@ -31,7 +25,7 @@ final class ProgressBar {
         self.action = action
         self.unitsPerKiB = countsSectors ? 2 : 1
         self.speedUnit = countsSectors ? "K/sec" : " \(items)/sec"
-        interactive = isatty(2) != 0
+        interactive = Terminal.isTerminal(Terminal.standardError)
     }
 
     func update(done: UInt64, total: UInt64) {
@@ -59,10 +53,8 @@ final class ProgressBar {
     }
 
     private func write(_ text: String) {
-        fflush(nil)
-        var t = text
-        t.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
-        fflush(nil)
+        Terminal.flushStandardOutput()
+        Terminal.write(text, to: Terminal.standardError)
     }
 
     /// The mdstat line for `done` of `total` KiB after `elapsed` seconds: 20 cells, per-mille/50

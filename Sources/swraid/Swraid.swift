@@ -1,11 +1,9 @@
 import ArgumentParser
+import DiskIO
 
-#if canImport(Glibc)
-import Glibc
-#endif
 
 @main
-struct Swraid: ParsableCommand {
+struct Swraid: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "swraid",
         abstract: "Software RAID 5/6 in user space, on Linux md's on-disk format.",
@@ -13,13 +11,13 @@ struct Swraid: ParsableCommand {
             Members are image files or block devices carrying md v1.x superblocks; the words and \
             defaults are mdadm's.
             """,
-        subcommands: [Demo.self, Create.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self])
+        subcommands: [Demo.self, Create.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self])
 }
 
 /// One line on stderr, prefixed like mdadm's messages.
 func printError(_ message: String) {
-    var text = "swraid: \(message)\n"
-    text.withUTF8 { _ = Glibc.write(2, $0.baseAddress, $0.count) }
+    Terminal.flushStandardOutput()
+    Terminal.write("swraid: \(message)\n", to: Terminal.standardError)
 }
 
 /// Fails the command with one line and exit status 1 (ArgumentParser would add usage text).

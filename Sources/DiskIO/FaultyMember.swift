@@ -154,8 +154,17 @@ public final class FaultGate: @unchecked Sendable {
     func wait() {
         lock.lock()
         waiting += 1
+        lock.broadcast()
         while !isOpen { lock.wait() }
         waiting -= 1
+        lock.unlock()
+    }
+
+    /// Blocks until `count` I/Os are held at the gate (or it is open): how a test knows the
+    /// stall has begun, without sleeping.
+    public func waitForWaiters(_ count: Int) {
+        lock.lock()
+        while waiting < count && !isOpen { lock.wait() }
         lock.unlock()
     }
 

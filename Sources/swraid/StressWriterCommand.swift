@@ -4,6 +4,7 @@ import Logging
 import MDOffline
 import RaidCore
 import RaidEngine
+import RaidSimulation
 
 /// Writes to an array through the engine until killed, logging on standard output each write as
 /// it is issued and as it is acknowledged, so that whoever kills it knows what must have
@@ -54,14 +55,8 @@ struct StressWriter: AsyncParsableCommand {
         }
         let size = engine.sizeBytes
         emit("ready \(size)")
-        var state = seed
-        func next() -> UInt64 {
-            state &+= 0x9E37_79B9_7F4A_7C15
-            var z = state
-            z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-            z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-            return z ^ (z >> 31)
-        }
+        var random = SimRandom(seed: seed)
+        func next() -> UInt64 { random.next() }
         var seq = firstSeq
         var inFlight: [UInt64: Range<UInt64>] = [:]
         await withTaskGroup(of: UInt64.self) { group in

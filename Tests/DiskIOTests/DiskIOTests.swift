@@ -1,0 +1,165 @@
+import DiskIO
+import Foundation
+import MDFormat
+import Testing
+
+/// A scratch file of `bytes` zeros in a new directory (removed with the returned closure).
+func scratchFile(_ bytes: UInt64) throws -> (path: String, cleanup: () -> Void) {
+    let dir = try FileSystem.makeTemporaryDirectory(prefix: "swraid-diskio")
+    let path = dir + "/f.img"
+    _ = try MemberFile(creating: path, sizeBytes: bytes)
+    return (path, { FileSystem.remove(path); rmdir(dir) })
+}
+
+func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ Int(seed)) } }
+
+@Suite struct MemberFileTests {
+    @Test(arguments: [false, true])
+    func vectoredWritesAndReadsLandInOrder(direct: Bool) throws {
+        let (path, cleanup) = try scratchFile(8 << 20)
+        defer { cleanup() }
+        let file = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, direct: direct))
+        // 1500 buffers of 512 bytes: more than IOV_MAX in one call, so the write is split.
+        let pieces = (0..<1500).map { pattern(512, UInt8(truncatingIfNeeded: $0)) }
+        let buffers = pieces.map { p -> UnsafeMutableRawBufferPointer in
+            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 4096)
+            b.copyMemory(from: UnsafeRawBufferPointer(start: p, count: 512))
+            return b
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        try file.write(at: 4096, from: buffers.map { UnsafeRawBufferPointer($0) }, fua: true, purpose: .data)
+        let back = try file.read(at: 4096, count: 1500 * 512, purpose: .data)
+        #expect(back == pieces.flatMap { $0 })
+        // A read into several buffers fills them in order.
+        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: 1024, alignment: 4096)
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 4096)
+        defer { a.deallocate(); b.deallocate() }
+        try file.read(at: 4096, into: [a, b], purpose: .data)
+        #expect(Array(a) == pieces[0] + pieces[1])
+        #expect(Array(b) == pieces[2])
+    }
+
+    @Test func directIOBouncesBuffersThatAreNotAligned() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let file = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, direct: true))
+        let data = pattern(4096, 7)
+        // [UInt8] storage is not 512-aligned in general: the write goes through a bounce buffer.
+        let unaligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096 + 8, alignment: 16)
+        defer { unaligned.deallocate() }
+        let view = UnsafeMutableRawBufferPointer(rebasing: unaligned[8..<(4096 + 8)])
+        view.copyMemory(from: UnsafeRawBufferPointer(start: data, count: 4096))
+        try file.write(at: 8192, from: [UnsafeRawBufferPointer(view)], fua: false, purpose: .data)
+        try file.read(at: 8192, into: [view], purpose: .data)
+        #expect(Array(view) == data)
+    }
+
+    @Test func aReadPastTheEndIsAnErrorNamingTheTruncation() throws {
+        let (path, cleanup) = try scratchFile(4096)
+        defer { cleanup() }
+        let file = try MemberFile(path: path, mode: .readOnly)
+        #expect(throws: MemberIOError.self) { _ = try file.read(at: 2048, count: 4096, purpose: .superblock) }
+        do {
+            _ = try file.read(at: 2048, count: 4096)
+        } catch {
+            #expect(error.description.contains("truncated"))
+            #expect(error.description.contains(path))
+        }
+    }
+
+    @Test func anExclusiveLockKeepsASecondOwnerOut() throws {
+        let (path, cleanup) = try scratchFile(4096)
+        defer { cleanup() }
+        let first = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true))
+        #expect(throws: DiskIOError.inUse(path: path)) { _ = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true)) }
+        first.close()
+        let second = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true))
+        second.close()
+    }
+}
+
+@Suite struct FaultyMemberTests {
+    @Test func rulesMatchByOperationRangePurposeAndCount() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let device = FaultyMember(try MemberFile(path: path, mode: .readWrite))
+        device.add(FaultyMember.Rule([.read], byteRange: 65536..<69632, purposes: [.data], times: 2))
+        device.add(FaultyMember.Rule([.write], everyNth: 3, errno: ENOSPC))
+        // Outside the range, or another purpose: no fault.
+        #expect(throws: Never.self) { _ = try device.read(at: 0, count: 4096, purpose: .data) }
+        #expect(throws: Never.self) { _ = try device.read(at: 65536, count: 4096, purpose: .parity) }
+        // In range: fails twice, then reads normally.
+        for _ in 0..<2 {
+            #expect(throws: MemberIOError.self) { _ = try device.read(at: 65536 - 512, count: 1024, purpose: .data) }
+        }
+        #expect(throws: Never.self) { _ = try device.read(at: 65536, count: 4096, purpose: .data) }
+        // Every third write fails with the errno the rule names.
+        var failures: [Int32] = []
+        for i in 0..<6 {
+            do { try device.write(at: UInt64(i) * 512, bytes: pattern(512, 1), purpose: .data) } catch { failures.append(error.errno) }
+        }
+        #expect(failures == [ENOSPC, ENOSPC])
+        #expect(device.injected[.read] == 2 && device.injected[.write] == 2)
+        #expect(device.callCount(.read, .data) == 4 && device.callCount(.read, .parity) == 1)
+    }
+
+    @Test func aBadRangeFailsUntilItIsRewritten() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let device = FaultyMember(try MemberFile(path: path, mode: .readWrite))
+        device.addBadRange(8192..<12288)
+        #expect(throws: MemberIOError.self) { _ = try device.read(at: 0, count: 16384, purpose: .data) }
+        // A write over part of it does not remap it; one over all of it does.
+        try device.write(at: 8192, bytes: pattern(512, 2), purpose: .data)
+        #expect(throws: MemberIOError.self) { _ = try device.read(at: 8192, count: 4096, purpose: .data) }
+        try device.write(at: 8192, bytes: pattern(4096, 3), purpose: .rewrite)
+        #expect(try device.read(at: 8192, count: 4096, purpose: .data) == pattern(4096, 3))
+        #expect(device.remainingBadRanges.isEmpty)
+    }
+
+    @Test func aVanishedDeviceFailsEverything() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let device = FaultyMember(try MemberFile(path: path, mode: .readWrite))
+        device.vanish()
+        #expect(throws: MemberIOError(errno: ENXIO, message: "device vanished")) { _ = try device.read(at: 0, count: 512, purpose: .superblock) }
+        #expect(throws: MemberIOError.self) { try device.flush(purpose: .clientFlush) }
+    }
+
+    @Test func aStallHoldsOnlyTheIOThatMatchesUntilTheGateOpens() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let device = FaultyMember(try MemberFile(path: path, mode: .readWrite))
+        let gate = FaultGate()
+        device.add(FaultyMember.Rule([.read], byteRange: 0..<4096, stall: gate, failsAfterStall: false))
+        let finished = ConditionLock()
+        nonisolated(unsafe) var stalledDone = false
+        let thread = Thread {
+            _ = try? device.read(at: 0, count: 512, purpose: .data)
+            finished.withLock {
+                stalledDone = true
+                finished.broadcast()
+            }
+        }
+        thread.start()
+        gate.waitForWaiters(1)
+        // Other I/O on the same device goes on while one read is held.
+        #expect(try device.read(at: 8192, count: 512, purpose: .data).count == 512)
+        #expect(finished.withLock { stalledDone } == false)
+        gate.open()
+        finished.lock()
+        while !stalledDone { finished.wait() }
+        finished.unlock()
+    }
+}
+
+@Suite struct SuperblockProbeTests {
+    @Test func noSuperblockAndTooSmallAreNamed() throws {
+        let (path, cleanup) = try scratchFile(64 << 10)
+        defer { cleanup() }
+        #expect(throws: ProbeError.noSuperblock(path: path)) { _ = try SuperblockProbe.probe(try MemberFile(path: path, mode: .readOnly)) }
+        let (tiny, cleanupTiny) = try scratchFile(4096)
+        defer { cleanupTiny() }
+        #expect(throws: ProbeError.tooSmall(path: tiny, sizeBytes: 4096)) { _ = try SuperblockProbe.probe(try MemberFile(path: tiny, mode: .readOnly)) }
+    }
+}

@@ -124,6 +124,9 @@ public enum FileSystem {
 
     public static func exists(_ path: String) -> Bool { MemberFile.exists(path) }
 
+    /// Removes an empty directory (fine if it is not there).
+    public static func removeDirectory(_ path: String) { rmdir(path) }
+
     /// Removes a file (fine if it is not there).
     public static func remove(_ path: String) { MemberFile.remove(path) }
 
@@ -156,6 +159,52 @@ public enum ChildProcess {
         while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
         return (status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f)
     }
+}
+
+extension ChildProcess {
+    /// Runs `argv` with its standard output and error sent to a temporary file, and returns its
+    /// exit status and what it wrote there (for tools like dd that report on stderr).
+    public static func runCapturingOutput(_ argv: [String]) throws(SystemError) -> (status: Int32, output: String) {
+        var template = Array("/tmp/swraid-child.XXXXXX".utf8CString)
+        let fd = mkstemp(&template)
+        guard fd >= 0 else { throw SystemError("cannot create a temporary file: \(lastErrorText())") }
+        let path = String(cString: template)
+        defer { _ = Glibc.close(fd); unlink(path) }
+        var actions = posix_spawn_file_actions_t()
+        posix_spawn_file_actions_init(&actions)
+        defer { posix_spawn_file_actions_destroy(&actions) }
+        posix_spawn_file_actions_adddup2(&actions, fd, 1)
+        posix_spawn_file_actions_adddup2(&actions, fd, 2)
+        var pid: pid_t = 0
+        let cArgs = argv.map { strdup($0) } + [nil]
+        defer { cArgs.forEach { free($0) } }
+        let rc = posix_spawn(&pid, argv[0], &actions, nil, cArgs, environ)
+        guard rc == 0 else { throw SystemError("cannot run \(argv[0]): \(String(cString: strerror(rc)))") }
+        var status: Int32 = 0
+        while waitpid(pid, &status, 0) < 0 && errno == EINTR {}
+        var bytes: [UInt8] = []
+        var buffer = [UInt8](repeating: 0, count: 4096)
+        var offset: off_t = 0
+        while true {
+            let n = pread(fd, &buffer, buffer.count, offset)
+            if n <= 0 { break }
+            bytes += buffer[0..<n]
+            offset += off_t(n)
+        }
+        return ((status & 0x7f) == 0 ? (status >> 8) & 0xff : 128 + (status & 0x7f), String(decoding: bytes, as: UTF8.self))
+    }
+
+    /// Writes `text` to a file (for /proc/sys/vm/drop_caches and the like); false on failure.
+    public static func writeFile(_ path: String, _ text: String) -> Bool {
+        let fd = open(path, O_WRONLY | O_CLOEXEC)
+        guard fd >= 0 else { return false }
+        defer { _ = Glibc.close(fd) }
+        var t = text
+        return t.withUTF8 { Glibc.write(fd, $0.baseAddress, $0.count) == $0.count }
+    }
+
+    /// sync(2): every dirty page of every file system to disk.
+    public static func syncFileSystems() { sync() }
 }
 
 public enum Host {

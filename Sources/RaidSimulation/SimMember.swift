@@ -145,3 +145,21 @@ public final class SimMember: MemberDevice {
     /// uses), or nil when there is none.
     public func probe() -> MemberMetadata? { try? SuperblockProbe.probe(self) }
 }
+
+/// Performs one member I/O of the core on a device, through the device protocol, and says how
+/// it ended (the simulator and the stepped test double do their I/O this way).
+func perform(_ io: MemberIORequest, on device: MemberDevice) -> MemberIOResult {
+    do throws(MemberIOError) {
+        switch io.kind {
+        case .read(let buffer):
+            try device.read(at: io.offsetBytes, into: [UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count)], purpose: io.purpose)
+        case .write(let buffer, let fua):
+            try device.write(at: io.offsetBytes, from: [UnsafeRawBufferPointer(start: buffer.baseAddress, count: buffer.count)], fua: fua, purpose: io.purpose)
+        case .flush:
+            try device.flush(purpose: io.purpose)
+        }
+        return .success
+    } catch {
+        return .failure(error)
+    }
+}

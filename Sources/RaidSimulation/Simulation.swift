@@ -540,36 +540,22 @@ public final class Simulation: LivenessSubject, CoreShell {
         let m = io.member.rawValue
         let member = members[m]
         let mayFault = !faultsHealed && !io.purpose.isMetadata && io.purpose != .clientFlush
-        var result: MemberIOResult = .success
+        var result: MemberIOResult
         switch io.kind {
-        case .read(let buffer):
-            if mayFault && faults.readErrorChance > 0 && canSpoil(m) && faultRandom.chance(faults.readErrorChance) {
-                // A latent bad sector: reads of it fail until it is rewritten.
-                member.badSectors.insert(Int(io.offsetBytes) / 512 + faultRandom.below(max(1, buffer.count / 512)))
-                count("injected bad sectors")
-                result = .failure(.io)
-            } else {
-                let raw = UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count)
-                do throws(MemberIOError) {
-                    try member.read(at: io.offsetBytes, into: [raw], purpose: io.purpose)
-                } catch {
-                    result = .failure(error)
-                }
-            }
-        case .write(let buffer, let fua):
-            if mayFault && faults.writeErrorChance > 0 && memberFailuresAllowed > 0 && !member.dead && canSpoil(m)
-                && faultRandom.chance(faults.writeErrorChance)
-            {
-                // A write error kills the member for good (md fails it).
-                count("injected member deaths")
-                member.dead = true
-                memberFailuresAllowed -= 1
-                result = .failure(.io)
-            } else if !member.write(offset: Int(io.offsetBytes), data: buffer.bytes, fua: fua) {
-                result = .failure(.io)
-            }
-        case .flush:
-            if !member.flush() { result = .failure(.io) }
+        case .read(let buffer) where mayFault && faults.readErrorChance > 0 && canSpoil(m) && faultRandom.chance(faults.readErrorChance):
+            // A latent bad sector: reads of it fail until it is rewritten.
+            member.badSectors.insert(Int(io.offsetBytes) / 512 + faultRandom.below(max(1, buffer.count / 512)))
+            count("injected bad sectors")
+            result = .failure(.io)
+        case .write where mayFault && faults.writeErrorChance > 0 && memberFailuresAllowed > 0 && !member.dead && canSpoil(m)
+            && faultRandom.chance(faults.writeErrorChance):
+            // A write error kills the member for good (md fails it).
+            count("injected member deaths")
+            member.dead = true
+            memberFailuresAllowed -= 1
+            result = .failure(.io)
+        default:
+            result = perform(io, on: member)
         }
         if traceSink != nil { record("io \(id) done: \(result == .success ? "ok" : "FAILED")") }
         trace.add(20); trace.add(id.rawValue); trace.add(now)

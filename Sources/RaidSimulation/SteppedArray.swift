@@ -96,25 +96,8 @@ public final class SteppedArray: CoreShell {
         now += 10_000
         let m = io.member.rawValue
         let member = members[m]
-        var result: MemberIOResult = .success
-        switch io.kind {
-        case .read(let buffer):
-            if failingMembers.contains(m) {
-                result = .failure(.io)
-            } else {
-                do throws(MemberIOError) {
-                    try member.read(at: io.offsetBytes, into: [UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count)], purpose: io.purpose)
-                } catch {
-                    result = .failure(error)
-                }
-            }
-        case .write(let buffer, let fua):
-            if failingMembers.contains(m) || failingWrites.contains(m) || !member.write(offset: Int(io.offsetBytes), data: buffer.bytes, fua: fua) {
-                result = .failure(.io)
-            }
-        case .flush:
-            if failingMembers.contains(m) || !member.flush() { result = .failure(.io) }
-        }
+        let failing = failingMembers.contains(m) || (io.isWrite && failingWrites.contains(m))
+        let result = failing ? MemberIOResult.failure(.io) : perform(io, on: member)
         history.append((io, true))
         driver.memberIOCompleted(io.id, result: result, now: now)
     }

@@ -58,7 +58,10 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     public var mode: Mode { options.mode }
     public var name: String { path }
     private let fd: FileDescriptor
+    /// Set once, under `closeLock`: a closed file's descriptor number may belong to another file
+    /// by now, so every I/O checks it first and fails with EBADF.
     private var closed = false
+    private let closeLock = ConditionLock()
     public let isBlockDevice: Bool
 
     /// Opens an existing member.
@@ -104,14 +107,26 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
 
     deinit { close() }
 
+    /// Closes the descriptor (once, whichever thread asks first). The owner closes only when no
+    /// I/O on the file is in flight.
     public func close() {
-        guard !closed else { return }
-        closed = true
-        _ = Glibc.close(fd.rawValue)
+        let shouldClose = closeLock.withLock { () -> Bool in
+            if closed { return false }
+            closed = true
+            return true
+        }
+        if shouldClose { _ = Glibc.close(fd.rawValue) }
+    }
+
+    public var isClosed: Bool { closeLock.withLock { closed } }
+
+    private func checkOpen() throws(MemberIOError) {
+        if isClosed { throw MemberIOError(errno: EBADF, message: "\(path) is closed") }
     }
 
     /// Size in bytes (the device size for block devices).
     public func sizeBytes() throws(MemberIOError) -> UInt64 {
+        try checkOpen()
         if isBlockDevice {
             var size: UInt64 = 0
             if swraid_block_device_size(fd.rawValue, &size) == 0 { return size }
@@ -127,6 +142,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     }
 
     public func read(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer], purpose: MemberIOPurpose) throws(MemberIOError) {
+        try checkOpen()
         if options.direct && !Self.aligned(buffers.map { UnsafeRawBufferPointer($0) }, offsetBytes) {
             let total = buffers.reduce(0) { $0 + $1.count }
             let bounce = UnsafeMutableRawBufferPointer.allocate(byteCount: max(total, 1), alignment: 4096)
@@ -143,7 +159,8 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     }
 
     public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
-        precondition(options.mode == .readWrite, "write to a member opened read-only")
+        try checkOpen()
+        guard options.mode == .readWrite else { throw MemberIOError(errno: EBADF, message: "\(path) is open read-only") }
         var sources = buffers
         var bounce: UnsafeMutableRawBufferPointer?
         defer { bounce?.deallocate() }
@@ -162,6 +179,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     }
 
     public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
+        try checkOpen()
         if fdatasync(fd.rawValue) != 0 { throw MemberIOError(errno: errno, message: "flush failed: \(lastErrorText())") }
     }
 

@@ -98,7 +98,8 @@ extension RaidCore {
         case .layout: return String(geometry.layout.rawValue)
         case .chunkSize: return String(geometry.chunkBytes)
         case .componentSize: return String(geometry.memberDataSectors / 2)
-        case .arraySize: return String(geometry.arraySectors / 2)
+        // md prints "default" unless the size was set by hand (swraid never sets it).
+        case .arraySize: return "default"
         case .resyncStart: return sync.recoveryCheckpointSectors == maxSector ? "none" : String(sync.recoveryCheckpointSectors)
         case .maxReadErrors: return String(config.maxReadErrors)
         case .metadataVersion: return members.list.first?.template.metadataVersion.rawValue ?? "1.2"
@@ -194,14 +195,15 @@ extension RaidCore {
 
     /// `echo ACTION > sync_action` (md's action_store).
     func setSyncAction(_ action: SyncAction, id: RequestID) {
-        if readOnly {
+        // A read-only array runs no sync; md still takes idle and frozen there.
+        if readOnly && action != .idle && action != .frozen {
             out.append(.completeControl(id, .failed(.busy("array is read-only"))))
             return
         }
         switch action {
         case .idle:
             sync.frozen = false
-            readAuto = false
+            leaveReadAuto()
             if sync.running != nil {
                 interruptSync(waiter: id)
             } else {
@@ -217,7 +219,7 @@ extension RaidCore {
                 return
             }
             sync.frozen = false
-            readAuto = false
+            leaveReadAuto()
             if action == .check { sync.requested = .check }
             if action == .repair { sync.requested = .repair }
             out.append(.completeControl(id, .done))
@@ -225,15 +227,26 @@ extension RaidCore {
         }
     }
 
+    /// md: any successful `sync_action` or `array_state` write drops auto-read-only.
+    func leaveReadAuto() {
+        guard readAuto, !readOnly else { return }
+        readAuto = false
+        metadataBecameWritable()
+    }
+
     /// `echo STATE > array_state` (md's array_state_store).
     func setArrayState(_ state: ArrayState, id: RequestID) {
         func done() { out.append(.completeControl(id, .done)) }
         func fail(_ e: ControlError) { out.append(.completeControl(id, .failed(e))) }
+        if config.membersAreReadOnly && (state == .clean || state == .active || state == .readAuto) {
+            return fail(.readOnly)
+        }
         switch state {
         case .clean:
             if writesPending > 0 { return fail(.busy("writes in flight")) }
             readOnly = false
-            readAuto = false
+            leaveReadAuto()
+            metadataBecameWritable()
             if !superblocks.inSync {
                 superblocks.inSync = true
                 superblocks.safeModeFired = false
@@ -241,9 +254,11 @@ extension RaidCore {
             } else {
                 done()
             }
+            checkRecovery()
         case .active:
             readOnly = false
-            readAuto = false
+            leaveReadAuto()
+            metadataBecameWritable()
             if superblocks.inSync {
                 markDirtyIfClean()
                 requestSuperblockUpdate(waiter: id)
@@ -253,13 +268,25 @@ extension RaidCore {
             } else {
                 done()
             }
+            checkRecovery()
         case .readonly:
+            // md_set_readonly: the sync stops and the array is written clean first
+            // (__md_stop_writes); from then on nothing is written.
             if writesPending > 0 { return fail(.busy("writes in flight")) }
-            readOnly = true
+            if readOnly { return done() }
             if sync.running != nil { interruptSync(waiter: nil) }
-            done()
+            if !superblocks.inSync && metadataWritable {
+                superblocks.inSync = true
+                superblocks.safeModeFired = false
+                _ = bitmap?.clearIdleBits()
+                requestSuperblockUpdate(waiter: id)
+            } else {
+                done()
+            }
+            readOnly = true
         case .readAuto:
-            if writesPending > 0 || !superblocks.inSync { return fail(.busy("array is dirty")) }
+            // md: only a read-only array may become auto-read-only (EBUSY when read-write).
+            if !readOnly && !readAuto { return fail(.busy("array is read-write")) }
             readOnly = false
             readAuto = true
             done()
@@ -281,9 +308,13 @@ extension RaidCore {
             stripes.append(s)
             freeStripes.append(s)
         }
-        // Shrinking drops free stripes now; busy ones go as they are released.
-        while stripes.count > n, let victim = freeStripes.popLast() {
-            stripes.removeAll { $0 === victim }
+        // Shrinking drops free stripes now (in one pass over the cache); busy ones go as they
+        // are released.
+        if stripes.count > n {
+            let excess = min(stripes.count - n, freeStripes.count)
+            let victims = Set(freeStripes.suffix(excess).map(ObjectIdentifier.init))
+            freeStripes.removeLast(excess)
+            stripes.removeAll { victims.contains(ObjectIdentifier($0)) }
         }
         serveStripeWaiters()
         out.append(.completeControl(id, .done))
@@ -357,6 +388,11 @@ extension RaidCore {
             out.append(.completeControl(id, .failed(.busy("member \(m) is not a removed device"))))
             return
         }
+        let number = members[m].template.devNumber
+        if members.list.enumerated().contains(where: { $0.offset != m.rawValue && $0.element.role != .removed && $0.element.template.devNumber == number }) {
+            out.append(.completeControl(id, .failed(.busy("device number \(number) is in use by another member"))))
+            return
+        }
         members[m].role = .spare
         members[m].readErrors = 0
         superblocks.devicesChanged = true
@@ -407,7 +443,9 @@ extension RaidCore {
     /// answer once it has landed.
     func progressStop() {
         guard case .stopping(let waiters, let started) = stopState else { return }
-        let quiet = requestsInFlight == 0 && sync.running == nil && superblocks.update == nil && !superblocks.updateRequested
+        // An update held back on a read-only array is never written: it does not hold up the stop.
+        let quiet = requestsInFlight == 0 && sync.running == nil && superblocks.update == nil
+            && (!superblocks.updateRequested || !metadataWritable)
             && (bitmap?.writeOutstanding ?? 0) == 0
         guard quiet else { return }
         if !started {

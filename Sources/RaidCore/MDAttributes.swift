@@ -294,6 +294,8 @@ public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
     case readOnlyAttribute(String)
     /// ENODEV: the array is stopped.
     case stopped
+    /// EROFS: the members are open read-only; the array cannot become writable.
+    case readOnly
 
     public var description: String {
         switch self {
@@ -302,6 +304,7 @@ public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unknownAttribute(let name): return "no attribute '\(name)'"
         case .readOnlyAttribute(let name): return "attribute '\(name)' is read-only"
         case .stopped: return "the array is stopped"
+        case .readOnly: return "the members are open read-only"
         }
     }
 
@@ -313,6 +316,7 @@ public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unknownAttribute: return 2
         case .readOnlyAttribute: return 13
         case .stopped: return 19
+        case .readOnly: return 30
         }
     }
 
@@ -324,6 +328,7 @@ public enum ControlError: Error, Equatable, Sendable, CustomStringConvertible {
         case .unknownAttribute: return "ENOENT"
         case .readOnlyAttribute: return "EACCES"
         case .stopped: return "ENODEV"
+        case .readOnly: return "EROFS"
         }
     }
 }

@@ -353,6 +353,7 @@ extension RaidCore {
         if readAuto {
             readAuto = false
             log(.info, "first write: the array switches from read-auto to read-write")
+            metadataBecameWritable()
             checkRecovery()
         }
         markDirtyIfClean()

@@ -79,12 +79,33 @@ extension RaidCore {
     /// Asks for the superblocks to be rewritten with the current state. Never waits for anything
     /// but the member writes themselves: no control command, lock or sync can hold it back.
     func requestSuperblockUpdate(waiter: RequestID? = nil) {
+        if !metadataWritable {
+            // md_update_sb on a read-only or auto-read-only array: nothing is written now; the
+            // change goes out when the array becomes writable. The command is answered at once,
+            // as md answers it.
+            superblocks.updateRequested = true
+            if let waiter { out.append(.completeControl(waiter, .done)) }
+            return
+        }
         if let waiter { superblocks.waiters.append(waiter) }
         if superblocks.update != nil || superblockUpdateDeferred {
             superblocks.updateRequested = true
             return
         }
         startSuperblockUpdate()
+    }
+
+    /// Superblocks and bitmap may be written: the array is read-write (md_is_rdwr).
+    var metadataWritable: Bool { !readOnly && !readAuto && !config.membersAreReadOnly }
+
+    /// The array just became read-write: metadata changes held back go out now.
+    func metadataBecameWritable() {
+        guard metadataWritable else { return }
+        if superblocks.updateRequested && superblocks.update == nil && !superblockUpdateDeferred {
+            superblocks.updateRequested = false
+            startSuperblockUpdate()
+        }
+        scheduleBitmapWrite()
     }
 
     /// The broken variant: md 5.4 could not write the superblock while a sync stop held the lock.
@@ -195,7 +216,7 @@ extension RaidCore {
             for s in frozen { handleStripe(s) }
         }
         for waiter in update.waiters { out.append(.completeControl(waiter, .done)) }
-        if superblocks.updateRequested && !superblockUpdateDeferred {
+        if superblocks.updateRequested && !superblockUpdateDeferred && metadataWritable {
             superblocks.updateRequested = false
             startSuperblockUpdate()
         }

@@ -182,9 +182,17 @@ extension RaidCore {
             }
             sync.running!.pausedAtMax = false
             if run.bitmapGuided, let bitmap, !bitmap.needsResync(memberSector: unit * unitSectors) {
-                // A clean region: nothing to do there.
-                sync.running!.nextUnit += 1
-                sync.running!.finishedAhead.insert(unit)
+                // A clean region: skipped whole once everything before it is done, the watermark
+                // jumping to the next dirty region (one scan of the bitmap, nothing per unit, so
+                // a large clean array costs no more than a small one).
+                advanceWatermark(&sync.running!)
+                let progress = sync.running!
+                guard progress.inFlight.isEmpty, progress.finishedAhead.isEmpty, progress.watermarkUnit == unit else { break }
+                let target = bitmap.nextResyncChunk(after: bitmap.chunk(ofSector: unit * unitSectors))
+                    .map { min(run.endUnit, UInt64($0) * bitmap.chunkSectors / unitSectors) } ?? run.endUnit
+                precondition(target > unit, "a bitmap-guided resync must move forward")
+                sync.running!.nextUnit = target
+                sync.running!.watermarkUnit = target
                 continue
             }
             if rateExceeded() {
@@ -387,7 +395,7 @@ extension RaidCore {
         completeStopWaiters()
         // Updates held back while the stop was pending (only the broken md-5.4-like variant
         // ever holds any back) go out now.
-        if superblocks.updateRequested && superblocks.update == nil {
+        if superblocks.updateRequested && superblocks.update == nil && metadataWritable {
             superblocks.updateRequested = false
             startSuperblockUpdate()
         }

@@ -267,6 +267,9 @@ public struct CoreConfig: Sendable, Equatable {
     /// How often a running sync records its position in the superblocks (fraction of total).
     public var syncCheckpointsPerPass: UInt64 = 16
     public var startMode: CoreStartMode = .readAuto
+    /// The shell opened the members read-only: nothing may ever be written to them, and no
+    /// attribute write can make the array writable (EROFS).
+    public var membersAreReadOnly = false
 
     public init() {}
 
@@ -293,6 +296,7 @@ public struct CoreConfig: Sendable, Equatable {
         if maxControlWaiters < 1 { try fail("the control waiter bound must be positive") }
         if syncWindowStripes < 1 { try fail("the sync window must hold at least one stripe") }
         if syncCheckpointsPerPass < 1 { try fail("a sync records its position at least once per pass") }
+        if membersAreReadOnly && startMode != .readOnly { try fail("members opened read-only need a read-only start") }
     }
 }
 

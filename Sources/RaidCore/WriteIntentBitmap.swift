@@ -65,6 +65,16 @@ final class WriteIntentBitmap {
 
     var anyResyncPending: Bool { resyncPending.contains(true) }
 
+    /// The first region after `c` that needs a resync.
+    func nextResyncChunk(after c: Int) -> Int? {
+        var i = c + 1
+        while i < bitCount {
+            if resyncPending[i] { return i }
+            i += 1
+        }
+        return nil
+    }
+
     /// True when the region's bit is on disk; otherwise sets it for the next image write.
     func readyToWrite(unit: UInt64, unitSectors: UInt64) -> Bool {
         let c = chunk(ofSector: unit * unitSectors)
@@ -134,7 +144,7 @@ extension RaidCore {
     func scheduleBitmapWrite(force: Bool = false) {
         guard let bitmap else { return }
         if force { bitmap.writeWanted = true }
-        guard bitmap.writeWanted, bitmap.writeOutstanding == 0 else { return }
+        guard bitmap.writeWanted, bitmap.writeOutstanding == 0, metadataWritable else { return }
         let targets = members.filter(\.receivesSuperblocks)
         bitmap.writeWanted = false
         // The image is taken now: a bit cleared in it belongs to a region whose writes have all

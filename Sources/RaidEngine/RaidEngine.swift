@@ -74,8 +74,10 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     var driver: CoreDriver<RaidEngine>!
     /// By member index; a device stays in the table when its member is removed (indices are
-    /// stable), and is closed then.
+    /// stable), and is closed then (and opened again by a re-add).
     var devices: [MemberDevice]
+    /// Members whose device is to be closed once no I/O on it is in flight (after a remove).
+    var pendingCloses: Set<MemberIndex> = []
     var pool: MemberIOPool!
     let plug = IOPlug()
     var plugged: [MemberIORequest] = []
@@ -84,21 +86,72 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     var timerTasks: [TimerID: Scheduled<Void>] = [:]
     let startUptimeNanos: UInt64
     let mailbox = Mailbox()
-    var addInProgress = false
+    /// An add or re-add is between its steps (they change the member table; one at a time).
+    var membershipChangeInProgress = false
+    /// Set on the loop once the array has stopped: calls that reach the loop later fail fast.
     var closed = false
     /// `waitForSync` callers, resumed once no sync runs (checked after every batch of actions).
     var syncWaiters: [@Sendable () -> Void] = []
-
-    /// Set once the engine has stopped and its loop may be gone: calls answer without hopping.
-    let shutDown = Flag()
+    /// Public calls in progress; `stop` lets them finish before the loop goes away.
+    let gate = CallGate()
+    /// The one stop, however many callers ask for it.
+    let stopOnce = StopOnce()
     /// The array as it was when it stopped (what `snapshot` returns from then on).
     var finalSnapshot: ArraySnapshot?
 
-    final class Flag: @unchecked Sendable {
-        let lock = ConditionLock()
-        var value = false
-        var isSet: Bool { lock.withLock { value } }
-        func set() { lock.withLock { value = true } }
+    /// Counts public calls in progress. Once closed, no call enters, and `closeAndDrain` returns
+    /// when the last one has left: after that nothing will hop onto the loop again.
+    final class CallGate: @unchecked Sendable {
+        private let lock = ConditionLock()
+        private var active = 0
+        private var isClosed = false
+        private var drained: [CheckedContinuation<Void, Never>] = []
+
+        func enter() -> Bool {
+            lock.withLock {
+                guard !isClosed else { return false }
+                active += 1
+                return true
+            }
+        }
+
+        func leave() {
+            let ready: [CheckedContinuation<Void, Never>] = lock.withLock {
+                precondition(active > 0, "call gate left more often than entered")
+                active -= 1
+                guard active == 0 else { return [] }
+                defer { drained.removeAll() }
+                return drained
+            }
+            for c in ready { c.resume() }
+        }
+
+        var closedForGood: Bool { lock.withLock { isClosed } }
+
+        func closeAndDrain() async {
+            await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+                let now: Bool = lock.withLock {
+                    isClosed = true
+                    if active == 0 { return true }
+                    drained.append(c)
+                    return false
+                }
+                if now { c.resume() }
+            }
+        }
+    }
+
+    final class StopOnce: @unchecked Sendable {
+        private let lock = ConditionLock()
+        private var task: Task<Void, Never>?
+        func run(_ body: @escaping @Sendable () async -> Void) -> Task<Void, Never> {
+            lock.withLock {
+                if let task { return task }
+                let t = Task { await body() }
+                task = t
+                return t
+            }
+        }
     }
 
     /// Completions posted by the I/O threads, drained on the loop in batches.
@@ -147,7 +200,10 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
             throw EngineError.member("\(error)")
         }
         var config = options.config
-        if options.readOnly { config.startMode = .readOnly }
+        if options.readOnly {
+            config.startMode = .readOnly
+            config.membersAreReadOnly = true
+        }
         config.wallClockAtZeroSeconds = Clock.wallSeconds()
         do { try config.validate() } catch {
             given.forEach { $0.close() }
@@ -196,7 +252,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     }
 
     deinit {
-        precondition(closed || pool == nil, "a RaidEngine must be stopped before it goes away")
+        precondition(gate.closedForGood || pool == nil, "a RaidEngine must be stopped before it goes away")
     }
 
     /// Nanoseconds since the engine started (the core's time).
@@ -212,6 +268,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     public func actionsDispatched() {
         if !holdingPlug { unplug() }
+        if !pendingCloses.isEmpty { closeIdleDevices() }
         if !syncWaiters.isEmpty && core.syncKind == nil {
             let waiters = syncWaiters
             syncWaiters.removeAll()
@@ -245,6 +302,16 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         }
         holdingPlug = false
         unplug()
+        if !pendingCloses.isEmpty { closeIdleDevices() }
+    }
+
+    /// Closes the removed members' devices that no I/O is using any more.
+    func closeIdleDevices() {
+        let busy = Set(driver.memberIOsInFlight.values.map(\.member))
+        for m in pendingCloses.sorted() where !busy.contains(m) && core.role(of: m) == .removed {
+            devices[m.rawValue].close()
+            pendingCloses.remove(m)
+        }
     }
 
     public func armTimer(_ timer: TimerID, at deadline: Nanoseconds, token: UInt64) {
@@ -276,23 +343,35 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     // MARK: - running on the loop
 
-    /// Runs `body` on the loop now if already there, else as soon as the loop gets to it.
+    /// Runs `body` on the loop now if already there, else as soon as the loop gets to it. Only
+    /// called with the gate entered (or from the loop), so the loop is alive.
     func onLoop(_ body: @escaping @Sendable () -> Void) {
         if eventLoop.inEventLoop { body() } else { eventLoop.execute(body) }
     }
 
     func onLoop<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
         if eventLoop.inEventLoop { return body() }
-        return try! await eventLoop.submit(body).get()
+        return await withCheckedContinuation { continuation in
+            eventLoop.execute { continuation.resume(returning: body()) }
+        }
+    }
+
+    /// Runs `body` as a public call: refused with `stopped` once the engine has stopped, and
+    /// counted so that `stop` waits for it before the loop goes away.
+    func call<T>(stopped: T, _ body: () async -> T) async -> T {
+        guard gate.enter() else { return stopped }
+        defer { gate.leave() }
+        return await body()
     }
 
     // MARK: - client requests
 
-    /// Hands a request to the array; `completion` runs on the loop with its one result. The
-    /// cheapest entry (no task, no continuation) for a server already on the loop.
+    /// Hands a request to the array; `completion` runs on the loop with its one result (or at
+    /// once with ESHUTDOWN after a stop). The cheapest entry, for a server already on the loop.
     public func submit(_ request: ClientRequest, completion: @escaping @Sendable (ClientResult) -> Void) {
-        if shutDown.isSet { return completion(.failed(.shutdown)) }
+        guard gate.enter() else { return completion(.failed(.shutdown)) }
         onLoop {
+            defer { self.gate.leave() }
             guard !self.closed else { return completion(.failed(.shutdown)) }
             self.driver.submit(request, context: completion, now: self.now())
         }
@@ -335,12 +414,44 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     // MARK: - control
 
+    /// A control command; `completion` runs with md's answer. `stop` and `readd` take the
+    /// engine's own paths (the stop shuts the engine down, a re-add may reopen a device);
+    /// after `remove` the member's device is closed once no I/O uses it.
     public func control(_ command: ControlCommand, completion: @escaping @Sendable (ControlResult) -> Void) {
-        if shutDown.isSet { return completion(.failed(.stopped)) }
-        onLoop {
-            guard !self.closed else { return completion(.failed(.stopped)) }
-            self.driver.control(command, context: completion, now: self.now())
+        switch command {
+        case .stop:
+            Task {
+                await self.stop()
+                completion(.done)
+            }
+            return
+        case .readd(let m):
+            Task { completion(await self.readd(index: m)) }
+            return
+        case .addNew:
+            // Only `add(path:)` writes the spare superblock a new member needs.
+            completion(.failed(.invalid("use add(path:) to add a device")))
+            return
+        default:
+            break
         }
+        guard gate.enter() else { return completion(.failed(.stopped)) }
+        onLoop {
+            defer { self.gate.leave() }
+            guard !self.closed else { return completion(.failed(.stopped)) }
+            self.sendToCore(command, completion: completion)
+        }
+    }
+
+    /// On the loop: the command goes to the core; a successful remove schedules the close.
+    func sendToCore(_ command: ControlCommand, completion: @escaping @Sendable (ControlResult) -> Void) {
+        driver.control(command, context: { result in
+            if case .remove(let m) = command, result == .done {
+                self.pendingCloses.insert(m)
+                self.closeIdleDevices()
+            }
+            completion(result)
+        }, now: now())
     }
 
     public func control(_ command: ControlCommand) async -> ControlResult {
@@ -358,25 +469,38 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     /// `cat md/NAME`.
     public func attribute(_ name: String) async throws(ControlError) -> String {
         let parsed = try AttributeName(parsing: name)
-        if shutDown.isSet { throw ControlError.stopped }
-        let value: String? = await onLoop { self.closed ? nil : self.core.attribute(parsed) }
-        guard let value else { throw closed ? ControlError.stopped : ControlError.unknownAttribute(name) }
-        return value
+        let value: String?? = await call(stopped: nil) {
+            await onLoop { self.closed ? nil : .some(self.core.attribute(parsed)) }
+        }
+        guard let found = value else { throw ControlError.stopped }
+        guard let text = found else { throw ControlError.unknownAttribute(name) }
+        return text
     }
 
     public func snapshot() async -> ArraySnapshot {
-        if shutDown.isSet { return finalSnapshot! }
-        return await onLoop { self.core.snapshot() }
+        let live: ArraySnapshot? = await call(stopped: nil) {
+            await onLoop { self.closed ? nil : self.core.snapshot() }
+        }
+        if let live { return live }
+        return await finalSnapshotAfterStop()
+    }
+
+    /// The snapshot taken at stop (waits for a stop in progress to take it).
+    func finalSnapshotAfterStop() async -> ArraySnapshot {
+        await stopOnce.run { await self.performStop() }.value
+        return finalSnapshot!
     }
 
     /// `mdadm --wait`: returns once no resync, recovery, check or repair runs (at once if none
-    /// does). A sync that another one follows (a check requested meanwhile) is waited for too.
+    /// does, or once the engine stops). A sync that another one follows (a check requested
+    /// meanwhile) is waited for too.
     public func waitForSync() async {
-        if shutDown.isSet { return }
-        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
-            onLoop {
-                if self.closed || self.core.syncKind == nil { return continuation.resume() }
-                self.syncWaiters.append { continuation.resume() }
+        await call(stopped: ()) {
+            await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+                onLoop {
+                    if self.closed || self.core.syncKind == nil { return continuation.resume() }
+                    self.syncWaiters.append { continuation.resume() }
+                }
             }
         }
     }
@@ -384,16 +508,15 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     /// The member a user names by path (any spelling of the same file or device), by its name as
     /// given at assembly, or by its index.
     public func member(named name: String) async throws(ControlError) -> MemberIndex {
+        let names: [String]? = await call(stopped: nil) { await onLoop { self.closed ? nil : self.devices.map(\.name) } }
+        guard let names else { throw ControlError.stopped }
+        // Files are compared by identity (stat), off the loop.
         let identity = MemberFile.identity(name)
-        let found: MemberIndex? = await onLoop {
-            for (i, device) in self.devices.enumerated() {
-                if device.name == name || (identity != nil && MemberFile.identity(device.name) == identity) { return MemberIndex(i) }
-            }
-            if let n = Int(name), n >= 0, n < self.devices.count { return MemberIndex(n) }
-            return nil
+        for (i, candidate) in names.enumerated() {
+            if candidate == name || (identity != nil && MemberFile.identity(candidate) == identity) { return MemberIndex(i) }
         }
-        guard let found else { throw ControlError.invalid("\(name) is not a member of this array") }
-        return found
+        if let n = Int(name), n >= 0, n < names.count { return MemberIndex(n) }
+        throw ControlError.invalid("\(name) is not a member of this array")
     }
 
     /// `mdadm --fail`.
@@ -406,39 +529,99 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     public func remove(member name: String) async throws(ControlError) {
         let m = try await member(named: name)
         if case .failed(let e) = await control(.remove(m)) { throw e }
-        await onLoop { self.closeDeviceWhenIdle(m) }
     }
 
-    /// `mdadm --re-add` of a member removed earlier.
+    /// `mdadm --re-add` of a member removed earlier (or left out at assembly): its device is
+    /// opened again if it was closed, and it comes back as a spare.
     public func readd(member name: String) async throws(ControlError) {
         let m = try await member(named: name)
-        if case .failed(let e) = await control(.readd(m)) { throw e }
+        if case .failed(let e) = await readd(index: m) { throw e }
+    }
+
+    func readd(index m: MemberIndex) async -> ControlResult {
+        await call(stopped: .failed(.stopped)) {
+            // 1. On the loop: reserve the change; learn whether the device must be reopened.
+            let plan: (path: String, reopen: Bool)?? = await onLoop {
+                guard !self.closed else { return nil }
+                guard !self.membershipChangeInProgress else { return .some(nil) }
+                guard m.rawValue >= 0, m.rawValue < self.devices.count else { return .some(nil) }
+                self.membershipChangeInProgress = true
+                self.pendingCloses.remove(m)
+                let device = self.devices[m.rawValue]
+                return .some((device.name, (device as? MemberFile)?.isClosed ?? false))
+            }
+            guard let reserved = plan else { return .failed(.stopped) }
+            guard let plan = reserved else { return .failed(.busy("another add or re-add is in progress, or no member \(m)")) }
+            // 2. Off the loop: open the device again (with its lock).
+            var opened: MemberFile?
+            if plan.reopen {
+                do {
+                    opened = try MemberFile(path: plan.path, options: MemberOpenOptions(mode: readOnly ? .readOnly : .readWrite, exclusive: true))
+                } catch {
+                    await onLoop { self.membershipChangeInProgress = false }
+                    return .failed(.invalid("cannot open \(plan.path) again: \(error)"))
+                }
+            }
+            let reopened = opened
+            // 3. On the loop: the device is in place before the core sends it any I/O.
+            return await withCheckedContinuation { continuation in
+                onLoop {
+                    guard !self.closed else {
+                        reopened?.close()
+                        self.membershipChangeInProgress = false
+                        return continuation.resume(returning: .failed(.stopped))
+                    }
+                    if let reopened { self.devices[m.rawValue] = reopened }
+                    self.driver.control(.readd(m), context: { result in
+                        self.membershipChangeInProgress = false
+                        if case .failed = result, reopened != nil {
+                            self.pendingCloses.insert(m)
+                            self.closeIdleDevices()
+                        }
+                        continuation.resume(returning: result)
+                    }, now: self.now())
+                }
+            }
+        }
     }
 
     /// `mdadm --add`: writes a spare superblock of this array on the device at `path` and adds
     /// it; recovery onto it starts when a slot is empty.
     public func add(path: String, direct: Bool = false) async throws(EngineError) {
-        // 1. On the loop: reserve the add, and learn what the new superblock must say.
-        let plan: (template: MDSuperblock1, devNumber: UInt32, events: UInt64)? = await onLoop {
-            guard !self.closed, !self.addInProgress else { return nil }
-            self.addInProgress = true
+        let outcome: Result<Void, EngineError> = await call(stopped: .failure(.busy("the array is stopped"))) {
+            await addNewDevice(path: path, direct: direct)
+        }
+        try outcome.get()
+    }
+
+    func addNewDevice(path: String, direct: Bool) async -> Result<Void, EngineError> {
+        if readOnly { return .failure(.busy("the array is read-only")) }
+        // 1. On the loop: reserve the change, and learn what the new superblock must say.
+        typealias Plan = (template: MDSuperblock1, devNumber: UInt32, events: UInt64, names: [String])
+        let reserved: Result<Plan, EngineError> = await onLoop {
+            guard !self.closed else { return .failure(.busy("the array is stopped")) }
+            guard !self.membershipChangeInProgress else { return .failure(.busy("another add or re-add is in progress")) }
+            self.membershipChangeInProgress = true
             let snap = self.core.snapshot()
             let used = Set(snap.members.filter { $0.role != .removed }.map(\.devNumber))
             let number = (0..<snap.superblock.maxDev).first { !used.contains($0) } ?? snap.superblock.maxDev
-            return (self.core.superblockTemplate(member: snap.members.first { if case .active = $0.role { return true } else { return false } }?.index ?? MemberIndex(0)), number, snap.events)
+            let source = snap.members.first { if case .active = $0.role { return true } else { return false } }?.index ?? MemberIndex(0)
+            return .success((self.core.superblockTemplate(member: source), number, snap.events, self.devices.map(\.name)))
         }
-        guard let plan else { throw EngineError.busy(closed ? "the array is stopped" : "another add is in progress") }
+        let plan: Plan
+        switch reserved {
+        case .failure(let e): return .failure(e)
+        case .success(let p): plan = p
+        }
         // 2. Off the loop: open, check and write the device (blocking system calls).
-        let device: MemberFile
-        let metadata: MemberMetadata
-        do throws(EngineError) {
-            if readOnly { throw EngineError.busy("the array is read-only") }
-            if let identity = MemberFile.identity(path), devices.contains(where: { MemberFile.identity($0.name) == identity }) {
-                throw EngineError.member("\(path) is already a member of this array")
+        let prepared: Result<(MemberFile, MemberMetadata), EngineError> = {
+            if let identity = MemberFile.identity(path), plan.names.contains(where: { MemberFile.identity($0) == identity }) {
+                return .failure(.member("\(path) is already a member of this array"))
             }
-            do {
+            let device: MemberFile
+            do throws(DiskIOError) {
                 device = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, direct: direct, exclusive: true))
-            } catch { throw EngineError.open(error) }
+            } catch { return .failure(.open(error)) }
             do {
                 let size = try device.size()
                 var generator = SystemRandomNumberGenerator()
@@ -448,69 +631,79 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                     events: plan.events, timeSeconds: Clock.wallSeconds())
                 try MemberMetadataWriter.write(device, superblock: sb, bitmapArea: nil)
                 try device.sync()
-                metadata = MemberMetadata(name: path, superblock: sb, deviceSizeSectors: size / 512)
+                return .success((device, MemberMetadata(name: path, superblock: sb, deviceSizeSectors: size / 512)))
             } catch {
                 device.close()
-                throw EngineError.member("\(path): \(error)")
+                return .failure(.member("\(path): \(error)"))
             }
-        } catch {
-            await onLoop { self.addInProgress = false }
-            throw error
+        }()
+        guard case .success(let (device, metadata)) = prepared else {
+            await onLoop { self.membershipChangeInProgress = false }
+            if case .failure(let e) = prepared { return .failure(e) }
+            return .failure(.member(path))
         }
         // 3. On the loop: the device joins the table at the index the core will give it.
         let result: ControlResult = await withCheckedContinuation { continuation in
             onLoop {
-                defer { self.addInProgress = false }
-                guard !self.closed else { return continuation.resume(returning: .failed(.stopped)) }
+                guard !self.closed else {
+                    device.close()
+                    self.membershipChangeInProgress = false
+                    return continuation.resume(returning: .failed(.stopped))
+                }
                 self.devices.append(device)
                 let expected = self.devices.count - 1
                 self.driver.control(.addNew(metadata), context: { result in
                     if case .failed = result {
-                        // Refused: the table shrinks back (no other add can have run meanwhile).
-                        precondition(self.devices.count - 1 == expected)
+                        // Refused: the table shrinks back (membership changes run one at a time).
+                        precondition(self.devices.count - 1 == expected, "the member table changed during an add")
                         self.devices.removeLast()
                         device.close()
                     }
+                    self.membershipChangeInProgress = false
                     continuation.resume(returning: result)
                 }, now: self.now())
             }
         }
-        if case .failed(let e) = result { throw EngineError.member("\(path): \(e)") }
-    }
-
-    /// Closes a removed member's device once no I/O on it is in flight.
-    func closeDeviceWhenIdle(_ m: MemberIndex) {
-        guard core.role(of: m) == .removed else { return }
-        if driver.memberIOsInFlight.values.contains(where: { $0.member == m }) {
-            eventLoop.scheduleTask(in: .milliseconds(10)) { self.closeDeviceWhenIdle(m) }
-            return
-        }
-        devices[m.rawValue].close()
+        if case .failed(let e) = result { return .failure(.member("\(path): \(e)")) }
+        return .success(())
     }
 
     // MARK: - stop
 
     /// md's stop: requests in flight finish, a running sync stops at a recorded position, the
     /// array is written clean, the members are closed and the I/O threads end. Requests after
-    /// this get ESHUTDOWN. Call it exactly once per engine before letting it go.
+    /// this get ESHUTDOWN. Any number of callers may ask; the engine stops once, and every
+    /// caller returns when it has. Call it before letting the engine go.
     public func stop() async {
-        if shutDown.isSet { return }
-        let result = await control(.stop)
-        precondition(result == .done || result == .failed(.stopped), "stop refused: \(result)")
-        await onLoop {
-            // The final superblock write was the last I/O: nothing may be in flight now.
-            precondition(self.driver.memberIOsInFlight.isEmpty, "member I/O in flight after stop")
-            self.finalSnapshot = self.core.snapshot()
-            self.closed = true
-            for task in self.timerTasks.values { task.cancel() }
-            self.timerTasks.removeAll()
-            let waiters = self.syncWaiters
-            self.syncWaiters.removeAll()
-            for w in waiters { w() }
+        await stopOnce.run { await self.performStop() }.value
+    }
+
+    func performStop() async {
+        if gate.enter() {
+            let result: ControlResult = await withCheckedContinuation { continuation in
+                onLoop {
+                    guard !self.closed else { return continuation.resume(returning: .done) }
+                    self.driver.control(.stop, context: { continuation.resume(returning: $0) }, now: self.now())
+                }
+            }
+            precondition(result == .done, "the core refused to stop: \(result)")
+            await onLoop {
+                // The final superblock write was the last I/O: nothing may be in flight now.
+                precondition(self.driver.memberIOsInFlight.isEmpty, "member I/O in flight after stop")
+                self.finalSnapshot = self.core.snapshot()
+                self.closed = true
+                for task in self.timerTasks.values { task.cancel() }
+                self.timerTasks.removeAll()
+                let waiters = self.syncWaiters
+                self.syncWaiters.removeAll()
+                for w in waiters { w() }
+            }
+            gate.leave()
         }
+        // Calls still in progress reach the loop, see it closed and return; then none can come.
+        await gate.closeAndDrain()
         pool.shutdown()
         for device in devices { device.close() }
-        shutDown.set()
         if let ownedGroup { try? await ownedGroup.shutdownGracefully() }
     }
 }

@@ -61,6 +61,7 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         #expect(throws: MemberIOError.self) { _ = try file.read(at: 2048, count: 4096, purpose: .superblock) }
         do {
             _ = try file.read(at: 2048, count: 4096)
+            Issue.record("a read past the end succeeded")
         } catch {
             #expect(error.description.contains("truncated"))
             #expect(error.description.contains(path))

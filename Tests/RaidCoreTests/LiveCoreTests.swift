@@ -237,3 +237,74 @@ import Testing
         #expect(h.core.attribute("metadata_version") == "1.2")
     }
 }
+
+/// md's answers on read-only and auto-read-only arrays (array_state_store, md_set_readonly).
+@Suite struct ReadOnlyTests {
+    @Test func readonlyMarksADirtyArrayCleanFirstThenWritesNothing() throws {
+        let h = try Harness.raid5(bitmap: true)
+        h.submit(.write(offsetBytes: 0, data: buf(8192, 1), fua: false))
+        h.settle()
+        #expect(h.core.arrayState == .active)
+        let ro = h.set("array_state", "readonly")
+        h.settle()
+        #expect(h.controlResults[ro] == .done)
+        #expect(h.core.arrayState == .readonly)
+        #expect((0..<4).allSatisfy { h.superblock($0).isClean })
+        // From now on nothing is written, whatever happens to the members.
+        let issuedBefore = h.issued.count
+        h.control(.fail(MemberIndex(1)))
+        h.settle()
+        #expect(h.core.degradedCount == 1)
+        #expect(h.issued[issuedBefore...].allSatisfy { !$0.isWrite })
+        #expect(h.superblock(0).role(ofDevNumber: 1) == .active(slot: 1), "a superblock was written while read-only")
+        // idle and frozen are accepted on a read-only array, check is not.
+        #expect(h.controlResult(h.set("sync_action", "idle")) == .done)
+        #expect(h.controlResult(h.set("sync_action", "frozen")) == .done)
+        guard case .failed(.busy)? = h.controlResult(h.set("sync_action", "check")) else { Issue.record("check accepted on a read-only array"); return }
+        // Back to read-write: the failure held back reaches the superblocks now.
+        let active = h.set("array_state", "active")
+        h.settle()
+        #expect(h.controlResults[active] == .done)
+        #expect(h.superblock(0).role(ofDevNumber: 1) == .faulty)
+    }
+
+    @Test func readAutoOnlyFromReadOnly() throws {
+        let h = try Harness.raid5()
+        h.submit(.write(offsetBytes: 0, data: buf(4096, 1), fua: false))
+        h.settle()
+        guard case .failed(.busy)? = h.controlResult(h.set("array_state", "read-auto")) else { Issue.record("read-auto accepted on a read-write array"); return }
+        h.fireTimer(.safeMode)
+        h.settle()
+        #expect(h.controlResult(h.set("array_state", "readonly")) == .done)
+        #expect(h.controlResult(h.set("array_state", "read-auto")) == .done)
+        #expect(h.core.arrayState == .readAuto)
+    }
+
+    @Test func membersOpenedReadOnlyCannotBecomeWritable() throws {
+        var config = CoreConfig()
+        config.startMode = .readOnly
+        config.membersAreReadOnly = true
+        let h = try Harness(SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: false, spares: 0, stripeCacheSize: 256), config: config)
+        for state in ["active", "clean", "read-auto"] {
+            #expect(h.controlResult(h.set("array_state", state)) == .failed(.readOnly), "\(state)")
+        }
+        #expect(h.issued.allSatisfy { !$0.isWrite })
+    }
+
+    @Test func reAddRefusesADeviceNumberAnotherMemberTookMeanwhile() throws {
+        let h = try Harness.raid5()
+        h.control(.fail(MemberIndex(3)))
+        h.control(.remove(MemberIndex(3)))
+        h.settle()
+        // A new device takes device number 3 while member 3 is out.
+        let template = h.core.superblockTemplate(member: MemberIndex(0))
+        let size = UInt64(h.members[0].sizeInBytes / 512)
+        let sb = try MDSuperblock1.spare(from: template, devNumber: 3, deviceUUID: [UInt8](repeating: 7, count: 16), deviceSizeSectors: size, events: h.core.events, timeSeconds: 0)
+        h.attach(SimMember(name: "new", image: [UInt8](repeating: 0, count: Int(size) * 512)))
+        #expect(h.controlResult(h.control(.addNew(MemberMetadata(name: "new", superblock: sb, deviceSizeSectors: size)))) != nil)
+        h.settle()
+        guard case .failed(.busy(let why))? = h.controlResult(h.control(.readd(MemberIndex(3)))) else { Issue.record("re-add with a taken device number accepted"); return }
+        #expect(why.contains("device number 3"))
+        #expect(h.core.attribute("array_size") == "default")
+    }
+}

@@ -90,21 +90,125 @@ import Testing
 }
 
 @Suite struct EngineLifecycleTests {
-    @Test func stopAnswersRequestsInFlightThenRefusesNewOnes() async throws {
+    @Test func stopFinishesTheRequestsInFlightThenRefusesNewOnes() async throws {
         let dir = TemporaryDirectory()
         let paths = try makeArray(in: dir, level: .raid5, disks: 3)
-        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        let (engine, faulty) = try faultyEngine(paths)
+        // Member 2's data writes are held at a gate: the write is in flight when the stop comes.
+        let gate = FaultGate()
+        faulty[2].add(FaultyMember.Rule([.write], purposes: [.data, .parity], stall: gate, failsAfterStall: false))
         let data = IOBuffer(pseudoRandomData(1 << 20, seed: 1))
         async let write: ClientResult = engine.perform(.write(offsetBytes: 0, data: data, fua: false))
+        gate.waitForWaiters(1)
         async let stopped: Void = engine.stop()
+        // Requests after the stop began are refused at once (a read far from the held write,
+        // which it would otherwise queue behind); the held write still runs.
+        let far = engine.sizeBytes - 512
+        var refused = false
+        for _ in 0..<1000 where !refused {
+            refused = await engine.perform(.read(offsetBytes: far, length: 512)) == .failed(.shutdown)
+            if !refused { await Task.yield() }
+        }
+        #expect(refused, "requests kept being served after stop")
+        faulty[2].removeAllRules()
+        gate.open()
         let (w, _) = await (write, stopped)
-        // Either the write was admitted before the stop (and finished) or it came after it.
-        #expect(w == .done || w == .failed(.shutdown))
+        #expect(w == .done)
         #expect(await engine.perform(.read(offsetBytes: 0, length: 512)) == .failed(.shutdown))
         let array = try OfflineArray(paths: paths)
         #expect(array.plan.superblock.isClean)
         #expect(try array.check().mismatchSectors == 0)
-        if w == .done { #expect(try array.read(offsetBytes: 0, byteCount: 1 << 20) == data.bytes) }
+        #expect(try array.read(offsetBytes: 0, byteCount: 1 << 20) == data.bytes)
+    }
+
+    @Test func manyConcurrentStopsStopOnce() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid6, disks: 4)
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        try await engine.write(offsetBytes: 0, data: IOBuffer(pseudoRandomData(65536, seed: 2)))
+        await withTaskGroup(of: Void.self) { group in
+            for _ in 0..<8 { group.addTask { await engine.stop() } }
+            group.addTask { _ = await engine.control(.stop) }
+        }
+        #expect(await engine.snapshot().isStopped)
+        #expect(try OfflineArray(paths: paths).plan.superblock.isClean)
+        // Members are free again.
+        await (try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)).stop()
+    }
+
+    @Test func anAddRacingAStopEitherJoinsOrIsRefused() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 3)
+        let spare = dir.file("spare.img")
+        _ = try MemberFile(creating: spare, sizeBytes: try MemberFile(path: paths[0], mode: .readOnly).size())
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        async let added: Result<Void, EngineError> = { () async -> Result<Void, EngineError> in
+            do throws(EngineError) { try await engine.add(path: spare); return .success(()) } catch { return .failure(error) }
+        }()
+        async let stopped: Void = engine.stop()
+        let (outcome, _) = await (added, stopped)
+        // Whichever came first, the engine stopped cleanly and the spare is not left locked.
+        #expect(await engine.snapshot().isStopped)
+        let relock = try MemberFile(path: spare, options: MemberOpenOptions(mode: .readWrite, exclusive: true))
+        relock.close()
+        if case .success = outcome { #expect(await engine.snapshot().members.count == 4) }
+    }
+
+    @Test func aReadOnlyEngineNeverWritesWhateverItIsAsked() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 4, bitmap: true)
+        let before = paths.map { fileBytes($0) }
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(readOnly: true), logger: quietLogger)
+        #expect(try await engine.attribute("array_state") == "readonly")
+        #expect(await engine.perform(.write(offsetBytes: 0, data: IOBuffer(zeroedCount: 4096), fua: false)) == .failed(.readOnly))
+        // md's answers on a read-only array; none of these may write anything.
+        await #expect(throws: ControlError.readOnly) { try await engine.set("array_state", "active") }
+        await #expect(throws: ControlError.readOnly) { try await engine.set("array_state", "clean") }
+        await #expect(throws: ControlError.readOnly) { try await engine.set("array_state", "read-auto") }
+        await #expect(throws: ControlError.self) { try await engine.set("sync_action", "check") }
+        try await engine.set("sync_action", "idle")
+        try await engine.set("sync_action", "frozen")
+        try await engine.fail(member: paths[1])
+        #expect(try await engine.attribute("degraded") == "1")
+        try await engine.remove(member: paths[1])
+        let data = try await engine.read(offsetBytes: 0, length: 1 << 20)
+        #expect(data.count == 1 << 20)
+        await engine.stop()
+        #expect(paths.map { fileBytes($0) } == before, "a read-only engine wrote to a member")
+    }
+
+    @Test func reAddBringsBackARemovedMemberAndOneLeftOutAtAssembly() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 4)
+        let data = IOBuffer(pseudoRandomData(2 << 20, seed: 21))
+        do {
+            let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+            try await engine.write(offsetBytes: 0, data: data)
+            try await engine.fail(member: paths[1])
+            try await engine.remove(member: paths[1])
+            // Removed and closed: the file is no longer locked by the array.
+            let probe = try MemberFile(path: paths[1], options: MemberOpenOptions(mode: .readOnly, exclusive: true))
+            probe.close()
+            try await engine.readd(member: paths[1])
+            await engine.waitForSync()
+            #expect(await engine.snapshot().degraded == 0)
+            #expect(await engine.snapshot().members[1].role == .active(slot: Role(1)))
+            // Member 2 fails and the array goes on without it; it is stale from then on.
+            try await engine.fail(member: paths[2])
+            try await engine.write(offsetBytes: 2 << 20, data: data)
+            await engine.stop()
+        }
+        // At the next assembly the stale member is left out (its device closed), then re-added.
+        let engine = try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)
+        #expect(engine.leftOut.map(\.name) == [paths[2]])
+        #expect(try await engine.attribute("degraded") == "1")
+        try await engine.readd(member: paths[2])
+        await engine.waitForSync()
+        #expect(try await engine.attribute("degraded") == "0")
+        #expect(try await engine.read(offsetBytes: 0, length: 2 << 20) == data)
+        #expect(try await engine.read(offsetBytes: 2 << 20, length: 2 << 20) == data)
+        await engine.stop()
+        #expect(try OfflineArray(paths: paths).check().mismatchSectors == 0)
     }
 
     @Test func anUncleanArrayResyncsAtAssemblyAsMdWould() async throws {

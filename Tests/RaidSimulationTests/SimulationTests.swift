@@ -72,6 +72,18 @@ func firstFailure(variant: FaultyCoreVariant, scenario: String, faults: FaultPro
         #expect(failure.message.contains("before the superblock said dirty"), "seed \(seed): \(failure)")
     }
 
+    /// The metadata-truth check really looks: on the real core's crash runs it vouches for blocks
+    /// (a checker that always skipped would pass everything).
+    @Test func metadataTruthChecksBlocksOnTheRealCore() throws {
+        var vouched = 0
+        for seed in UInt64(1)...40 {
+            let result = SimRunner.run(seed: seed, scenario: "crash", faults: .none, checkDeterminism: false)
+            #expect(result.failure == nil, "seed \(seed): \(String(describing: result.failure))")
+            vouched += result.stats["blocks vouched for after a crash"] ?? 0
+        }
+        #expect(vouched > 0)
+    }
+
     @Test func durabilityCatchesFlushesThatDoNotFlushMembers() throws {
         let found = firstFailure(variant: .flushWithoutMemberFlush, scenario: "crash")
         let (seed, failure) = try #require(found)

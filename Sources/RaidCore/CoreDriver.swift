@@ -42,27 +42,48 @@ public final class CoreDriver<Shell: CoreShell> {
         public let request: ClientRequest
         public let since: Nanoseconds
         public let context: Shell.ClientContext
+
+        @inlinable
+        init(request: ClientRequest, since: Nanoseconds, context: Shell.ClientContext) {
+            self.request = request
+            self.since = since
+            self.context = context
+        }
     }
 
     public struct PendingControl {
         public let command: ControlCommand
         public let since: Nanoseconds
         public let context: Shell.ControlContext
+
+        @inlinable
+        init(command: ControlCommand, since: Nanoseconds, context: Shell.ControlContext) {
+            self.command = command
+            self.since = since
+            self.context = context
+        }
     }
 
-    public private(set) var pendingClients: [RequestID: PendingClient] = [:]
-    public private(set) var pendingControls: [RequestID: PendingControl] = [:]
-    public private(set) var memberIOsInFlight: [MemberIOID: MemberIORequest] = [:]
+    public var pendingClients: [RequestID: PendingClient] { _pendingClients }
+    @usableFromInline var _pendingClients: [RequestID: PendingClient] = [:]
+    public var pendingControls: [RequestID: PendingControl] { _pendingControls }
+    @usableFromInline var _pendingControls: [RequestID: PendingControl] = [:]
+    public var memberIOsInFlight: [MemberIOID: MemberIORequest] { _memberIOsInFlight }
+    @usableFromInline var _memberIOsInFlight: [MemberIOID: MemberIORequest] = [:]
     /// Bytes of member I/O in flight (reads and writes).
-    public private(set) var memberIOBytesInFlight = 0
+    public var memberIOBytesInFlight: Int { _memberIOBytesInFlight }
+    @usableFromInline var _memberIOBytesInFlight: Int = 0
     /// Armed timers: deadline and the token of the latest arm.
-    public private(set) var timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] = [:]
-    public private(set) var isAbandoned = false
-    public private(set) var now: Nanoseconds
-    var nextRequestID: UInt64
-    var nextTimerToken: UInt64 = 0
-    var queue = Deque<CoreAction>()
-    var dispatching = false
+    public var timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] { _timers }
+    @usableFromInline var _timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] = [:]
+    public var isAbandoned: Bool { _isAbandoned }
+    @usableFromInline var _isAbandoned: Bool = false
+    public var now: Nanoseconds { _now }
+    @usableFromInline var _now: Nanoseconds
+    @usableFromInline var nextRequestID: UInt64
+    @usableFromInline var nextTimerToken: UInt64 = 0
+    @usableFromInline var queue = Deque<CoreAction>()
+    @usableFromInline var dispatching = false
 
     /// `firstRequestID`: where request numbering starts (a shell that replaces its driver, as
     /// the simulator does after a crash, keeps IDs unique across drivers).
@@ -70,7 +91,7 @@ public final class CoreDriver<Shell: CoreShell> {
         self.core = core
         self.shell = shell
         self.nextRequestID = firstRequestID
-        self.now = now
+        self._now = now
     }
 
     /// The next ID `submit` or `control` will use.
@@ -78,11 +99,13 @@ public final class CoreDriver<Shell: CoreShell> {
 
     /// An ID no request will get: for a shell that answers a request itself (a command that did
     /// not parse) and wants it numbered with the rest.
+    @inlinable
     public func reserveRequestID() -> RequestID {
         defer { nextRequestID += 1 }
         return RequestID(nextRequestID)
     }
 
+    @inlinable
     public func start(now: Nanoseconds) {
         advance(to: now)
         feed(core.start(now: now))
@@ -90,46 +113,50 @@ public final class CoreDriver<Shell: CoreShell> {
 
     /// Hands a client request to the core; its completion comes through the shell (possibly
     /// before this returns, when the driver is not already dispatching).
+    @inlinable
     @discardableResult
     public func submit(_ request: ClientRequest, context: Shell.ClientContext, now: Nanoseconds) -> RequestID {
-        precondition(!isAbandoned, "request submitted to an abandoned driver")
+        precondition(!_isAbandoned, "request submitted to an abandoned driver")
         advance(to: now)
         let id = RequestID(nextRequestID)
         nextRequestID += 1
-        pendingClients[id] = PendingClient(request: request, since: now, context: context)
+        _pendingClients[id] = PendingClient(request: request, since: now, context: context)
         feed(core.handle(.client(id, request), now: now))
         return id
     }
 
+    @inlinable
     @discardableResult
     public func control(_ command: ControlCommand, context: Shell.ControlContext, now: Nanoseconds) -> RequestID {
-        precondition(!isAbandoned, "command submitted to an abandoned driver")
+        precondition(!_isAbandoned, "command submitted to an abandoned driver")
         advance(to: now)
         let id = RequestID(nextRequestID)
         nextRequestID += 1
-        pendingControls[id] = PendingControl(command: command, since: now, context: context)
+        _pendingControls[id] = PendingControl(command: command, since: now, context: context)
         feed(core.handle(.control(id, command), now: now))
         return id
     }
 
     /// A member I/O the shell performed has ended.
+    @inlinable
     public func memberIOCompleted(_ id: MemberIOID, result: MemberIOResult, now: Nanoseconds) {
-        guard !isAbandoned else { return }
-        guard let io = memberIOsInFlight.removeValue(forKey: id) else {
+        guard !_isAbandoned else { return }
+        guard let io = _memberIOsInFlight.removeValue(forKey: id) else {
             preconditionFailure("member I/O \(id) completed twice, or was never issued")
         }
-        precondition(memberIOBytesInFlight >= io.byteCount, "member I/O byte accounting would go below zero")
-        memberIOBytesInFlight -= io.byteCount
+        precondition(_memberIOBytesInFlight >= io.byteCount, "member I/O byte accounting would go below zero")
+        _memberIOBytesInFlight -= io.byteCount
         advance(to: now)
         feed(core.handle(.memberIOCompleted(id, result), now: now))
     }
 
     /// A timer the shell armed has fired. Returns false (and does nothing) when a later arm
     /// replaced it.
+    @inlinable
     @discardableResult
     public func timerFired(_ timer: TimerID, token: UInt64, now: Nanoseconds) -> Bool {
-        guard !isAbandoned, let armed = timers[timer], armed.token == token else { return false }
-        timers[timer] = nil
+        guard !_isAbandoned, let armed = _timers[timer], armed.token == token else { return false }
+        _timers[timer] = nil
         advance(to: now)
         feed(core.handle(.timerFired(timer), now: now))
         return true
@@ -137,53 +164,57 @@ public final class CoreDriver<Shell: CoreShell> {
 
     /// The core is gone (the simulator's power loss): nothing more is dispatched, results still
     /// on their way are ignored.
+    @inlinable
     public func abandon() {
-        isAbandoned = true
+        _isAbandoned = true
         queue.removeAll()
     }
 
     /// Member I/Os in flight, oldest first.
-    public var inFlightMemberIOs: [MemberIORequest] { memberIOsInFlight.values.sorted { $0.id < $1.id } }
+    public var inFlightMemberIOs: [MemberIORequest] { _memberIOsInFlight.values.sorted { $0.id < $1.id } }
 
     /// Requests and commands not answered yet, oldest first: a description and when each came.
     public var unanswered: [(String, Nanoseconds)] {
-        pendingClients.sorted { $0.key < $1.key }.map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
-            + pendingControls.sorted { $0.key < $1.key }.map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
+        _pendingClients.sorted { $0.key < $1.key }.map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
+            + _pendingControls.sorted { $0.key < $1.key }.map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
     }
 
+    @inlinable
     func advance(to time: Nanoseconds) {
-        precondition(time >= now, "time went backwards (\(time) < \(now))")
-        now = time
+        precondition(time >= _now, "time went backwards (\(time) < \(_now))")
+        _now = time
     }
 
+    @inlinable
     func feed(_ actions: [CoreAction]) {
         queue.append(contentsOf: actions)
         guard !dispatching else { return }
         dispatching = true
         defer { dispatching = false }
-        while !isAbandoned, let action = queue.popFirst() { dispatch(action) }
-        if !isAbandoned { shell.actionsDispatched() }
+        while !_isAbandoned, let action = queue.popFirst() { dispatch(action) }
+        if !_isAbandoned { shell.actionsDispatched() }
     }
 
+    @inlinable
     func dispatch(_ action: CoreAction) {
         switch action {
         case .memberIO(let io):
-            precondition(memberIOsInFlight.updateValue(io, forKey: io.id) == nil, "member I/O \(io.id) issued twice")
-            memberIOBytesInFlight += io.byteCount
+            precondition(_memberIOsInFlight.updateValue(io, forKey: io.id) == nil, "member I/O \(io.id) issued twice")
+            _memberIOBytesInFlight += io.byteCount
             shell.performMemberIO(io)
         case .completeClient(let id, let result):
-            guard let pending = pendingClients.removeValue(forKey: id) else {
+            guard let pending = _pendingClients.removeValue(forKey: id) else {
                 preconditionFailure("client request \(id) completed twice, or was never submitted")
             }
             shell.clientCompleted(id, request: pending.request, context: pending.context, result: result)
         case .completeControl(let id, let result):
-            guard let pending = pendingControls.removeValue(forKey: id) else {
+            guard let pending = _pendingControls.removeValue(forKey: id) else {
                 preconditionFailure("control command \(id) completed twice, or was never submitted")
             }
             shell.controlCompleted(id, command: pending.command, context: pending.context, result: result)
         case .armTimer(let timer, let deadline):
             nextTimerToken += 1
-            timers[timer] = (deadline, nextTimerToken)
+            _timers[timer] = (deadline, nextTimerToken)
             shell.armTimer(timer, at: deadline, token: nextTimerToken)
         case .log(let level, let text):
             shell.log(level, text)

@@ -35,6 +35,15 @@ public struct RowParity {
         }
     }
 
+    /// Read-modify-write: the data block at data index `dd` changed by `delta` (old XOR new):
+    /// P ^= delta and, for RAID6, Q ^= g^slot · delta.
+    public func applyDataDelta(dataIndex dd: Int, delta: UnsafeRawPointer, _ block: (Int) -> UnsafeMutableRawPointer) {
+        Parity.xor([UnsafeRawPointer(block(row.pDisk)), delta], into: block(row.pDisk), byteCount: byteCount)
+        if let qDisk = row.qDisk {
+            gfMulAddKernel(1, block(qDisk), GF256.pow2(row.syndromeSlot[dd]), delta, into: block(qDisk), byteCount: byteCount)
+        }
+    }
+
     /// Rebuilds the blocks of `missing` roles (at most the level's redundancy) from the others,
     /// which must all hold current content.
     public func rebuild(missing: [Int], _ block: (Int) -> UnsafeMutableRawPointer, scratch: ParityScratch) throws {

@@ -304,10 +304,8 @@ extension RaidCore {
                 applyPieces(s, dataIndex: dd, into: s.scratchA)
                 Parity.xor([UnsafeRawPointer(s.block(disk)), UnsafeRawPointer(s.scratchA)], into: s.scratchB, byteCount: unitBytes)
                 if !skipParity {
-                    Parity.xor([UnsafeRawPointer(s.block(row.pDisk)), UnsafeRawPointer(s.scratchB)], into: s.block(row.pDisk), byteCount: unitBytes)
-                    if let qDisk = row.qDisk {
-                        gfMulAddKernel(1, s.block(qDisk), GF256.pow2(row.syndromeSlot[dd]), s.scratchB, into: s.block(qDisk), byteCount: unitBytes)
-                    }
+                    RowParity(row: row, level: geometry.level, byteCount: unitBytes, zero: zeroPointer)
+                        .applyDataDelta(dataIndex: dd, delta: s.scratchB) { s.block($0) }
                 }
                 s.block(disk).copyMemory(from: s.scratchA, byteCount: unitBytes)
             }

@@ -314,7 +314,7 @@ extension RaidCore {
 
     func syncUnitDone(_ unit: SyncUnit, abandoned: Bool) {
         guard sync.running?.generation == unit.generation else { return }
-        sync.running!.inFlight.remove(unit.unit)
+        precondition(sync.running!.inFlight.remove(unit.unit) != nil, "sync unit \(unit.unit) finished but was not in flight")
         if !abandoned {
             sync.running!.finishedAhead.insert(unit.unit)
             sync.rateWindowSectors += unitSectors
@@ -423,7 +423,7 @@ extension RaidCore {
             var kept: [StripeItem] = []
             for i in stripeWaitersHead..<stripeWaiters.count {
                 if case .sync(let u) = stripeWaiters[i], u.generation == run.generation {
-                    sync.running!.inFlight.remove(u.unit)
+                    precondition(sync.running!.inFlight.remove(u.unit) != nil, "parked sync unit \(u.unit) was not in flight")
                 } else {
                     kept.append(stripeWaiters[i])
                 }

@@ -3,10 +3,6 @@ import DiskIO
 import MDFormat
 import RaidCore
 
-#if canImport(Glibc)
-import Glibc
-#endif
-
 /// A job for the pool: one merged member I/O on one device, and where its results go.
 struct IOJob {
     let device: MemberDevice
@@ -21,7 +17,7 @@ final class MemberIOPool: @unchecked Sendable {
     private let lock = ConditionLock()
     private var jobs = Deque<IOJob>()
     private var stopping = false
-    private var threads: [pthread_t] = []
+    private var threads: [OSThread] = []
     private let deliver: @Sendable ([(MemberIOID, MemberIOResult)]) -> Void
     let maxQueuedJobs: Int
     /// Jobs queued or running (for stop: the pool is idle when this is 0).
@@ -32,15 +28,7 @@ final class MemberIOPool: @unchecked Sendable {
         self.deliver = deliver
         self.maxQueuedJobs = maxQueuedJobs
         for _ in 0..<count {
-            let box = Unmanaged.passRetained(self)
-            var thread = pthread_t()
-            let rc = pthread_create(&thread, nil, { raw in
-                let pool = Unmanaged<MemberIOPool>.fromOpaque(raw!).takeRetainedValue()
-                pool.run()
-                return nil
-            }, box.toOpaque())
-            precondition(rc == 0, "cannot start an I/O thread: \(rc)")
-            threads.append(thread)
+            threads.append(OSThread { [self] in self.run() })
         }
     }
 
@@ -60,7 +48,7 @@ final class MemberIOPool: @unchecked Sendable {
             stopping = true
             lock.broadcast()
         }
-        for t in threads { pthread_join(t, nil) }
+        for t in threads { t.join() }
         threads.removeAll()
     }
 

@@ -168,7 +168,7 @@ extension ChildProcess {
         var template = Array("/tmp/swraid-child.XXXXXX".utf8CString)
         let fd = mkstemp(&template)
         guard fd >= 0 else { throw SystemError("cannot create a temporary file: \(lastErrorText())") }
-        let path = String(cString: template)
+        let path = String(decoding: template.prefix { $0 != 0 }.map { UInt8(bitPattern: $0) }, as: UTF8.self)
         defer { _ = Glibc.close(fd); unlink(path) }
         var actions = posix_spawn_file_actions_t()
         posix_spawn_file_actions_init(&actions)

@@ -244,7 +244,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
             let wasEmpty = box.results.isEmpty
             box.results.append(contentsOf: results)
             box.lock.unlock()
-            if wasEmpty { loop.execute { self?.drainMailbox() } }
+            if wasEmpty, let engine = self { loop.execute { engine.drainMailbox() } }
         }
         driver = CoreDriver(core: core, shell: self)
         for (name, reason) in leftOut { self.logger.warning("\(name) left out: \(reason)") }

@@ -23,7 +23,7 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         let pieces = (0..<1500).map { pattern(512, UInt8(truncatingIfNeeded: $0)) }
         let buffers = pieces.map { p -> UnsafeMutableRawBufferPointer in
             let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 512, alignment: 4096)
-            b.copyMemory(from: UnsafeRawBufferPointer(start: p, count: 512))
+            p.withUnsafeBytes { b.copyMemory(from: $0) }
             return b
         }
         defer { buffers.forEach { $0.deallocate() } }
@@ -48,7 +48,7 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         let unaligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096 + 8, alignment: 16)
         defer { unaligned.deallocate() }
         let view = UnsafeMutableRawBufferPointer(rebasing: unaligned[8..<(4096 + 8)])
-        view.copyMemory(from: UnsafeRawBufferPointer(start: data, count: 4096))
+        data.withUnsafeBytes { view.copyMemory(from: $0) }
         try file.write(at: 8192, from: [UnsafeRawBufferPointer(view)], fua: false, purpose: .data)
         try file.read(at: 8192, into: [view], purpose: .data)
         #expect(Array(view) == data)

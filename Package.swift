@@ -61,6 +61,8 @@ let package = Package(
         .target(name: "CDiskIO"),
         // Offline assembly (read-only streaming) and array creation on real members.
         .target(name: "MDOffline", dependencies: ["RaidMath", "MDFormat", "RaidCore", "DiskIO"], swiftSettings: optimizedInDebug),
+        // The NBD wire format: handshake, request validation, replies (pure: no I/O).
+        .target(name: "NBDProtocol"),
         // The production shell: the core on an event loop, member I/O on a thread pool.
         .target(
             name: "RaidEngine",
@@ -92,6 +94,7 @@ let package = Package(
             dependencies: ["swraid", "MDOffline", "TestSupport", "RaidEngine", "RaidCore", "DiskIO", .product(name: "Logging", package: "swift-log")]),
         .testTarget(name: "RaidEngineTests", dependencies: ["RaidEngine", "RaidCore", "RaidMath", "DiskIO", "MDOffline", "MDFormat", "TestSupport"]),
         .testTarget(name: "DiskIOTests", dependencies: ["DiskIO", "MDFormat", "RaidCore"]),
+        .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
     ],
     swiftLanguageModes: [.v6]
 )

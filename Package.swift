@@ -31,6 +31,7 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-collections", from: "1.1.0"),
         .package(url: "https://github.com/apple/swift-nio", from: "2.65.0"),
         .package(url: "https://github.com/apple/swift-log", from: "1.5.0"),
+        .package(url: "https://github.com/swift-server/swift-service-lifecycle", from: "2.6.0"),
     ],
     targets: [
         // Pure layers: no I/O, no clock, no randomness.
@@ -73,12 +74,22 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]),
+        // NBD over SwiftNIO: the array served on the engine's own event loop.
+        .target(
+            name: "NBDServer",
+            dependencies: [
+                "NBDProtocol", "RaidEngine", "RaidCore",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "swraid",
             dependencies: [
-                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine",
+                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
             ],
             swiftSettings: optimizedInDebug),
         .target(name: "TestSupport", dependencies: ["MDFormat"], path: "Tests/TestSupport", swiftSettings: optimizedInDebug),
@@ -95,6 +106,12 @@ let package = Package(
         .testTarget(name: "RaidEngineTests", dependencies: ["RaidEngine", "RaidCore", "RaidMath", "DiskIO", "MDOffline", "MDFormat", "TestSupport"]),
         .testTarget(name: "DiskIOTests", dependencies: ["DiskIO", "MDFormat", "RaidCore"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(
+            name: "NBDServerTests",
+            dependencies: [
+                "NBDServer", "NBDProtocol", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+            ]),
     ],
     swiftLanguageModes: [.v6]
 )

@@ -11,7 +11,7 @@ struct Swraid: AsyncParsableCommand {
             Members are image files or block devices carrying md v1.x superblocks; the words and \
             defaults are mdadm's.
             """,
-        subcommands: [Demo.self, Create.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self])
+        subcommands: [Demo.self, Create.self, Run.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self])
 }
 
 /// One line on stderr, prefixed like mdadm's messages.

@@ -1,0 +1,315 @@
+import Logging
+import NBDProtocol
+import NIOCore
+import RaidCore
+import RaidEngine
+
+/// One client connection: the handshake, then requests parsed, validated and handed to the
+/// engine (dispatch), replies written as the engine answers (in any order, as NBD allows).
+/// Runs on the engine's event loop, so the engine's completion callbacks arrive here without a
+/// hop. In-flight requests and bytes are bounded per connection: past the bound the connection
+/// stops reading its socket until replies go out (TCP does the rest of the back-pressure).
+final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let engine: RaidEngine
+    let export: NBDExport
+    let options: NBDServerOptions
+    var logger: Logger
+    let registry: ConnectionRegistry
+    var handshake: NBDHandshake
+    var session: NBDSession?
+    var context: ChannelHandlerContext?
+    var cumulation: ByteBuffer?
+    var inFlight = 0
+    var inFlightBytes = 0
+    /// A write whose data is still arriving.
+    var receiving: (cookie: UInt64, request: NBDValidRequest, buffer: IOBuffer, filled: Int)?
+    /// Bytes of a refused write's data still to drop.
+    var discardRemaining = 0
+    var disconnecting = false
+    var closed = false
+    var handshakeTimer: Scheduled<Void>?
+    /// `process` is running: a completion that arrives meanwhile (the engine can answer at once)
+    /// leaves the parsing to it rather than starting over on the same bytes.
+    var processing = false
+
+    /// Largest piece of a TRIM or WRITE_ZEROES handed to the engine at once.
+    static let pieceBytes = 32 << 20
+
+    init(engine: RaidEngine, export: NBDExport, options: NBDServerOptions, logger: Logger, registry: ConnectionRegistry) {
+        self.engine = engine
+        self.export = export
+        self.options = options
+        self.logger = logger
+        self.registry = registry
+        handshake = NBDHandshake(exports: [export])
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelActive(context: ChannelHandlerContext) {
+        logger[metadataKey: "peer"] = .string(context.remoteAddress.map { "\($0)" } ?? "unix")
+        guard registry.admit(context.channel) else {
+            logger.warning("refused a connection: \(registry.limit) connections already open")
+            close(context)
+            return
+        }
+        send(context, NBDHandshake.greeting)
+        context.flush()
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        handshakeTimer = context.eventLoop.scheduleTask(in: options.handshakeTimeout) {
+            let me = bound.value
+            guard me.session == nil, let context = me.context else { return }
+            me.logger.notice("closed a connection that did not finish the handshake in time")
+            me.close(context)
+        }
+        context.read()
+    }
+
+    func channelInactive(context: ChannelHandlerContext) {
+        closed = true
+        handshakeTimer?.cancel()
+        registry.remove(context.channel)
+        context.fireChannelInactive()
+    }
+
+    func errorCaught(context: ChannelHandlerContext, error: Error) {
+        logger.debug("connection error: \(error)")
+        close(context)
+    }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if cumulation == nil {
+            cumulation = incoming
+        } else {
+            cumulation!.writeBuffer(&incoming)
+        }
+        process(context)
+    }
+
+    func channelReadComplete(context: ChannelHandlerContext) {
+        context.flush()
+        if wantsMoreInput { context.read() }
+    }
+
+    /// Below the bounds, not disconnecting: keep reading the socket.
+    var wantsMoreInput: Bool { !closed && !disconnecting && !atBound }
+
+    var atBound: Bool { inFlight >= options.maxRequestsPerConnection || (inFlight > 0 && inFlightBytes >= options.maxBytesPerConnection) }
+
+    func close(_ context: ChannelHandlerContext) {
+        guard !closed else { return }
+        closed = true
+        context.close(promise: nil)
+    }
+
+    func send(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
+        var buffer = context.channel.allocator.buffer(capacity: bytes.count)
+        buffer.writeBytes(bytes)
+        context.write(wrapOutboundOut(buffer), promise: nil)
+    }
+
+    // MARK: - input
+
+    /// Takes every complete message from the received bytes, within the bounds.
+    func process(_ context: ChannelHandlerContext) {
+        guard !processing else { return }
+        processing = true
+        defer { processing = false }
+        while !closed, var buffer = cumulation, buffer.readableBytes > 0 {
+            defer { if !closed { cumulation = buffer.readableBytes > 0 ? buffer : nil } }
+            if session == nil {
+                let (consumed, events) = buffer.withUnsafeReadableBytes { handshake.receive($0) }
+                buffer.moveReaderIndex(forwardBy: consumed)
+                for event in events {
+                    switch event {
+                    case .send(let bytes): send(context, bytes)
+                    case .close(let why):
+                        logger.notice("handshake ended: \(why)")
+                        context.flush()
+                        close(context)
+                    case .transmission(let agreed):
+                        session = agreed
+                        handshakeTimer?.cancel()
+                        logger.info("client started on export '\(agreed.export.name)'\(agreed.structuredReplies ? " with structured replies" : "")")
+                    }
+                }
+                if consumed == 0 { break }
+                continue
+            }
+            if discardRemaining > 0 {
+                let n = min(discardRemaining, buffer.readableBytes)
+                buffer.moveReaderIndex(forwardBy: n)
+                discardRemaining -= n
+                continue
+            }
+            if let r = receiving {
+                let n = min(r.buffer.count - r.filled, buffer.readableBytes)
+                buffer.withUnsafeReadableBytes { raw in
+                    (r.buffer.baseAddress + r.filled).copyMemory(from: raw.baseAddress!, byteCount: n)
+                }
+                buffer.moveReaderIndex(forwardBy: n)
+                receiving!.filled += n
+                if receiving!.filled == r.buffer.count {
+                    receiving = nil
+                    dispatch(context, r.cookie, r.request, data: r.buffer, accountedBytes: 0)
+                }
+                continue
+            }
+            if atBound || disconnecting { break }
+            let parsed = buffer.withUnsafeReadableBytes { NBDRequestHeader.parse($0) }
+            switch parsed {
+            case .needMore:
+                return
+            case .garbage(let magic):
+                logger.notice("closed a connection that sent a bad request magic 0x\(String(magic, radix: 16))")
+                close(context)
+                return
+            case .header(let header):
+                buffer.moveReaderIndex(forwardBy: NBDRequestHeader.byteCount)
+                handle(context, header)
+            }
+        }
+    }
+
+    /// Validation, then either an error reply or the request on its way to the engine.
+    func handle(_ context: ChannelHandlerContext, _ header: NBDRequestHeader) {
+        guard let session else { return }
+        switch NBDValidator.validate(header, session: session) {
+        case .failure(let error):
+            // A refused write's data still follows the header: drop it to stay in step.
+            discardRemaining = header.payloadBytes
+            send(context, NBDReply.error(cookie: header.cookie, error, message: Self.explain(error, header), structured: session.structuredReplies))
+        case .success(.disconnect):
+            disconnecting = true
+            if inFlight == 0 { finishDisconnect(context) }
+        case .success(let request):
+            if case .write(_, let length, _) = request {
+                // The data is copied once, from the socket's buffer into memory the array
+                // computes parity over.
+                inFlight += 1
+                inFlightBytes += length
+                receiving = (header.cookie, request, IOBuffer(uninitializedCount: length), 0)
+            } else {
+                dispatch(context, header.cookie, request, data: nil, accountedBytes: nil)
+            }
+        }
+    }
+
+    static func explain(_ error: NBDError, _ h: NBDRequestHeader) -> String {
+        let what = h.command.map { "\($0)" } ?? "command \(h.type)"
+        switch error {
+        case .invalid: return "\(what) \(h.offset)+\(h.length) (flags 0x\(String(h.flags.rawValue, radix: 16))) is not valid for this export"
+        case .noSpace: return "\(what) \(h.offset)+\(h.length) goes past the end of the export"
+        case .permission: return "the export is read-only"
+        case .notSupported: return "fast zeroing is not supported"
+        default: return "\(what) failed"
+        }
+    }
+
+    // MARK: - dispatch
+
+    /// Hands a valid request to the engine; `accountedBytes` is nil when the bytes are still to
+    /// be counted (a write counted them when its data started arriving).
+    func dispatch(_ context: ChannelHandlerContext, _ cookie: UInt64, _ request: NBDValidRequest, data: IOBuffer?, accountedBytes: Int?) {
+        let bytes: Int
+        switch request {
+        case .read(_, let length): bytes = length
+        case .write(_, let length, _): bytes = length
+        default: bytes = 0
+        }
+        if accountedBytes == nil {
+            inFlight += 1
+            inFlightBytes += bytes
+        }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let finish: @Sendable (ClientResult) -> Void = { result in bound.value.complete(cookie, request, bytes: bytes, result) }
+        switch request {
+        case .read(let offset, let length):
+            engine.submit(.read(offsetBytes: offset, length: length), completion: finish)
+        case .write(let offset, _, let fua):
+            engine.submit(.write(offsetBytes: offset, data: data!, fua: fua), completion: finish)
+        case .flush:
+            engine.submit(.flush, completion: finish)
+        case .trim(let offset, let length, let fua):
+            inPieces(offset, length, flushAfter: fua, { .trim(offsetBytes: $0, length: $1) }, finish)
+        case .writeZeroes(let offset, let length, let fua):
+            inPieces(offset, length, flushAfter: false, { .writeZeroes(offsetBytes: $0, length: $1, fua: fua) }, finish)
+        case .disconnect:
+            preconditionFailure("a disconnect is not dispatched")
+        }
+    }
+
+    /// A TRIM or WRITE_ZEROES larger than the array takes at once, one piece after another (a
+    /// trim with FUA is followed by a flush, the core's trim having no FUA of its own).
+    func inPieces(_ offset: UInt64, _ length: Int, flushAfter: Bool, _ make: @escaping @Sendable (UInt64, Int) -> ClientRequest, _ finish: @escaping @Sendable (ClientResult) -> Void) {
+        let engine = self.engine
+        let end = offset + UInt64(length)
+        @Sendable func step(_ at: UInt64) {
+            guard at < end else {
+                if flushAfter { engine.submit(.flush, completion: finish) } else { finish(.done) }
+                return
+            }
+            let n = Int(min(UInt64(Self.pieceBytes), end - at))
+            engine.submit(make(at, n)) { result in
+                if case .failed = result { return finish(result) }
+                step(at + UInt64(n))
+            }
+        }
+        step(offset)
+    }
+
+    /// The engine answered: the reply goes out, the bounds loosen, reading resumes.
+    func complete(_ cookie: UInt64, _ request: NBDValidRequest, bytes: Int, _ result: ClientResult) {
+        precondition(inFlight > 0 && inFlightBytes >= bytes, "connection in-flight accounting would go below zero")
+        inFlight -= 1
+        inFlightBytes -= bytes
+        guard !closed, let context, let session else { return }
+        let structured = session.structuredReplies
+        switch result {
+        case .data(let data):
+            guard case .read(let offset, _) = request else { preconditionFailure("data for a request that is not a read") }
+            var buffer = context.channel.allocator.buffer(capacity: 32 + data.count)
+            buffer.writeBytes(NBDReply.readHeader(cookie: cookie, offset: offset, length: data.count, structured: structured))
+            data.withUnsafeBytes { buffer.writeBytes($0) }
+            context.write(wrapOutboundOut(buffer), promise: nil)
+        case .done:
+            send(context, NBDReply.done(cookie: cookie))
+        case .failed(let error):
+            let nbd = Self.nbdError(error)
+            if case .busy = error { logger.error("the array refused a request as busy: the server's bounds should have held it back") }
+            send(context, NBDReply.error(cookie: cookie, nbd, message: "\(error)", structured: structured))
+        }
+        context.flush()
+        if disconnecting {
+            if inFlight == 0 { finishDisconnect(context) }
+            return
+        }
+        // Below the bound again: parse what waited, and read the socket again (unless this
+        // completion came while parsing, which then simply goes on).
+        if !atBound && !processing {
+            process(context)
+            if wantsMoreInput { context.read() }
+        }
+    }
+
+    static func nbdError(_ error: ClientError) -> NBDError {
+        switch error {
+        case .io, .busy: return .io
+        case .invalid: return .invalid
+        case .readOnly: return .permission
+        case .shutdown: return .shutdown
+        }
+    }
+
+    /// NBD_CMD_DISC: every outstanding request has been answered; close.
+    func finishDisconnect(_ context: ChannelHandlerContext) {
+        context.flush()
+        close(context)
+    }
+}

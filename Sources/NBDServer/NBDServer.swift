@@ -1,0 +1,136 @@
+import Logging
+import NBDProtocol
+import NIOCore
+import NIOPosix
+import RaidCore
+import RaidEngine
+
+/// Where the server listens.
+public enum NBDListenAddress: Sendable, Equatable, CustomStringConvertible {
+    case tcp(host: String, port: Int)
+    case unix(path: String)
+
+    public var description: String {
+        switch self {
+        case .tcp(let host, let port): return "\(host):\(port)"
+        case .unix(let path): return "unix:\(path)"
+        }
+    }
+}
+
+public struct NBDServerOptions: Sendable {
+    /// Connections at once; more are accepted and closed at once.
+    public var maxConnections = 16
+    /// Requests in flight on one connection before it stops reading from its socket.
+    public var maxRequestsPerConnection = 64
+    /// Bytes of requests in flight on one connection (reads' results, writes' data) before it
+    /// stops reading; one request is always let through whatever its size.
+    public var maxBytesPerConnection = 64 << 20
+    /// A connection still negotiating after this long is closed.
+    public var handshakeTimeout: TimeAmount = .seconds(10)
+    public var readOnly = false
+
+    public init() {}
+
+    /// What the engine's core must accept so that the server's own bounds are the ones hit
+    /// first (a request the core refused as busy would be an error the client did not earn).
+    public func coreBounds(maxBlockBytes: Int) -> (requests: Int, bytes: Int) {
+        (maxConnections * maxRequestsPerConnection, maxConnections * (maxBytesPerConnection + maxBlockBytes))
+    }
+}
+
+/// Serves one array over NBD (fixed newstyle), on the engine's own event loop: connections
+/// hand requests to the engine without a thread hop. The negotiation (`NBDHandshake`), the
+/// validation (`NBDValidator`) and the dispatch to the engine (`NBDConnection`) are separate
+/// pieces.
+public final class NBDServer: @unchecked Sendable {
+    public let engine: RaidEngine
+    public let export: NBDExport
+    public let options: NBDServerOptions
+    let logger: Logger
+    let listener: Channel
+    let connections: ConnectionRegistry
+
+    /// The export an array is served as: named after the array (md's name without the host
+    /// part), preferring whole stripes, at most 32 MiB per request. The protocol wants the
+    /// preferred size a power of two; a stripe of, say, three 64 KiB chunks is not one, so the
+    /// largest power of two within the stripe is preferred then.
+    public static func export(for engine: RaidEngine, readOnly: Bool) -> NBDExport {
+        let name = engine.arrayName.split(separator: ":").last.map(String.init) ?? engine.arrayName
+        var caps = NBDCapabilities()
+        caps.readOnly = readOnly
+        let stripe = UInt32(min(engine.geometry.rowDataSectors * 512, 32 << 20))
+        let preferred = UInt32(1) << (31 - UInt32(stripe.leadingZeroBitCount))
+        return NBDExport(
+            name: name, description: "swraid \(engine.geometry.level) '\(engine.arrayName)'", sizeBytes: engine.sizeBytes,
+            capabilities: caps, minimumBlockSize: 512, preferredBlockSize: preferred, maximumBlockSize: 32 << 20)
+    }
+
+    init(engine: RaidEngine, export: NBDExport, options: NBDServerOptions, logger: Logger, listener: Channel, connections: ConnectionRegistry) {
+        self.engine = engine
+        self.export = export
+        self.options = options
+        self.logger = logger
+        self.listener = listener
+        self.connections = connections
+    }
+
+    /// Starts listening. TCP listens where told (loopback by default in the CLI); a Unix socket
+    /// path is replaced if a stale socket is there.
+    public static func start(engine: RaidEngine, address: NBDListenAddress, options: NBDServerOptions = NBDServerOptions(), logger: Logger? = nil) async throws -> NBDServer {
+        let export = Self.export(for: engine, readOnly: options.readOnly || engine.readOnly)
+        let log = logger ?? engine.logger
+        let registry = ConnectionRegistry(limit: options.maxConnections)
+        let bootstrap = ServerBootstrap(group: engine.eventLoop)
+            .serverChannelOption(.backlog, value: 64)
+            .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
+            .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
+            .childChannelOption(.autoRead, value: false)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    let handler = NBDConnection(engine: engine, export: export, options: options, logger: log, registry: registry)
+                    try channel.pipeline.syncOperations.addHandler(handler)
+                }
+            }
+        let channel: Channel
+        switch address {
+        case .tcp(let host, let port):
+            channel = try await bootstrap.bind(host: host, port: port).get()
+        case .unix(let path):
+            channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        }
+        log.info("serving '\(export.name)' (\(export.sizeBytes) bytes) over NBD on \(address)")
+        return NBDServer(engine: engine, export: export, options: options, logger: log, listener: channel, connections: registry)
+    }
+
+    /// The address bound (with the port the system chose for port 0).
+    public var localAddress: SocketAddress? { listener.localAddress }
+
+    /// Stops accepting, and closes every connection once its requests in flight are answered.
+    public func stop() async {
+        try? await listener.close().get()
+        await connections.closeAll(on: engine.eventLoop)
+    }
+}
+
+/// The open connections (on the loop only), for the connection bound and for stop.
+final class ConnectionRegistry: @unchecked Sendable {
+    let limit: Int
+    var open: [ObjectIdentifier: Channel] = [:]
+
+    init(limit: Int) { self.limit = limit }
+
+    /// Registers the channel; false when the server is full.
+    func admit(_ channel: Channel) -> Bool {
+        guard open.count < limit else { return false }
+        open[ObjectIdentifier(channel)] = channel
+        return true
+    }
+
+    func remove(_ channel: Channel) { open[ObjectIdentifier(channel)] = nil }
+
+    func closeAll(on loop: EventLoop) async {
+        let channels: [Channel] = try! await loop.submit { Array(self.open.values) }.get()
+        for c in channels { try? await c.close().get() }
+    }
+}

@@ -1,0 +1,209 @@
+import DiskIO
+import Foundation
+import MDOffline
+import NBDProtocol
+import NBDServer
+import RaidCore
+import TestSupport
+import Testing
+
+/// The server with real clients from Debian's packages (libnbd-bin, qemu-utils; `.ci/run`
+/// installs them), and with a raw socket sending what no real client would.
+@Suite struct NBDClientTests {
+    @Test(.enabled(if: haveNBDTools, "nbdinfo/nbdcopy (libnbd-bin) not installed; .ci/run installs them"))
+    func nbdinfoShowsTheExportAsAdvertised() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 6, chunkKiB: 64)
+        let result = try client("nbdinfo", ["--json", array.uri])
+        await array.stop()
+        #expect(result.status == 0, "\(result.stderr)")
+        let json = try JSONSerialization.jsonObject(with: result.stdout) as! [String: Any]
+        let export = (json["exports"] as! [[String: Any]])[0]
+        #expect(export["export-name"] as? String == "served")
+        #expect(export["export-size"] as? Int == Int(array.engine.sizeBytes))
+        #expect(export["block_size_minimum"] as? Int == 512)
+        // RAID6 of 6: four 64 KiB chunks, a 256 KiB stripe, a power of two.
+        #expect(export["block_size_preferred"] as? Int == 256 << 10)
+        #expect(export["block_size_maximum"] as? Int == 32 << 20)
+        for flag in ["can_flush", "can_fua", "can_trim", "can_zero", "can_fast_zero", "can_multi_conn"] {
+            #expect(export[flag] as? Bool == true, "\(flag)")
+        }
+        #expect(export["is_read_only"] as? Bool == false)
+        #expect(json["structured"] as? Bool == true)
+    }
+
+    @Test(.enabled(if: haveQemuIO, "qemu-io (qemu-utils) not installed; .ci/run installs it"))
+    func qemuIOWritesPatternsAndReadsThemBack() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 4, chunkKiB: 64)
+        // Sizes and offsets that start and end inside chunks, span rows, and cover whole stripes.
+        let cases: [(offset: Int, length: Int)] = [(0, 512), (512, 4096), (65024, 1024), (70_000 * 512, 192 << 10), (3 << 20, 1 << 20),
+            ((8 << 20) - 512, 512), (5 * 192 << 10, 7 * 4096), (17 * 4096 + 512, 129 * 512)]
+        var commands: [String] = []
+        for (i, c) in cases.enumerated() { commands += ["-c", "write -P \(0x11 + i) \(c.offset) \(c.length)"] }
+        commands += ["-c", "flush"]
+        for (i, c) in cases.enumerated() { commands += ["-c", "read -P \(0x11 + i) \(c.offset) \(c.length)"] }
+        commands += ["-c", "write -z 10M 1M", "-c", "read -P 0 10M 1M", "-c", "write -P 0x77 -f 11M 64k", "-c", "read -P 0x77 11M 64k"]
+        let result = try client("qemu-io", ["-f", "raw"] + commands + [array.uri])
+        await array.stop()
+        #expect(result.status == 0, "\(result.stdoutText)\(result.stderr)")
+        #expect(!result.stdoutText.contains("Pattern verification failed"), "\(result.stdoutText)")
+        #expect(!result.stdoutText.contains("error"), "\(result.stdoutText)")
+        #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
+    }
+
+    @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
+    func nbdcopyRoundTripSurvivesAStopAndARestart() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 96, chunkKiB: 512)
+        let input = array.dir.file("in.bin")
+        let output = array.dir.file("out.bin")
+        let size = 256 << 20
+        let file = try OutputFile(path: input)
+        for i in 0..<(size >> 20) { try DataPattern.bytes(count: 1 << 20, seed: UInt64(i)).withUnsafeBytes { try file.write($0) } }
+        try file.finish()
+        file.close()
+        let copyIn = try client("nbdcopy", ["--flush", input, array.uri])
+        #expect(copyIn.status == 0, "\(copyIn.stderr)")
+        await array.stop()
+        try await array.restart()
+        let copyOut = try client("nbdcopy", [array.uri, output])
+        await array.stop()
+        #expect(copyOut.status == 0, "\(copyOut.stderr)")
+        let back = try Data(contentsOf: URL(fileURLWithPath: output))
+        let sent = try Data(contentsOf: URL(fileURLWithPath: input))
+        #expect(back.prefix(size) == sent)
+        #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
+    }
+
+    @Test(.enabled(if: haveQemuIO, "qemu-io (qemu-utils) not installed; .ci/run installs it"))
+    func fourWritersAndAFifthReader() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 5, memberMiB: 16)
+        // Four connections at once, disjoint ranges; the last flushes (a flush on any connection
+        // covers writes completed on all: CAN_MULTI_CONN).
+        let results = try await withThrowingTaskGroup(of: ProcessResult.self) { group in
+            for w in 0..<4 {
+                let uri = array.uri
+                group.addTask {
+                    var commands: [String] = []
+                    for k in 0..<8 { commands += ["-c", "write -P \(0x21 + w) \((w * 8 + k) << 20) 1M"] }
+                    if w == 3 { commands += ["-c", "flush"] }
+                    return try client("qemu-io", ["-f", "raw"] + commands + [uri])
+                }
+            }
+            var out: [ProcessResult] = []
+            for try await r in group { out.append(r) }
+            return out
+        }
+        #expect(results.allSatisfy { $0.status == 0 }, "\(results.map(\.stderr))")
+        var reads: [String] = []
+        for w in 0..<4 { reads += ["-c", "read -P \(0x21 + w) \(w * 8 << 20) 8M"] }
+        let reader = try client("qemu-io", ["-f", "raw"] + reads + [array.uri])
+        await array.stop()
+        #expect(reader.status == 0 && !reader.stdoutText.contains("verification failed"), "\(reader.stdoutText)\(reader.stderr)")
+    }
+
+    @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
+    func aReadOnlyExportRefusesWritesWithEPERM() async throws {
+        let array = try await ServedArray.make()
+        await array.stop()
+        let before = array.paths.map { fileBytes($0) }
+        try await array.restart(readOnly: true)
+        let info = try client("nbdinfo", ["--json", array.uri])
+        #expect(info.stdoutText.contains("\"is_read_only\": true"))
+        let raw = try RawClient(port: array.port)
+        let (_, flags) = try raw.negotiate(export: "served")
+        #expect(NBDTransmissionFlags(rawValue: flags).contains(.readOnly))
+        raw.request(.write, cookie: 1, offset: 0, length: 512, payload: [UInt8](repeating: 1, count: 512))
+        #expect(raw.simpleReply()?.error == NBDError.permission.rawValue)
+        raw.request(.read, cookie: 2, offset: 0, length: 512)
+        #expect(raw.simpleReply(dataBytes: 512)?.error == 0)
+        await array.stop()
+        #expect(array.paths.map { fileBytes($0) } == before)
+    }
+}
+
+/// What a hostile or broken client sends: each case gets the protocol's answer (or its
+/// connection closed), and the server goes on serving everyone else.
+@Suite struct NBDHostileInputTests {
+    @Test func badRequestsGetTheirErrorsAndTheConnectionLivesOn() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
+        let raw = try RawClient(port: array.port)
+        let (size, _) = try raw.negotiate(export: "served")
+        #expect(size == array.engine.sizeBytes)
+        let data = [UInt8](repeating: 0x5a, count: 4096)
+        raw.request(.write, cookie: 1, offset: 8192, length: 4096, payload: data)
+        #expect(raw.simpleReply()! == (0, 1, []))
+        // Out of range, misaligned, too large, unknown command, unknown flag, bad flush: errors.
+        raw.request(.read, cookie: 2, offset: size, length: 512)
+        #expect(raw.simpleReply()!.error == NBDError.invalid.rawValue)
+        raw.request(.write, cookie: 3, offset: size - 512, length: 1024, payload: [UInt8](repeating: 9, count: 1024))
+        #expect(raw.simpleReply()!.error == NBDError.noSpace.rawValue)
+        raw.request(.read, cookie: 4, offset: 100, length: 512)
+        #expect(raw.simpleReply()!.error == NBDError.invalid.rawValue)
+        raw.request(.read, cookie: 5, offset: 0, length: 64 << 20)
+        #expect(raw.simpleReply()!.error == NBDError.invalid.rawValue)
+        raw.send(NBDRequestHeader(flags: [], type: 77, cookie: 6, offset: 0, length: 512).encoded())
+        #expect(raw.simpleReply()!.error == NBDError.invalid.rawValue)
+        raw.request(.read, flags: NBDCommandFlags(rawValue: 1 << 12), cookie: 7, offset: 0, length: 512)
+        #expect(raw.simpleReply()!.error == NBDError.invalid.rawValue)
+        raw.request(.flush, cookie: 8, offset: 4096, length: 0)
+        #expect(raw.simpleReply()!.error == NBDError.invalid.rawValue)
+        // A refused write's data was dropped: the next request is read in step, and nothing
+        // it carried reached the array.
+        raw.request(.read, cookie: 9, offset: 8192, length: 4096)
+        let good = raw.simpleReply(dataBytes: 4096)!
+        #expect(good.error == 0 && good.cookie == 9 && good.data == data)
+        raw.request(.read, cookie: 10, offset: size - 512, length: 512)
+        #expect(raw.simpleReply(dataBytes: 512)!.data == [UInt8](repeating: 0, count: 512))
+        // NBD_CMD_DISC: the server closes once outstanding requests are answered.
+        raw.request(.disconnect, cookie: 11, offset: 0, length: 0)
+        #expect(raw.serverClosed)
+        await array.stop()
+    }
+
+    @Test func garbageHandshakesCloseOnlyTheirOwnConnection() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
+        // HTTP instead of NBD.
+        let http = try RawClient(port: array.port)
+        _ = http.receive(18)
+        http.send(Array("GET / HTTP/1.1\r\nHost: x\r\n\r\n".utf8))
+        #expect(http.serverClosed)
+        // Unknown client flags.
+        let flags = try RawClient(port: array.port)
+        _ = flags.receive(18)
+        flags.send([0, 0, 0, 0x80])
+        #expect(flags.serverClosed)
+        // A truncated option, then the client goes away.
+        let truncated = try RawClient(port: array.port)
+        _ = truncated.receive(18)
+        truncated.send([0, 0, 0, 1] + Array("IHAVEO".utf8))
+        // A client that vanishes in the middle of a write's data.
+        let vanishing = try RawClient(port: array.port)
+        _ = try vanishing.negotiate(export: "served")
+        vanishing.request(.write, cookie: 1, offset: 0, length: 1 << 20, payload: [UInt8](repeating: 3, count: 4096))
+        // Garbage after a good handshake: a bad request magic closes that connection.
+        let badMagic = try RawClient(port: array.port)
+        _ = try badMagic.negotiate(export: "served")
+        badMagic.send([UInt8](repeating: 0xEE, count: 28))
+        #expect(badMagic.serverClosed)
+        // Everyone else is still served.
+        let good = try RawClient(port: array.port)
+        _ = try good.negotiate(export: "served", structured: true)
+        good.request(.write, flags: .fua, cookie: 42, offset: 4096, length: 4096, payload: [UInt8](repeating: 7, count: 4096))
+        #expect(good.simpleReply()! == (0, 42, []))
+        // A structured read: one OFFSET_DATA chunk with the DONE flag.
+        good.request(.read, cookie: 43, offset: 4096, length: 4096)
+        let header = good.receive(20)!
+        #expect(Array(header[0..<8]) == [0x66, 0x8e, 0x33, 0xef, 0, 1, 0, 1])
+        let payload = good.receive(8 + 4096)!
+        #expect(Array(payload[8...]) == [UInt8](repeating: 7, count: 4096))
+        // A structured error carries a message.
+        good.request(.read, cookie: 44, offset: 100, length: 512)
+        let error = good.receive(20)!
+        #expect(Array(error[6..<8]) == [0x80, 0x01])
+        let length = Int(error[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+        let body = good.receive(length)!
+        #expect(Array(body[0..<4]) == [0, 0, 0, 22])
+        #expect(String(decoding: body[6...], as: UTF8.self).contains("not valid"))
+        await array.stop()
+        #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
+    }
+}

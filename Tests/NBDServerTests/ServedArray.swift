@@ -1,0 +1,79 @@
+import DiskIO
+import Foundation
+import Logging
+import MDFormat
+import MDOffline
+import NBDServer
+import NIOCore
+import RaidCore
+import RaidEngine
+import TestSupport
+import Testing
+
+let quietLogger = Logger(label: "swraid-test", factory: { _ in SwiftLogNoOpLogHandler() })
+
+/// An array of new member files served in-process on an ephemeral loopback port.
+final class ServedArray: @unchecked Sendable {
+    let dir: TemporaryDirectory
+    let paths: [String]
+    var engine: RaidEngine
+    var server: NBDServer
+    var port: Int
+
+    static func make(level: RaidLevel = .raid6, disks: Int = 5, memberMiB: UInt64 = 16, chunkKiB: UInt64 = 64, bitmap: Bool = true, name: String = "served") async throws -> ServedArray {
+        let dir = TemporaryDirectory()
+        var request = CreateRequest(
+            level: level, raidDisks: disks, memberSizesSectors: [], arrayUUID: (0..<16).map { UInt8($0 * 3 + 5) },
+            deviceUUIDs: (0..<disks).map { i in (0..<16).map { UInt8(truncatingIfNeeded: $0 + i * 16 + 9) } }, timeSeconds: 1_764_000_000)
+        request.chunkKiB = chunkKiB
+        request.sizeSectors = memberMiB * 2048
+        request.bitmap = bitmap ? .internal_ : .none
+        request.bitmapChunkBytes = bitmap ? 1 << 20 : nil
+        request.name = name
+        request.homehost = "test"
+        let paths = (0..<disks).map { dir.file("m\($0).img") }
+        try ArrayCreator(paths: paths, request: request, options: CreateOptions()).run()
+        let (engine, server, port) = try await serve(paths)
+        return ServedArray(dir: dir, paths: paths, engine: engine, server: server, port: port)
+    }
+
+    init(dir: TemporaryDirectory, paths: [String], engine: RaidEngine, server: NBDServer, port: Int) {
+        self.dir = dir
+        self.paths = paths
+        self.engine = engine
+        self.server = server
+        self.port = port
+    }
+
+    static func serve(_ paths: [String], readOnly: Bool = false) async throws -> (RaidEngine, NBDServer, Int) {
+        var options = EngineOptions()
+        options.readOnly = readOnly
+        options.ioThreads = 4
+        let engine = try RaidEngine.assemble(paths: paths, options: options, logger: quietLogger)
+        var serverOptions = NBDServerOptions()
+        serverOptions.readOnly = readOnly
+        let server = try await NBDServer.start(engine: engine, address: .tcp(host: "127.0.0.1", port: 0), options: serverOptions, logger: quietLogger)
+        return (engine, server, server.localAddress!.port!)
+    }
+
+    var uri: String { "nbd://127.0.0.1:\(port)/\(server.export.name)" }
+
+    /// Stops the server and the array (cleanly), as SIGTERM does.
+    func stop() async {
+        await server.stop()
+        await engine.stop()
+    }
+
+    /// Assembles and serves the same members again (after `stop`).
+    func restart(readOnly: Bool = false) async throws {
+        (engine, server, port) = try await Self.serve(paths, readOnly: readOnly)
+    }
+}
+
+/// Runs a client program; returns its exit status and output.
+func client(_ program: String, _ arguments: [String]) throws -> ProcessResult {
+    try runProcess(which(program)!, arguments)
+}
+
+let haveNBDTools = which("nbdinfo") != nil && which("nbdcopy") != nil
+let haveQemuIO = which("qemu-io") != nil

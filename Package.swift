@@ -23,6 +23,8 @@ let package = Package(
         .library(name: "RaidCore", targets: ["RaidCore"]),
         .library(name: "DiskIO", targets: ["DiskIO"]),
         .library(name: "RaidEngine", targets: ["RaidEngine"]),
+        .library(name: "NBDServer", targets: ["NBDServer"]),
+        .library(name: "ControlPlane", targets: ["ControlPlane"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -83,10 +85,20 @@ let package = Package(
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
             ]),
+        // The control socket (md's attributes and mdadm's verbs over a line protocol) and the
+        // reports in /proc/mdstat's and mdadm --detail's formats.
+        .target(
+            name: "ControlPlane",
+            dependencies: [
+                "RaidEngine", "RaidCore", "MDFormat", "DiskIO",
+                .product(name: "NIOCore", package: "swift-nio"),
+                .product(name: "NIOPosix", package: "swift-nio"),
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .executableTarget(
             name: "swraid",
             dependencies: [
-                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol",
+                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol", "ControlPlane",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -106,6 +118,12 @@ let package = Package(
         .testTarget(name: "RaidEngineTests", dependencies: ["RaidEngine", "RaidCore", "RaidMath", "DiskIO", "MDOffline", "MDFormat", "TestSupport"]),
         .testTarget(name: "DiskIOTests", dependencies: ["DiskIO", "MDFormat", "RaidCore"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),
+        .testTarget(
+            name: "ControlPlaneTests",
+            dependencies: [
+                "ControlPlane", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
+                .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(
             name: "NBDServerTests",
             dependencies: [

@@ -33,8 +33,10 @@ public struct MemberOpenOptions: Sendable, Equatable {
     /// O_DIRECT: bypass the page cache (buffers, offsets and lengths aligned to 512 bytes; any
     /// that are not go through an aligned bounce buffer).
     public var direct = false
-    /// Take an exclusive lock (flock) so that no second array or create writes to it meanwhile;
-    /// refused with `DiskIOError.inUse` when another process holds it.
+    /// Lock the member (flock) so that no second array or create writes to it meanwhile: an
+    /// exclusive lock when opened read-write, a shared one when read-only (read-only users may
+    /// share a member, a writer excludes them all). Refused with `DiskIOError.inUse` when the
+    /// lock is held the other way.
     public var exclusive = false
 
     public init(mode: Mode, direct: Bool = false, exclusive: Bool = false) {
@@ -79,7 +81,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         fd = FileDescriptor(rawValue: descriptor)
         var st = stat()
         isBlockDevice = fstat(descriptor, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
-        if options.exclusive && flock(descriptor, LOCK_EX | LOCK_NB) != 0 {
+        if options.exclusive && flock(descriptor, (options.mode == .readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
             let busy = errno == EWOULDBLOCK
             let reason = lastErrorText()
             _ = Glibc.close(descriptor)

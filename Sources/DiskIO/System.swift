@@ -207,6 +207,91 @@ extension ChildProcess {
     public static func syncFileSystems() { sync() }
 }
 
+extension FileSystem {
+    /// The major and minor numbers of a block device; nil for anything else (files have none).
+    public static func blockDeviceNumbers(_ path: String) -> (major: Int, minor: Int)? {
+        var st = stat()
+        guard stat(path, &st) == 0, st.st_mode & S_IFMT == S_IFBLK else { return nil }
+        // glibc's gnu_dev_major/minor encoding of dev_t.
+        let dev = UInt64(st.st_rdev)
+        let major = ((dev >> 32) & 0xffff_f000) | ((dev >> 8) & 0x0000_0fff)
+        let minor = ((dev >> 12) & 0xffff_ff00) | (dev & 0x0000_00ff)
+        return (Int(major), Int(minor))
+    }
+
+    /// The names in a directory (not "." or ".."), sorted; empty when it cannot be read.
+    public static func directoryEntries(_ path: String) -> [String] {
+        guard let dir = opendir(path) else { return [] }
+        defer { closedir(dir) }
+        var names: [String] = []
+        while let entry = readdir(dir) {
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { raw in
+                String(decoding: raw.prefix { $0 != 0 }, as: UTF8.self)
+            }
+            if name != "." && name != ".." { names.append(name) }
+        }
+        return names.sorted()
+    }
+
+    /// Whether `path` is a Unix-domain socket.
+    public static func isSocket(_ path: String) -> Bool {
+        var st = stat()
+        return stat(path, &st) == 0 && st.st_mode & S_IFMT == S_IFSOCK
+    }
+}
+
+/// A blocking client of a Unix-domain stream socket (the CLI's side of the control socket).
+public final class UnixSocketClient {
+    private let fd: Int32
+
+    public init(path: String) throws(SystemError) {
+        var address = sockaddr_un()
+        address.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: address.sun_path)
+        guard bytes.count < capacity else { throw SystemError("\(path): socket path longer than \(capacity - 1) bytes") }
+        withUnsafeMutableBytes(of: &address.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let s = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
+        guard s >= 0 else { throw SystemError("socket: \(lastErrorText())") }
+        let connected = withUnsafePointer(to: &address) {
+            $0.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(s, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard connected == 0 else {
+            let why = lastErrorText()
+            _ = Glibc.close(s)
+            throw SystemError("\(path): \(why)")
+        }
+        fd = s
+    }
+
+    deinit { _ = Glibc.close(fd) }
+
+    public func send(_ text: String) throws(SystemError) {
+        var bytes = Array(text.utf8)
+        var sent = 0
+        while sent < bytes.count {
+            let n = bytes.withUnsafeMutableBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw SystemError("control socket: \(lastErrorText())") }
+            sent += n
+        }
+    }
+
+    /// Bytes as they arrive (at most `limit`); empty at end of stream.
+    public func receive(limit: Int = 65536) throws(SystemError) -> [UInt8] {
+        var buffer = [UInt8](repeating: 0, count: limit)
+        while true {
+            let n = buffer.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw SystemError("control socket: \(lastErrorText())") }
+            return Array(buffer.prefix(n))
+        }
+    }
+}
+
 public enum Host {
     /// gethostname(2), or nil.
     public static func name() -> String? {

@@ -1,4 +1,5 @@
 import ArgumentParser
+import ControlPlane
 import DiskIO
 import Logging
 import NBDServer
@@ -21,6 +22,9 @@ struct Run: AsyncParsableCommand {
 
     @Option(help: "Listen on this Unix socket instead of TCP.")
     var socket: String?
+
+    @Option(help: "The control socket (default: $XDG_RUNTIME_DIR/swraid/NAME.sock, else /run/swraid/NAME.sock).")
+    var control: String?
 
     @Flag(help: "Serve read-only: nothing is written to the members.")
     var readonly = false
@@ -58,8 +62,15 @@ struct Run: AsyncParsableCommand {
             printError("\(error)")
             throw ExitCode(1)
         }
-        let service = ArrayService(engine: engine, address: address, options: serverOptions, logger: logger)
-        let group = ServiceGroup(services: [service], gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let name = Run.reportName(engine.arrayName)
+        let service = ArrayService(
+            engine: engine, name: name, address: address, options: serverOptions,
+            controlPath: control ?? ControlServer.defaultPath(arrayName: name), logger: logger)
+        // The service returns after a clean stop (a signal, or `swraid stop`): that ends the run.
+        let configuration = ServiceGroupConfiguration(
+            services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
+            gracefulShutdownSignals: [.sigterm, .sigint], logger: logger)
+        let group = ServiceGroup(configuration: configuration)
         do {
             try await group.run()
         } catch {
@@ -69,31 +80,62 @@ struct Run: AsyncParsableCommand {
         }
     }
 
+    /// The name md would give the array's device under /dev/md/: the set name without its
+    /// "homehost:" prefix.
+    static func reportName(_ setName: String) -> String {
+        let name = setName.split(separator: ":", maxSplits: 1).last.map(String.init) ?? setName
+        return name.isEmpty ? "swraid" : name
+    }
+
     func failure(_ message: String) -> Error {
         printError(message)
         return ExitCode(1)
     }
 }
 
-/// The running array as a service: serve until the graceful shutdown, then stop.
+/// The running array as a service: serve over NBD and answer the control socket until the
+/// graceful shutdown (SIGINT/SIGTERM) or a `stop` request, then stop cleanly.
 struct ArrayService: Service {
     let engine: RaidEngine
+    let name: String
     let address: NBDListenAddress
     let options: NBDServerOptions
+    let controlPath: String
     let logger: Logger
 
     func run() async throws {
+        let stopRequested = StopSignal()
+        let control = ControlService(engine: engine, name: name) { stopRequested.fire() }
         let server: NBDServer
+        let controlServer: ControlServer
         do {
             server = try await NBDServer.start(engine: engine, address: address, options: options, logger: logger)
         } catch {
             await engine.stop()
             throw CommandFailure(message: "cannot listen on \(address): \(error)")
         }
-        try? await gracefulShutdown()
+        do {
+            controlServer = try await ControlServer.start(service: control, path: controlPath, logger: logger)
+        } catch {
+            await server.stop()
+            await engine.stop()
+            throw CommandFailure(message: "cannot open the control socket \(controlPath): \(error)")
+        }
+        logger.notice("serving \(name) (\(engine.sizeBytes) bytes) on \(address), control socket \(controlPath)")
+        await withTaskGroup(of: Void.self) { group in
+            group.addTask {
+                // Throws on cancellation: the other way to stop has been taken.
+                try? await gracefulShutdown()
+                stopRequested.fire()
+            }
+            await stopRequested.wait()
+            group.cancelAll()
+        }
         logger.notice("stopping: finishing requests in flight, marking the array clean")
         await server.stop()
         await engine.stop()
+        control.arrayStopped()
+        await controlServer.stop()
         logger.notice("stopped")
     }
 }

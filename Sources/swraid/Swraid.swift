@@ -1,7 +1,6 @@
 import ArgumentParser
 import DiskIO
 
-
 @main
 struct Swraid: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
@@ -11,7 +10,10 @@ struct Swraid: AsyncParsableCommand {
             Members are image files or block devices carrying md v1.x superblocks; the words and \
             defaults are mdadm's.
             """,
-        subcommands: [Demo.self, Create.self, Run.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self])
+        subcommands: [
+            Demo.self, Create.self, Run.self, StatusCommand.self, DetailCommand.self, GetCommand.self, SetCommand.self,
+            FailCommand.self, RemoveCommand.self, AddCommand.self, ReAddCommand.self, WaitCommand.self, StopCommand.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self,
+        ])
 }
 
 /// One line on stderr, prefixed like mdadm's messages.

@@ -77,6 +77,19 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         let second = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true))
         second.close()
     }
+
+    @Test func readersShareAMemberAndAWriterExcludesThem() throws {
+        let (path, cleanup) = try scratchFile(4096)
+        defer { cleanup() }
+        let readerA = try MemberFile(path: path, options: MemberOpenOptions(mode: .readOnly, exclusive: true))
+        let readerB = try MemberFile(path: path, options: MemberOpenOptions(mode: .readOnly, exclusive: true))
+        #expect(throws: DiskIOError.inUse(path: path)) { _ = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true)) }
+        readerA.close()
+        readerB.close()
+        let writer = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true))
+        #expect(throws: DiskIOError.inUse(path: path)) { _ = try MemberFile(path: path, options: MemberOpenOptions(mode: .readOnly, exclusive: true)) }
+        writer.close()
+    }
 }
 
 @Suite struct FaultyMemberTests {

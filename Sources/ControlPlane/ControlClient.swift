@@ -1,0 +1,51 @@
+import DiskIO
+
+/// The CLI's side of the control socket: one request, one reply, over a blocking connection.
+public struct ControlClient {
+    public let path: String
+
+    public init(path: String) { self.path = path }
+
+    /// Longest reply accepted (a `detail` of a large array is a few KiB).
+    public static let maxReplyBytes = 1 << 20
+
+    public func request(_ request: ControlRequest) throws(SystemError) -> ControlReply {
+        let socket = try UnixSocketClient(path: path)
+        try socket.send(request.line + "\n")
+        var received: [UInt8] = []
+        while true {
+            let chunk = try socket.receive()
+            if chunk.isEmpty {
+                throw SystemError("\(path): the daemon closed the connection before replying")
+            }
+            received += chunk
+            if let (reply, _) = ControlReply.decode(String(decoding: received, as: UTF8.self)) { return reply }
+            guard received.count <= Self.maxReplyBytes else { throw SystemError("\(path): reply over \(Self.maxReplyBytes) bytes") }
+        }
+    }
+
+    /// The control sockets in the runtime directory, by array name.
+    public static func knownArrays(in directory: String = ControlServer.runtimeDirectory) -> [(name: String, path: String)] {
+        FileSystem.directoryEntries(directory).compactMap { entry in
+            guard entry.hasSuffix(".sock") else { return nil }
+            let path = directory + "/" + entry
+            guard FileSystem.isSocket(path) else { return nil }
+            return (String(entry.dropLast(5)), path)
+        }
+    }
+}
+
+/// errno numbers for the names the control protocol carries: the CLI's exit status on an error,
+/// so that scripts can tell EBUSY from EINVAL as they would from a sysfs write.
+public func errnoNumber(named name: String) -> Int32 {
+    switch name {
+    case "ENOENT": return 2
+    case "EIO": return 5
+    case "EACCES": return 13
+    case "EBUSY": return 16
+    case "ENODEV": return 19
+    case "EINVAL": return 22
+    case "EROFS": return 30
+    default: return 1
+    }
+}

@@ -1,0 +1,278 @@
+import DiskIO
+import Foundation
+import Logging
+import MDFormat
+import NIOCore
+import NIOPosix
+import RaidCore
+import RaidEngine
+
+/// What the control socket's requests do to a running array.
+public final class ControlService: @unchecked Sendable {
+    public let engine: RaidEngine
+    /// The name the reports use where md prints `mdN` (the array's name).
+    public let name: String
+    let requestShutdown: @Sendable () async -> Void
+    let stopped = StopSignal()
+    /// Requests being answered, so that the daemon's last act (the reply to `stop`) is not cut
+    /// off by its exit.
+    let replies = ReplyCount()
+
+    public init(engine: RaidEngine, name: String, requestShutdown: @escaping @Sendable () async -> Void) {
+        self.engine = engine
+        self.name = name
+        self.requestShutdown = requestShutdown
+    }
+
+    /// Resumes every `stop` request once the array has stopped (the daemon calls it).
+    public func arrayStopped() { stopped.fire() }
+
+    public func handle(_ request: ControlRequest) async -> ControlReply {
+        func result(_ body: () async throws -> [String]) async -> ControlReply {
+            do {
+                return .ok(try await body())
+            } catch let e as ControlError {
+                return .error(errno: e.errnoName, message: e.description)
+            } catch let e as EngineError {
+                if case .busy = e { return .error(errno: "EBUSY", message: e.description) }
+                return .error(errno: "EINVAL", message: e.description)
+            } catch {
+                return .error(errno: "EIO", message: "\(error)")
+            }
+        }
+        switch request {
+        case .get(let attribute): return await result { [try await engine.attribute(attribute)] }
+        case .set(let attribute, let value): return await result { try await engine.set(attribute, value); return [] }
+        case .status:
+            let snap = await engine.snapshot()
+            return .ok(MDStatReport.lines(name: name, snapshot: snap, devices: devices(snap), readOnly: engine.readOnly))
+        case .detail:
+            let snap = await engine.snapshot()
+            return .ok(MDDetail(name: name, snapshot: snap, devices: devices(snap), homehost: Host.name()).lines(formatTime: localCTime))
+        case .detailJSON:
+            let snap = await engine.snapshot()
+            return .ok([MDDetail(name: name, snapshot: snap, devices: devices(snap), homehost: Host.name()).json()])
+        case .fail(let m): return await result { try await engine.fail(member: m); return [] }
+        case .remove(let m): return await result { try await engine.remove(member: m); return [] }
+        case .readd(let m): return await result { try await engine.readd(member: m); return [] }
+        case .add(let path): return await result { try await engine.add(path: path); return [] }
+        case .wait:
+            await engine.waitForSync()
+            return .ok([])
+        case .stop:
+            await requestShutdown()
+            await stopped.wait()
+            return .ok([])
+        case .help:
+            return .ok(ControlRequest.usage)
+        }
+    }
+
+    func devices(_ snap: ArraySnapshot) -> [ReportDevice] {
+        snap.members.map { m in
+            let numbers = DiskIO.FileSystem.blockDeviceNumbers(m.name)
+            return ReportDevice(path: m.name, major: numbers?.major ?? 0, minor: numbers?.minor ?? 0)
+        }
+    }
+}
+
+/// Replies not yet written, and the tasks waiting until there are none.
+final class ReplyCount: @unchecked Sendable {
+    let lock = ConditionLock()
+    var outstanding = 0
+    var waiters: [CheckedContinuation<Void, Never>] = []
+
+    func begin() { lock.withLock { outstanding += 1 } }
+
+    func end() {
+        let ready: [CheckedContinuation<Void, Never>] = lock.withLock {
+            precondition(outstanding > 0, "a control reply ended twice")
+            outstanding -= 1
+            guard outstanding == 0 else { return [] }
+            defer { waiters.removeAll() }
+            return waiters
+        }
+        for w in ready { w.resume() }
+    }
+
+    func drained() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now: Bool = lock.withLock {
+                if outstanding == 0 { return true }
+                waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+}
+
+/// A one-shot event many tasks can wait for.
+public final class StopSignal: @unchecked Sendable {
+    let lock = ConditionLock()
+    var fired = false
+    var waiters: [CheckedContinuation<Void, Never>] = []
+
+    public init() {}
+
+    public func fire() {
+        let ready: [CheckedContinuation<Void, Never>] = lock.withLock {
+            fired = true
+            defer { waiters.removeAll() }
+            return waiters
+        }
+        for w in ready { w.resume() }
+    }
+
+    public func wait() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now: Bool = lock.withLock {
+                if fired { return true }
+                waiters.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+}
+
+/// ctime(3)-style local time, as mdadm prints Creation and Update Time.
+public func localCTime(_ seconds: UInt64) -> String {
+    guard let t = Clock.localTime(seconds) else { return formatUTCTime(seconds) }
+    return ctimeText(weekday: t.weekday, month: t.month, day: t.day, hour: t.hour, minute: t.minute, second: t.second, year: t.year)
+}
+
+/// The control socket: a Unix-domain socket, mode 0600, serving the line protocol of
+/// `ControlRequest` one request at a time per connection.
+public final class ControlServer: @unchecked Sendable {
+    public let path: String
+    let channel: Channel
+
+    let service: ControlService
+
+    init(path: String, channel: Channel, service: ControlService) {
+        self.path = path
+        self.channel = channel
+        self.service = service
+    }
+
+    /// The runtime directory arrays' sockets live in: `$XDG_RUNTIME_DIR/swraid`, else
+    /// `/run/swraid`.
+    public static var runtimeDirectory: String {
+        if let xdg = ProcessInfo.processInfo.environment["XDG_RUNTIME_DIR"], !xdg.isEmpty { return xdg + "/swraid" }
+        return "/run/swraid"
+    }
+
+    /// The default socket path for an array named `name`.
+    public static func defaultPath(arrayName name: String) -> String {
+        runtimeDirectory + "/" + name.replacingOccurrences(of: "/", with: "_") + ".sock"
+    }
+
+    /// Listens on `path`. The socket's loop is not the engine's: a `stop` request is answered
+    /// after the engine, and its loop, have shut down.
+    public static func start(
+        service: ControlService, path: String, on loop: EventLoop = MultiThreadedEventLoopGroup.singleton.next(), logger: Logger
+    ) async throws -> ControlServer {
+        let directory = (path as NSString).deletingLastPathComponent
+        if !directory.isEmpty {
+            try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
+        }
+        let bootstrap = ServerBootstrap(group: loop)
+            .childChannelInitializer { channel in
+                channel.eventLoop.makeCompletedFuture {
+                    try channel.pipeline.syncOperations.addHandler(ControlConnection(service: service, logger: logger))
+                }
+            }
+        // The socket is created with a umask that leaves it to its owner only.
+        let previous = umask(0o077)
+        defer { umask(previous) }
+        let channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
+        _ = chmod(path, 0o600)
+        logger.info("control socket \(path)")
+        return ControlServer(path: path, channel: channel, service: service)
+    }
+
+    /// Stops listening, and returns once every request taken has been answered.
+    public func stop() async {
+        try? await channel.close().get()
+        _ = unlink(path)
+        await service.replies.drained()
+    }
+}
+
+/// One control connection: lines in, replies out, one request at a time.
+final class ControlConnection: ChannelInboundHandler {
+    typealias InboundIn = ByteBuffer
+    typealias OutboundOut = ByteBuffer
+
+    let service: ControlService
+    let logger: Logger
+    var pending: ByteBuffer?
+    var busy = false
+    var context: ChannelHandlerContext?
+
+    init(service: ControlService, logger: Logger) {
+        self.service = service
+        self.logger = logger
+    }
+
+    func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+    func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
+
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        var incoming = unwrapInboundIn(data)
+        if pending == nil { pending = incoming } else { pending!.writeBuffer(&incoming) }
+        next(context)
+    }
+
+    func next(_ context: ChannelHandlerContext) {
+        guard !busy, var buffer = pending else { return }
+        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
+            if buffer.readableBytes > ControlRequest.maxLineBytes { refuse(context, "request line over \(ControlRequest.maxLineBytes) bytes") }
+            return
+        }
+        let length = newline - buffer.readerIndex
+        let line = buffer.readString(length: length) ?? ""
+        buffer.moveReaderIndex(forwardBy: 1)
+        pending = buffer.readableBytes > 0 ? buffer : nil
+        let request: ControlRequest
+        do {
+            request = try ControlRequest.parse(line)
+        } catch {
+            write(context, .error(errno: "EINVAL", message: error.description))
+            next(context)
+            return
+        }
+        busy = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let loop = context.eventLoop
+        let service = self.service
+        service.replies.begin()
+        Task {
+            let reply = await service.handle(request)
+            loop.execute {
+                let me = bound.value
+                me.busy = false
+                guard let context = me.context else { return service.replies.end() }
+                me.write(context, reply) { service.replies.end() }
+                me.next(context)
+            }
+        }
+    }
+
+    func write(_ context: ChannelHandlerContext, _ reply: ControlReply, written: (@Sendable () -> Void)? = nil) {
+        var buffer = context.channel.allocator.buffer(capacity: 256)
+        buffer.writeString(reply.encoded)
+        let promise = written.map { done in
+            let p = context.eventLoop.makePromise(of: Void.self)
+            p.futureResult.whenComplete { _ in done() }
+            return p
+        }
+        context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
+    }
+
+    func refuse(_ context: ChannelHandlerContext, _ why: String) {
+        write(context, .error(errno: "EINVAL", message: why))
+        context.close(promise: nil)
+    }
+}

@@ -127,7 +127,7 @@ let package = Package(
         .testTarget(
             name: "NBDServerTests",
             dependencies: [
-                "NBDServer", "NBDProtocol", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
+                "NBDServer", "ControlPlane", "NBDProtocol", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
             ]),
     ],

@@ -1,0 +1,147 @@
+import ControlPlane
+import DiskIO
+import Foundation
+import MDOffline
+import RaidCore
+import RaidEngine
+import TestSupport
+import Testing
+
+let haveExt4Tools = which("nbdfuse") != nil && which("losetup") != nil && which("mkfs.ext4") != nil && which("e2fsck") != nil
+    && which("fusermount3") != nil && DiskIO.FileSystem.exists("/dev/fuse") && getuid() == 0
+
+/// The arrays the kernel made, as any NBD client sees them.
+@Suite struct FixtureServingTests {
+    @Test(.enabled(if: FixturePaths.fixturesRoot != nil && haveNBDTools, Comment(rawValue: FixturePaths.skipMessage + " (or nbdcopy missing)")))
+    func fixturesServedReadOnlyGiveTheirManifestSha256() async throws {
+        let fixtures = FixtureArray.all()
+        #expect(fixtures.count >= 8)
+        let dir = TemporaryDirectory()
+        for fixture in fixtures {
+            let (engine, server, port) = try await ServedArray.serve(fixture.memberFiles.map(fixture.path), readOnly: true)
+            let output = dir.file("\(fixture.name).bin")
+            let copy = try client("nbdcopy", ["nbd://127.0.0.1:\(port)/\(server.export.name)", output])
+            await server.stop()
+            await engine.stop()
+            #expect(copy.status == 0, "\(fixture): \(copy.stderr)")
+            let sum = try client("sha256sum", [output])
+            #expect(sum.stdoutText.split(separator: " ").first.map(String.init) == fixture.sha256, "\(fixture)")
+            DiskIO.FileSystem.remove(output)
+        }
+    }
+}
+
+/// ext4 on a served RAID6, end to end: nbdfuse makes the export a file, a loop device makes the
+/// file a disk, and the kernel's ext4 and e2fsck judge what the array kept.
+@Suite struct Ext4Tests {
+    @Test(.enabled(if: haveExt4Tools, "needs root, /dev/fuse, nbdfuse (libnbd-bin), losetup, mkfs.ext4 and e2fsck"))
+    func ext4MountsChecksCleanAndKeepsItsFiles() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 6, memberMiB: 24, chunkKiB: 64, name: "ext4")
+        let fuseDir = array.dir.file("fuse")
+        let mountDir = array.dir.file("mnt")
+        try DiskIO.FileSystem.makeDirectory(fuseDir)
+        try DiskIO.FileSystem.makeDirectory(mountDir)
+        // nbdfuse writes its PID to the pidfile once the mount is ready; a FIFO there makes
+        // that moment an event to wait for, not a file to poll.
+        let ready = array.dir.file("ready.fifo")
+        #expect(mkfifo(ready, 0o600) == 0)
+        let fuse = Process()
+        fuse.executableURL = URL(fileURLWithPath: which("nbdfuse")!)
+        fuse.arguments = ["-P", ready, fuseDir, array.uri]
+        try fuse.run()
+        defer { _ = try? client("fusermount3", ["-u", fuseDir]); fuse.waitUntilExit() }
+        let pid = readToEnd(ready)
+        #expect(Int(pid.trimmingCharacters(in: .whitespacesAndNewlines)) != nil, "nbdfuse wrote '\(pid)'")
+
+        let loop = try client("losetup", ["-f", "--show", fuseDir + "/nbd"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        try #require(loop.hasPrefix("/dev/loop"))
+        defer { _ = try? client("losetup", ["-d", loop]) }
+        #expect(try client("mkfs.ext4", ["-q", "-F", loop]).status == 0)
+        let files = (0..<12).map { i in (name: "file\(i).bin", bytes: Data(pseudoRandomData(100_000 + i * 37_000, seed: UInt64(i)))) }
+        #expect(try client("mount", [loop, mountDir]).status == 0)
+        for f in files { try f.bytes.write(to: URL(fileURLWithPath: mountDir + "/" + f.name)) }
+        #expect(try client("sync", []).status == 0)
+        #expect(try client("umount", [mountDir]).status == 0)
+        let fsck = try client("e2fsck", ["-fn", loop])
+        #expect(fsck.status == 0, "\(fsck.stdoutText)\(fsck.stderr)")
+        #expect(try client("mount", [loop, mountDir]).status == 0)
+        for f in files {
+            #expect((try? Data(contentsOf: URL(fileURLWithPath: mountDir + "/" + f.name))) == f.bytes, "\(f.name)")
+        }
+        #expect(try client("umount", [mountDir]).status == 0)
+        _ = try client("losetup", ["-d", loop])
+        _ = try client("fusermount3", ["-u", fuseDir])
+        fuse.waitUntilExit()
+        await array.stop()
+        // What ext4 wrote went through parity that still checks.
+        #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
+    }
+}
+
+/// The control socket while clients write: a check starts, shows in status, stops on `idle`, and
+/// a final check finds nothing.
+@Suite struct ControlUnderLoadTests {
+    @Test(.enabled(if: haveQemuIO, "qemu-io (qemu-utils) not installed; .ci/run installs it"))
+    func checkPausesAndResumesUnderWrites() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 5, memberMiB: 16)
+        let service = ControlService(engine: array.engine, name: "served") {}
+        let control = try await ControlServer.start(service: service, path: array.dir.file("served.sock"), logger: quietLogger)
+        let ask = { (request: ControlRequest) async throws -> ControlReply in try await askControl(control.path, request) }
+        // Slow enough to be caught running: a 16 MiB member at 256 KiB/s takes a minute.
+        #expect(try await ask(.set("sync_speed_max", "256")) == .ok([]))
+        let uri = array.uri
+        let writers = Task {
+            var commands: [String] = []
+            for k in 0..<32 { commands += ["-c", "write -P \(0x40 + k) \(k << 20) 1M"] }
+            return try client("qemu-io", ["-f", "raw"] + commands + ["-c", "flush", uri])
+        }
+        #expect(try await ask(.set("sync_action", "check")) == .ok([]))
+        guard case .ok(let status) = try await ask(.status) else { Issue.record("status refused"); return }
+        #expect(status.contains { $0.contains("  check = ") && $0.contains("speed=") }, "\(status)")
+        // idle: the check stops (md's "frozen, then idle" without the 5.4 hang), writes go on.
+        #expect(try await ask(.set("sync_action", "idle")) == .ok([]))
+        #expect(try await ask(.get("sync_action")) == .ok(["idle"]))
+        // And resumes where it stopped.
+        #expect(try await ask(.set("sync_action", "check")) == .ok([]))
+        #expect(try await ask(.get("sync_action")) == .ok(["check"]))
+        let written = try await writers.value
+        #expect(written.status == 0, "\(written.stderr)")
+        #expect(try await ask(.set("sync_speed_max", "system")) == .ok([]))
+        #expect(try await ask(.wait) == .ok([]))
+        #expect(try await ask(.set("sync_action", "check")) == .ok([]))
+        #expect(try await ask(.wait) == .ok([]))
+        #expect(try await ask(.get("mismatch_cnt")) == .ok(["0"]))
+        var reads: [String] = []
+        for k in 0..<32 { reads += ["-c", "read -P \(0x40 + k) \(k << 20) 1M"] }
+        let reader = try client("qemu-io", ["-f", "raw"] + reads + [array.uri])
+        #expect(reader.status == 0 && !reader.stdoutText.contains("verification failed"), "\(reader.stdoutText)")
+        await array.stop()
+        service.arrayStopped()
+        await control.stop()
+    }
+}
+
+/// One request through a control socket, from a thread of its own (the client blocks).
+func askControl(_ path: String, _ request: ControlRequest) async throws -> ControlReply {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread {
+            do { continuation.resume(returning: try ControlClient(path: path).request(request)) } catch { continuation.resume(throwing: error) }
+        }.start()
+    }
+}
+
+/// Everything a FIFO's writer writes: open blocks until the writer opens it, read until it closes.
+func readToEnd(_ path: String) -> String {
+    let fd = open(path, O_RDONLY)
+    guard fd >= 0 else { return "" }
+    defer { close(fd) }
+    var bytes: [UInt8] = []
+    var buffer = [UInt8](repeating: 0, count: 256)
+    while true {
+        let n = read(fd, &buffer, buffer.count)
+        if n < 0 && errno == EINTR { continue }
+        guard n > 0 else { break }
+        bytes += buffer[0..<n]
+    }
+    return String(decoding: bytes, as: UTF8.self)
+}

@@ -276,7 +276,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             guard case .read(let offset, _) = request else { preconditionFailure("data for a request that is not a read") }
             var buffer = context.channel.allocator.buffer(capacity: 32 + data.count)
             buffer.writeBytes(NBDReply.readHeader(cookie: cookie, offset: offset, length: data.count, structured: structured))
-            data.withUnsafeBytes { buffer.writeBytes($0) }
+            _ = data.withUnsafeBytes { buffer.writeBytes($0) }
             context.write(wrapOutboundOut(buffer), promise: nil)
         case .done:
             send(context, NBDReply.done(cookie: cookie))

@@ -83,6 +83,8 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     var plugged: [MemberIORequest] = []
     /// While completions are being drained, member I/O waits in the plug for the whole batch.
     var holdingPlug = false
+    /// Told of every completed client request and member I/O (metrics); set on the loop.
+    var observer: EngineObserver?
     var timerTasks: [TimerID: Scheduled<Void>] = [:]
     let startUptimeNanos: UInt64
     let mailbox = Mailbox()
@@ -295,8 +297,13 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         guard !closed else { return }
         holdingPlug = true
         for (id, result) in results {
-            if case .failure(let e) = result, let io = driver.memberIOsInFlight[id] {
-                logger.warning("I/O error on \(devices[io.member.rawValue].name): \(io) failed: \(e)")
+            if let io = driver.memberIOsInFlight[id] {
+                if case .failure(let e) = result { logger.warning("I/O error on \(devices[io.member.rawValue].name): \(io) failed: \(e)") }
+                if let observer {
+                    var failed = false
+                    if case .failure = result { failed = true }
+                    observer.memberIOCompleted(member: io.member, operation: MemberIOOperation(io.kind), purpose: io.purpose, bytes: io.byteCount, failed: failed)
+                }
             }
             driver.memberIOCompleted(id, result: result, now: now())
         }
@@ -373,8 +380,25 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         onLoop {
             defer { self.gate.leave() }
             guard !self.closed else { return completion(.failed(.shutdown)) }
-            self.driver.submit(request, context: completion, now: self.now())
+            let started = self.now()
+            guard let observer = self.observer else {
+                _ = self.driver.submit(request, context: completion, now: started)
+                return
+            }
+            let kind = ClientRequestKind(request)
+            let bytes = request.byteCount
+            _ = self.driver.submit(request, context: { result in
+                var failed = false
+                if case .failed = result { failed = true }
+                observer.clientRequestCompleted(kind: kind, bytes: bytes, latencyNanoseconds: self.now() - started, failed: failed)
+                completion(result)
+            }, now: started)
         }
+    }
+
+    /// Sets who is told of completed requests and member I/O (on the loop, from then on).
+    public func setObserver(_ observer: EngineObserver?) async {
+        await onLoop { self.observer = observer }
     }
 
     public func perform(_ request: ClientRequest) async -> ClientResult {

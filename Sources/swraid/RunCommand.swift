@@ -26,6 +26,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "The control socket (default: $XDG_RUNTIME_DIR/swraid/NAME.sock, else /run/swraid/NAME.sock).")
     var control: String?
 
+    @Option(help: "Serve Prometheus metrics over HTTP on HOST:PORT (GET /metrics).")
+    var metrics: String?
+
     @Flag(help: "Serve read-only: nothing is written to the members.")
     var readonly = false
 
@@ -41,12 +44,10 @@ struct Run: AsyncParsableCommand {
             guard listen == nil else { throw failure("give --listen or --socket, not both") }
             address = .unix(path: socket)
         } else {
-            let text = listen ?? "127.0.0.1:10809"
-            guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
-                throw failure("--listen takes HOST:PORT, not '\(text)'")
-            }
-            address = .tcp(host: String(text[..<colon]), port: port)
+            let (host, port) = try hostAndPort(listen ?? "127.0.0.1:10809", option: "--listen")
+            address = .tcp(host: host, port: port)
         }
+        let metricsAddress = try metrics.map { try hostAndPort($0, option: "--metrics") }
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "swraid")
         logger.logLevel = .info
@@ -65,7 +66,7 @@ struct Run: AsyncParsableCommand {
         let name = Run.reportName(engine.arrayName)
         let service = ArrayService(
             engine: engine, name: name, address: address, options: serverOptions,
-            controlPath: control ?? ControlServer.defaultPath(arrayName: name), logger: logger)
+            controlPath: control ?? ControlServer.defaultPath(arrayName: name), metricsAddress: metricsAddress, logger: logger)
         // The service returns after a clean stop (a signal, or `swraid stop`): that ends the run.
         let configuration = ServiceGroupConfiguration(
             services: [.init(service: service, successTerminationBehavior: .gracefullyShutdownGroup)],
@@ -87,6 +88,13 @@ struct Run: AsyncParsableCommand {
         return name.isEmpty ? "swraid" : name
     }
 
+    func hostAndPort(_ text: String, option: String) throws -> (String, Int) {
+        guard let colon = text.lastIndex(of: ":"), let port = Int(text[text.index(after: colon)...]), (0...65535).contains(port) else {
+            throw failure("\(option) takes HOST:PORT, not '\(text)'")
+        }
+        return (String(text[..<colon]), port)
+    }
+
     func failure(_ message: String) -> Error {
         printError(message)
         return ExitCode(1)
@@ -101,6 +109,7 @@ struct ArrayService: Service {
     let address: NBDListenAddress
     let options: NBDServerOptions
     let controlPath: String
+    let metricsAddress: (String, Int)?
     let logger: Logger
 
     func run() async throws {
@@ -121,6 +130,19 @@ struct ArrayService: Service {
             await engine.stop()
             throw CommandFailure(message: "cannot open the control socket \(controlPath): \(error)")
         }
+        var metricsServer: MetricsServer?
+        if let (host, port) = metricsAddress {
+            let metrics = ArrayMetrics(engine: engine, name: name)
+            await engine.setObserver(metrics)
+            do {
+                metricsServer = try await MetricsServer.start(metrics: metrics, host: host, port: port, logger: logger)
+            } catch {
+                await controlServer.stop()
+                await server.stop()
+                await engine.stop()
+                throw CommandFailure(message: "cannot serve metrics on \(host):\(port): \(error)")
+            }
+        }
         logger.notice("serving \(name) (\(engine.sizeBytes) bytes) on \(address), control socket \(controlPath)")
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
@@ -132,6 +154,7 @@ struct ArrayService: Service {
             group.cancelAll()
         }
         logger.notice("stopping: finishing requests in flight, marking the array clean")
+        await metricsServer?.stop()
         await server.stop()
         await engine.stop()
         control.arrayStopped()

@@ -145,3 +145,58 @@ func readToEnd(_ path: String) -> String {
     }
     return String(decoding: bytes, as: UTF8.self)
 }
+
+/// `--metrics`: Prometheus's text format over HTTP, fed as requests and member I/O complete.
+@Suite struct MetricsTests {
+    @Test func requestsMemberIOAndStatesShowInTheExposition() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 5, memberMiB: 8)
+        let metrics = ArrayMetrics(engine: array.engine, name: "served")
+        await array.engine.setObserver(metrics)
+        let server = try await MetricsServer.start(metrics: metrics, host: "127.0.0.1", port: 0, logger: quietLogger)
+        let port = server.localAddress!.port!
+        for i in 0..<10 { try await array.engine.write(offsetBytes: UInt64(i) << 16, data: IOBuffer(pseudoRandomData(65536, seed: UInt64(i)))) }
+        try await array.engine.flush()
+        for i in 0..<3 { _ = try await array.engine.read(offsetBytes: UInt64(i) << 16, length: 4096) }
+        try await array.engine.fail(member: "2")
+        func get(_ request: String) async throws -> String {
+            try await withCheckedThrowingContinuation { continuation in
+                Thread {
+                    do {
+                        let raw = try RawClient(port: port)
+                        raw.send(Array(request.utf8))
+                        continuation.resume(returning: String(decoding: raw.receiveAll(), as: UTF8.self))
+                    } catch { continuation.resume(throwing: error) }
+                }.start()
+            }
+        }
+        let response = try await get("GET /metrics HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        // Anything but GET /metrics is refused, and garbage gets a 400; the server goes on.
+        #expect(try await get("GET /other HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 404"))
+        #expect(try await get("\u{1}\u{2} garbage\r\n\r\n").hasPrefix("HTTP/1.1 400"))
+        #expect(try await get("GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").hasPrefix("HTTP/1.1 200"))
+        await server.stop()
+        await array.stop()
+        #expect(response.hasPrefix("HTTP/1.1 200 OK"), "\(response.prefix(200))")
+        #expect(response.contains("Content-Type: text/plain; version=0.0.4"))
+        let lines = Set(response.split(separator: "\r\n").last!.split(separator: "\n").map(String.init))
+        for expected in [
+            #"swraid_client_requests_total{array="served",kind="write"} 10"#,
+            #"swraid_client_bytes_total{array="served",kind="write"} 655360"#,
+            #"swraid_client_requests_total{array="served",kind="read"} 3"#,
+            #"swraid_client_requests_total{array="served",kind="flush"} 1"#,
+            #"swraid_client_request_duration_seconds_count{array="served",kind="write"} 10"#,
+            #"swraid_degraded_members{array="served"} 1.0"#,
+            #"swraid_member_state_info{array="served",member="2",state="faulty"} 1.0"#,
+            #"swraid_member_state_info{array="served",member="1",state="in_sync"} 1.0"#,
+            #"swraid_array_state_info{array="served",state="active"} 1.0"#,
+            #"swraid_sync_action_info{array="served",action="idle"} 1.0"#,
+        ] {
+            #expect(lines.contains(expected), "missing: \(expected)")
+        }
+        // Member I/O by purpose: the writes touched data and parity; superblocks were written.
+        #expect(lines.contains { $0.hasPrefix(#"swraid_member_ios_total{array="served",member="0",op="write",purpose="data"}"#) })
+        #expect(lines.contains { $0.hasPrefix(#"swraid_member_ios_total{array="served",member="0",op="write",purpose="superblock"}"#) })
+        #expect(lines.contains { $0.contains(#"op="write",purpose="parity"}"#) })
+        #expect(lines.contains("# TYPE swraid_client_request_duration_seconds histogram"))
+    }
+}

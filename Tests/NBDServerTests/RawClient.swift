@@ -46,6 +46,17 @@ final class RawClient {
         return out
     }
 
+    /// Everything until the server closes the connection.
+    func receiveAll() -> [UInt8] {
+        var out: [UInt8] = []
+        var chunk = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = chunk.withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+            if n <= 0 { return out }
+            out += chunk[0..<n]
+        }
+    }
+
     /// True when the server has closed the connection (EOF).
     var serverClosed: Bool {
         var byte: UInt8 = 0

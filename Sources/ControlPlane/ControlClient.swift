@@ -10,7 +10,7 @@ public struct ControlClient {
     public static let maxReplyBytes = 1 << 20
 
     public func request(_ request: ControlRequest) throws(SystemError) -> ControlReply {
-        let socket = try UnixSocketClient(path: path)
+        let socket = try StreamSocketClient(path: path)
         try socket.send(request.line + "\n")
         var received: [UInt8] = []
         while true {

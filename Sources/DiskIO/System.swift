@@ -240,9 +240,38 @@ extension FileSystem {
     }
 }
 
-/// A blocking client of a Unix-domain stream socket (the CLI's side of the control socket).
-public final class UnixSocketClient {
+/// A blocking client of a stream socket: a Unix-domain one (the CLI's side of the control
+/// socket) or TCP (the demo's NBD client).
+public final class StreamSocketClient {
     private let fd: Int32
+
+    /// Connects to `host` (an IPv4 address or a name) on `port`.
+    public init(host: String, port: Int) throws(SystemError) {
+        var hints = addrinfo()
+        hints.ai_family = AF_UNSPEC
+        hints.ai_socktype = Int32(SOCK_STREAM.rawValue)
+        var found: UnsafeMutablePointer<addrinfo>?
+        let rc = getaddrinfo(host, String(port), &hints, &found)
+        guard rc == 0, let first = found else { throw SystemError("\(host):\(port): \(String(cString: gai_strerror(rc)))") }
+        defer { freeaddrinfo(found) }
+        var lastError = "no address"
+        var entry: UnsafeMutablePointer<addrinfo>? = first
+        while let a = entry {
+            let s = socket(a.pointee.ai_family, a.pointee.ai_socktype | Int32(SOCK_CLOEXEC.rawValue), a.pointee.ai_protocol)
+            if s >= 0 {
+                if connect(s, a.pointee.ai_addr, a.pointee.ai_addrlen) == 0 {
+                    var one: Int32 = 1
+                    _ = setsockopt(s, Int32(IPPROTO_TCP), TCP_NODELAY, &one, socklen_t(MemoryLayout<Int32>.size))
+                    fd = s
+                    return
+                }
+                lastError = lastErrorText()
+                _ = Glibc.close(s)
+            }
+            entry = a.pointee.ai_next
+        }
+        throw SystemError("\(host):\(port): \(lastError)")
+    }
 
     public init(path: String) throws(SystemError) {
         var address = sockaddr_un()
@@ -276,6 +305,31 @@ public final class UnixSocketClient {
             let n = bytes.withUnsafeMutableBytes { Glibc.send(fd, $0.baseAddress! + sent, $0.count - sent, Int32(MSG_NOSIGNAL)) }
             if n < 0 && errno == EINTR { continue }
             guard n > 0 else { throw SystemError("control socket: \(lastErrorText())") }
+            sent += n
+        }
+    }
+
+    /// Exactly `count` bytes into `buffer` from `offset`; false if the stream ended first.
+    public func receiveExactly(_ count: Int, into buffer: UnsafeMutableRawBufferPointer) throws(SystemError) -> Bool {
+        precondition(count <= buffer.count, "receive into a buffer too small")
+        var done = 0
+        while done < count {
+            let n = recv(fd, buffer.baseAddress! + done, count - done, 0)
+            if n < 0 && errno == EINTR { continue }
+            guard n >= 0 else { throw SystemError("socket: \(lastErrorText())") }
+            if n == 0 { return false }
+            done += n
+        }
+        return true
+    }
+
+    /// Sends all of `bytes`.
+    public func send(_ bytes: UnsafeRawBufferPointer) throws(SystemError) {
+        var sent = 0
+        while sent < bytes.count {
+            let n = Glibc.send(fd, bytes.baseAddress! + sent, bytes.count - sent, Int32(MSG_NOSIGNAL))
+            if n < 0 && errno == EINTR { continue }
+            guard n > 0 else { throw SystemError("socket: \(lastErrorText())") }
             sent += n
         }
     }

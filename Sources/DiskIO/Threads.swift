@@ -20,6 +20,13 @@ public final class OSThread: @unchecked Sendable {
         precondition(rc == 0, "cannot start a thread: \(String(cString: strerror(rc)))")
     }
 
+    /// Starts `body` on a detached thread (one nobody joins: it cleans up after itself).
+    public static func start(_ body: @escaping @Sendable () -> Void) {
+        let thread = OSThread(body)
+        thread.joined = true
+        pthread_detach(thread.thread)
+    }
+
     /// Waits for the thread to end (once; the owner calls it from one place).
     public func join() {
         precondition(!joined, "thread joined twice")

@@ -8,7 +8,7 @@ import RaidEngine
 
 struct Demo: AsyncParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Make an array of files and show what swraid can do with it so far.")
+        abstract: "Make an array of files and show what swraid can do with it: a tour in under a minute.")
 
     @Option(help: "Directory for the member files (default: a new one under /tmp).")
     var dir: String?
@@ -62,11 +62,11 @@ struct Demo: AsyncParsableCommand {
         section("Too many lost members: swraid refuses rather than return wrong data")
         spawn([selfPath(), "cat", members[0], "missing", "missing", "missing", members[4], members[5]])
 
-        try await liveArray(members, directory: directory)
+        let live = try await servedArray(members, directory: directory)
 
         section("Silent corruption: flip one byte on member 3, then check parity (md's 'check')")
-        try corruptOneByte(members[3])
-        spawn([selfPath(), "check", "--verbose"] + members)
+        try corruptOneByte(live[3])
+        spawn([selfPath(), "check", "--verbose"] + live)
         say("RAID6's two syndromes pin the bad block on one member, which plain RAID5 cannot do.")
 
         section("The array core under simulation: seeded runs with faults and crashes, each replayed")
@@ -82,90 +82,6 @@ struct Demo: AsyncParsableCommand {
 
         section("Done")
         say("The member files are left in \(directory); try `swraid examine` or `mdadm --examine` on them.")
-    }
-
-    /// The engine on the same files: writes, a check stopped half way, a member failing under
-    /// writes, a spare rebuilt, a clean stop, and the result checked offline.
-    func liveArray(_ members: [String], directory: String) async throws {
-        section("The live array: swraid's engine runs the RAID6 on its member files")
-        var logger = Logger(label: "swraid")
-        logger.logLevel = .critical
-        let spare = "\(directory)/spare.img"
-        if FileSystem.exists(spare) { FileSystem.remove(spare) }
-        _ = try MemberFile(creating: spare, sizeBytes: UInt64(memberMiB) << 20)
-        let engine = try RaidEngine.assemble(paths: members, logger: logger)
-        say("assembled \(engine.geometry.level) '\(engine.arrayName)': \(engine.sizeBytes >> 20) MiB, array_state \(try await engine.attribute("array_state"))")
-
-        // New data over the first half of the array, 1 MiB requests, 8 in flight.
-        let size = Int(engine.sizeBytes / 2) / (1 << 20) * (1 << 20)
-        let start = Clock.monotonicSeconds()
-        var hash = SHA256()
-        try await withThrowingTaskGroup(of: Void.self) { group in
-            var offset = 0
-            var inFlight = 0
-            while offset < size {
-                if inFlight == 8 {
-                    try await group.next()
-                    inFlight -= 1
-                }
-                let data = IOBuffer(DataPattern.bytes(count: 1 << 20, seed: UInt64(offset)))
-                data.withUnsafeBytes { hash.update($0) }
-                let at = UInt64(offset)
-                group.addTask { try await engine.write(offsetBytes: at, data: data) }
-                inFlight += 1
-                offset += 1 << 20
-            }
-            try await group.waitForAll()
-        }
-        try await engine.flush()
-        let seconds = Clock.monotonicSeconds() - start
-        say("wrote \(size >> 20) MiB in \(formatFixed(seconds, digits: 2)) s (\(Int(Double(size) / seconds / 1e6)) MB/s), flushed; array_state \(try await engine.attribute("array_state"))")
-
-        say("$ echo check > sync_action; echo idle > sync_action   (md's way to pause a check)")
-        try await engine.set("sync_action", "check")
-        try await Task.sleep(nanoseconds: 30_000_000)
-        try await engine.set("sync_action", "idle")
-        say("paused at sync_min \(try await engine.attribute("sync_min")) of \(try await engine.attribute("component_size")) KiB; idle returned at once")
-
-        say("$ mdadm --fail member4.img   (while writes go on)")
-        async let writes: Void = rewriteFirstMiB(engine)
-        try await engine.fail(member: members[4])
-        try await writes
-        say("array_state \(try await engine.attribute("array_state")), degraded \(try await engine.attribute("degraded")): the array goes on")
-
-        say("$ mdadm --add spare.img   (recovery onto the spare starts at once)")
-        try await engine.add(path: spare)
-        let bar = ProgressBar(action: "recovery")
-        while let progress = await engine.snapshot().syncProgress {
-            bar.update(done: progress.done, total: progress.total)
-            try await Task.sleep(nanoseconds: 100_000_000)
-        }
-        bar.finish()
-        await engine.waitForSync()
-        let after = await engine.snapshot()
-        say("degraded \(after.degraded); roles: " + after.members.map { "\(basename($0.name)) \($0.role)" }.joined(separator: ", "))
-        await engine.stop()
-        say("stopped: every superblock says clean")
-
-        var live = members
-        live[4] = spare
-        let check = try OfflineArray(paths: live)
-        let report = try check.check()
-        var firstHalf = SHA256()
-        var seen = 0
-        try check.stream(sink: { chunk in
-            let take = min(chunk.count, size - seen)
-            if take > 0 { firstHalf.update(UnsafeRawBufferPointer(rebasing: chunk[0..<take])) }
-            seen += chunk.count
-        })
-        let same = SHA256.hex(firstHalf.finalize()) == SHA256.hex(hash.finalize())
-        say("offline check of the members: mismatch_cnt \(report.mismatchSectors); the data written reads back \(same ? "intact" : "WRONG (this is a bug)")")
-    }
-
-    func rewriteFirstMiB(_ engine: RaidEngine) async throws {
-        for i in 0..<16 {
-            try await engine.write(offsetBytes: UInt64(i) << 20, data: IOBuffer(DataPattern.bytes(count: 1 << 20, seed: UInt64(i) << 20)))
-        }
     }
 
     /// Writes deterministic pseudo-random bytes to each member (then create syncs parity over it).

@@ -173,7 +173,7 @@ final class ControlledArray: @unchecked Sendable {
         return try await withCheckedThrowingContinuation { continuation in
             Thread {
                 do {
-                    let socket = try UnixSocketClient(path: path)
+                    let socket = try StreamSocketClient(path: path)
                     try socket.send(String(decoding: bytes, as: UTF8.self))
                     var text = ""
                     var got: [ControlReply] = []

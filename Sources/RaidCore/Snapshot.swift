@@ -52,8 +52,12 @@ extension RaidCore {
                 recoveryOffsetSectors: member.recoveryOffsetSectors, readErrors: member.readErrors,
                 deviceUUID: member.template.deviceUUID, dataOffsetSectors: member.dataOffsetSectors)
         }
+        // The superblock as last written: its events and update time, not the assembly's.
+        var superblock = members.list.first!.template
+        superblock.events = superblocks.events
+        if let written = superblocks.utimeSeconds { superblock.utime = written }
         return ArraySnapshot(
-            geometry: geometry, superblock: members.list.first!.template, events: superblocks.events, arrayState: arrayState,
+            geometry: geometry, superblock: superblock, events: superblocks.events, arrayState: arrayState,
             syncAction: syncAction, syncKind: sync.running?.kind, syncProgress: syncProgressSectors,
             syncSpeedKiBps: sync.running == nil ? nil : currentSyncRateKiBps(), lastSyncAction: sync.lastAction,
             mismatchCount: sync.mismatchSectors, resyncOffsetSectors: sync.recoveryCheckpointSectors, degraded: degradedCount,

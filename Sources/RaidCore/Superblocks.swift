@@ -10,6 +10,9 @@ struct SuperblockProtocol {
     /// md `safemode == 1`: the safe-mode timer fired and the array is about to be marked clean.
     var safeModeFired = false
     var events: UInt64
+    /// The update time the superblocks last written carry (nil until this run writes one): what
+    /// mdadm --detail shows as Update Time.
+    var utimeSeconds: UInt64?
     /// md `can_decrease_events`: the last update was a pure clean→dirty one.
     var canDecreaseEvents = false
     /// Roles or member states changed since the last update (not a pure clean/dirty change).
@@ -174,6 +177,7 @@ extension RaidCore {
         var sb = members[m].template
         sb.events = superblocks.events
         sb.utime = (config.wallClockAtZeroSeconds + now / nanosPerSecond) & MDSuperblock1.timeSecondsMask
+        superblocks.utimeSeconds = sb.utime
         sb.resyncOffsetSectors = clean ? sync.recoveryCheckpointSectors : 0
         var roles = [UInt16](repeating: MDRole.spareValue, count: Int(sb.maxDev))
         for member in members.list {

@@ -1,4 +1,6 @@
 import ControlPlane
+import NBDClient
+import NBDProtocol
 import DiskIO
 import Foundation
 import MDOffline
@@ -37,41 +39,14 @@ let haveExt4Tools = which("nbdfuse") != nil && which("losetup") != nil && which(
     @Test(.enabled(if: haveExt4Tools, "needs root, /dev/fuse, nbdfuse (libnbd-bin), losetup, mkfs.ext4 and e2fsck"))
     func ext4MountsChecksCleanAndKeepsItsFiles() async throws {
         let array = try await ServedArray.make(level: .raid6, disks: 6, memberMiB: 24, chunkKiB: 64, name: "ext4")
-        let fuseDir = array.dir.file("fuse")
-        let mountDir = array.dir.file("mnt")
-        try DiskIO.FileSystem.makeDirectory(fuseDir)
-        try DiskIO.FileSystem.makeDirectory(mountDir)
-        // nbdfuse writes its PID to the pidfile once the mount is ready; a FIFO there makes
-        // that moment an event to wait for, not a file to poll.
-        let ready = array.dir.file("ready.fifo")
-        #expect(mkfifo(ready, 0o600) == 0)
-        let fuse = Process()
-        fuse.executableURL = URL(fileURLWithPath: which("nbdfuse")!)
-        fuse.arguments = ["-P", ready, fuseDir, array.uri]
-        try fuse.run()
-        defer { _ = try? client("fusermount3", ["-u", fuseDir]); fuse.waitUntilExit() }
-        let pid = readToEnd(ready)
-        #expect(Int(pid.trimmingCharacters(in: .whitespacesAndNewlines)) != nil, "nbdfuse wrote '\(pid)'")
-
-        let loop = try client("losetup", ["-f", "--show", fuseDir + "/nbd"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
-        try #require(loop.hasPrefix("/dev/loop"))
-        defer { _ = try? client("losetup", ["-d", loop]) }
-        #expect(try client("mkfs.ext4", ["-q", "-F", loop]).status == 0)
-        let files = (0..<12).map { i in (name: "file\(i).bin", bytes: Data(pseudoRandomData(100_000 + i * 37_000, seed: UInt64(i)))) }
-        #expect(try client("mount", [loop, mountDir]).status == 0)
-        for f in files { try f.bytes.write(to: URL(fileURLWithPath: mountDir + "/" + f.name)) }
-        #expect(try client("sync", []).status == 0)
-        #expect(try client("umount", [mountDir]).status == 0)
-        let fsck = try client("e2fsck", ["-fn", loop])
+        let first = try AttachedExt4(array: array, format: true)
+        try first.writeFiles(prefix: "file", count: 12)
+        let fsck = try first.detach()
         #expect(fsck.status == 0, "\(fsck.stdoutText)\(fsck.stderr)")
-        #expect(try client("mount", [loop, mountDir]).status == 0)
-        for f in files {
-            #expect((try? Data(contentsOf: URL(fileURLWithPath: mountDir + "/" + f.name))) == f.bytes, "\(f.name)")
-        }
-        #expect(try client("umount", [mountDir]).status == 0)
-        _ = try client("losetup", ["-d", loop])
-        _ = try client("fusermount3", ["-u", fuseDir])
-        fuse.waitUntilExit()
+        // Mounted again: the same files, byte for byte (detach verifies them).
+        let second = try AttachedExt4(array: array, format: false)
+        second.files = first.files
+        #expect(try second.detach().status == 0)
         await array.stop()
         // What ext4 wrote went through parity that still checks.
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
@@ -200,5 +175,137 @@ func readToEnd(_ path: String) -> String {
         // One array_state at a time (active, or clean once safe mode has marked it so).
         let states = lines.filter { $0.hasPrefix("swraid_array_state_info{") && $0.hasSuffix("} 1.0") }
         #expect(states.count == 1 && (states.first!.contains(#"state="active""#) || states.first!.contains(#"state="clean""#)), "\(states)")
+    }
+}
+
+let kernelInteropEnabled = ProcessInfo.processInfo.environment["SWRAID_QEMU_INTEROP"] == "1"
+
+/// What swraid writes live is still md: ext4 on a served RAID6 with a bitmap, through a check
+/// and a member failure and rebuild, stopped cleanly, is assembled by the real kernel md (in the
+/// project's qemu harness) without a resync; md's check finds 0 and reads back exactly the bytes
+/// that e2fsck found clean here.
+@Suite(.serialized) struct LiveArrayKernelInteropTests {
+    @Test(.enabled(if: haveExt4Tools && kernelInteropEnabled, "needs root, FUSE, the ext4 tools and SWRAID_QEMU_INTEROP=1 (.ci/run sets it)"))
+    func ext4WrittenLiveIsAssembledByKernelMdWithoutAResync() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 6, memberMiB: 24, chunkKiB: 64, bitmap: true, name: "live")
+        let spare = array.dir.file("spare.img")
+        _ = try MemberFile(creating: spare, sizeBytes: 26 << 20)
+        let mounted = try AttachedExt4(array: array, format: true)
+        try mounted.writeFiles(prefix: "before", count: 6)
+        try await array.engine.set("sync_action", "check")
+        await array.engine.waitForSync()
+        #expect(try await array.engine.attribute("mismatch_cnt") == "0")
+        try await array.engine.fail(member: array.paths[2])
+        try await array.engine.remove(member: array.paths[2])
+        try await array.engine.add(path: spare)
+        try mounted.writeFiles(prefix: "during", count: 6)
+        await array.engine.waitForSync()
+        try mounted.writeFiles(prefix: "after", count: 3)
+        let fsck = try mounted.detach()
+        #expect(fsck.status == 0, "\(fsck.stdoutText)\(fsck.stderr)")
+        #expect(try await array.engine.attribute("degraded") == "0")
+        await array.stop()
+
+        var live = array.paths
+        live[2] = spare
+        let offline = try OfflineArray(paths: live)
+        var hash = SHA256()
+        try offline.stream(sink: { hash.update($0) })
+        let sha = SHA256.hex(hash.finalize())
+        let script = FixturePaths.packageRoot + "/Tests/Interop/qemu-md-check.sh"
+        let result = try runProcess(
+            "/bin/bash",
+            [script, "--expect-sha256", sha, "--expect-bytes", String(offline.arraySizeBytes), "--expect-clean", "--timeout", "600",
+             "--log", array.dir.file("console.log")] + live)
+        let output = result.stdoutText + result.stderr
+        #expect(result.status == 0, "qemu-md-check failed (\(result.status)):\n\(output)")
+        #expect(output.contains("RESULT mismatch_cnt=0"), "\(output)")
+        #expect(output.contains("RESULT sha256=\(sha)"), "\(output)")
+    }
+}
+
+/// A served array as a mounted ext4: nbdfuse makes the export a file, a loop device a disk.
+final class AttachedExt4 {
+    let fuseDir: String
+    let mountDir: String
+    let fuse: Process
+    let loop: String
+    var files: [(name: String, bytes: Data)] = []
+
+    init(array: ServedArray, format: Bool) throws {
+        fuseDir = array.dir.file("fuse")
+        mountDir = array.dir.file("mnt")
+        try DiskIO.FileSystem.makeDirectory(fuseDir)
+        try DiskIO.FileSystem.makeDirectory(mountDir)
+        let ready = array.dir.file("ready.fifo")
+        _ = mkfifo(ready, 0o600)
+        fuse = Process()
+        fuse.executableURL = URL(fileURLWithPath: which("nbdfuse")!)
+        fuse.arguments = ["-P", ready, fuseDir, array.uri]
+        try fuse.run()
+        // The pidfile is written once the mount is ready; a FIFO makes that an event.
+        guard Int(readToEnd(ready).trimmingCharacters(in: .whitespacesAndNewlines)) != nil else { throw POSIXError(.EIO) }
+        loop = try client("losetup", ["-f", "--show", fuseDir + "/nbd"]).stdoutText.trimmingCharacters(in: .whitespacesAndNewlines)
+        guard loop.hasPrefix("/dev/loop") else { throw POSIXError(.ENODEV) }
+        if format { _ = try client("mkfs.ext4", ["-q", "-F", loop]) }
+        guard try client("mount", [loop, mountDir]).status == 0 else { throw POSIXError(.EIO) }
+    }
+
+    func writeFiles(prefix: String, count: Int) throws {
+        for i in 0..<count {
+            let file = (name: "\(prefix)\(i).bin", bytes: Data(pseudoRandomData(200_000 + i * 51_000, seed: UInt64(files.count + 1))))
+            try file.bytes.write(to: URL(fileURLWithPath: mountDir + "/" + file.name))
+            files.append(file)
+        }
+        _ = try client("sync", [])
+    }
+
+    /// Verifies the files, unmounts, runs `e2fsck -fn`, and takes everything down.
+    func detach() throws -> ProcessResult {
+        for f in files {
+            #expect((try? Data(contentsOf: URL(fileURLWithPath: mountDir + "/" + f.name))) == f.bytes, "\(f.name)")
+        }
+        _ = try client("umount", [mountDir])
+        let fsck = try client("e2fsck", ["-fn", loop])
+        _ = try client("losetup", ["-d", loop])
+        _ = try client("fusermount3", ["-u", fuseDir])
+        fuse.waitUntilExit()
+        return fsck
+    }
+}
+
+/// swraid's own NBD client (the demo's) against the server.
+@Suite struct NBDClientLibraryTests {
+    @Test func writesReadsZeroesAndFlushesRoundTrip() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 8)
+        let port = array.port
+        let outcome: (size: UInt64, canMultiConn: Bool, back: [UInt8], zeroes: [UInt8], wrongExport: String) = try await runBlocking {
+            let client = try NBDClient(host: "127.0.0.1", port: port, export: "served")
+            defer { client.disconnect() }
+            let data = pseudoRandomData(192 << 10, seed: 5)
+            try data.withUnsafeBytes { try client.write(offset: 65536 - 512, $0, fua: true) }
+            try client.writeZeroes(offset: 1 << 20, length: 64 << 10)
+            try client.flush()
+            var back = [UInt8](repeating: 0, count: data.count)
+            try back.withUnsafeMutableBytes { try client.read(offset: 65536 - 512, into: $0) }
+            var zeroes = [UInt8](repeating: 1, count: 64 << 10)
+            try zeroes.withUnsafeMutableBytes { try client.read(offset: 1 << 20, into: $0) }
+            var wrong = ""
+            do { _ = try NBDClient(host: "127.0.0.1", port: port, export: "no-such-export") } catch { wrong = "\(error)" }
+            return (client.sizeBytes, client.transmissionFlags.contains(.canMultiConn), back, zeroes, wrong)
+        }
+        await array.stop()
+        #expect(outcome.size == array.engine.sizeBytes)
+        #expect(outcome.canMultiConn)
+        #expect(outcome.back == pseudoRandomData(192 << 10, seed: 5))
+        #expect(outcome.zeroes.allSatisfy { $0 == 0 })
+        #expect(outcome.wrongExport.contains("refused"), "\(outcome.wrongExport)")
+    }
+}
+
+/// A blocking body on a thread of its own (the server it talks to needs the pool's threads).
+func runBlocking<T: Sendable>(_ body: @escaping @Sendable () throws -> T) async throws -> T {
+    try await withCheckedThrowingContinuation { continuation in
+        Thread { continuation.resume(with: Result { try body() }) }.start()
     }
 }

@@ -1,0 +1,81 @@
+import DiskIO
+import Foundation
+import MDFormat
+import TestSupport
+import Testing
+
+/// `swraid run` as a user runs it: a daemon in the foreground, driven by the CLI's verbs over
+/// its control socket, stopped by `swraid stop` or SIGTERM, leaving the array clean.
+@Suite struct RunCommandTests {
+    /// Starts `swraid run` and returns once it logs that it serves (read from its stderr as it
+    /// comes: no polling).
+    func startDaemon(_ members: [String], control: String) throws -> (Process, FileHandle) {
+        let process = Process()
+        process.executableURL = URL(fileURLWithPath: swraidExecutable)
+        process.arguments = ["run", "--listen", "127.0.0.1:0", "--control", control] + members
+        let stderr = Pipe()
+        process.standardError = stderr
+        process.standardOutput = FileHandle.nullDevice
+        try process.run()
+        var seen = ""
+        while !seen.contains("control socket") {
+            let chunk = stderr.fileHandleForReading.availableData
+            guard !chunk.isEmpty else { throw POSIXError(.EPIPE) }
+            seen += String(decoding: chunk, as: UTF8.self)
+        }
+        return (process, stderr.fileHandleForReading)
+    }
+
+    func makeArray(_ dir: TemporaryDirectory) throws -> [String] {
+        let members = (0..<4).map { dir.file("m\($0).img") }
+        let created = try swraid(["create", "--level", "5", "--raid-devices", "4", "--chunk", "64K", "--size", "8M", "--name", "cli"] + members)
+        #expect(created.status == 0, "\(created.stderr)")
+        return members
+    }
+
+    func isClean(_ path: String) throws -> Bool {
+        let file = try MemberFile(path: path, mode: .readOnly)
+        defer { file.close() }
+        return try SuperblockProbe.probe(file).superblock.resyncOffsetSectors == maxSector
+    }
+
+    @Test func verbsOverTheSocketThenStopLeaveTheArrayClean() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        let control = dir.file("cli.sock")
+        let (daemon, log) = try startDaemon(members, control: control)
+        let status = try swraid(["status", "--control", control])
+        #expect(status.status == 0)
+        #expect(status.stdoutText.contains("cli : active raid5 m3.img[3] m2.img[2] m1.img[1] m0.img[0]"), "\(status.stdoutText)")
+        #expect(status.stdoutText.contains("[4/4] [UUUU]"))
+        #expect(try swraid(["get", "--control", control, "level"]).stdoutText == "raid5\n")
+        let bad = try swraid(["set", "--control", control, "sync_action", "sideways"])
+        #expect(bad.status == 22)
+        #expect(bad.stderr.contains("EINVAL"))
+        #expect(try swraid(["get", "--control", control, "no_such_thing"]).status == 2)
+        #expect(try swraid(["fail", "--control", control, dir.file("not-a-member.img")]).status == 22)
+        #expect(try swraid(["detail", "--control", control]).stdoutText.contains("Raid Devices : 4"))
+        let stop = try swraid(["stop", "--control", control])
+        #expect(stop.status == 0, "\(stop.stderr)")
+        daemon.waitUntilExit()
+        #expect(daemon.terminationStatus == 0, "\(String(decoding: log.readDataToEndOfFile(), as: UTF8.self))")
+        #expect(!DiskIO.FileSystem.exists(control))
+        for m in members { #expect(try isClean(m)) }
+    }
+
+    @Test func sigtermStopsCleanlyWithExitZero() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        let control = dir.file("cli.sock")
+        let (daemon, log) = try startDaemon(members, control: control)
+        // Dirty the array (md's "active"), then SIGTERM: it must be clean on disk afterwards.
+        #expect(try swraid(["set", "--control", control, "array_state", "active"]).status == 0)
+        #expect(try !isClean(members[0]))
+        daemon.terminate()
+        daemon.waitUntilExit()
+        let text = String(decoding: log.readDataToEndOfFile(), as: UTF8.self)
+        #expect(daemon.terminationStatus == 0, "\(text)")
+        #expect(text.contains("stopped"))
+        for m in members { #expect(try isClean(m)) }
+    }
+}

@@ -11,12 +11,15 @@ public struct ControlClient {
 
     public func request(_ request: ControlRequest) throws(SystemError) -> ControlReply {
         let socket = try StreamSocketClient(path: path)
-        try socket.send(request.line + "\n")
+        var sendError: SystemError?
+        // The daemon may refuse before reading (the peer check): its answer is still there to read.
+        do { try socket.send(request.line + "\n") } catch { sendError = error }
         var received: [UInt8] = []
         while true {
-            let chunk = try socket.receive()
+            let chunk: [UInt8]
+            do { chunk = try socket.receive() } catch { throw sendError ?? error }
             if chunk.isEmpty {
-                throw SystemError("\(path): the daemon closed the connection before replying")
+                throw sendError ?? SystemError("\(path): the daemon closed the connection before replying")
             }
             received += chunk
             if let (reply, _) = ControlReply.decode(String(decoding: received, as: UTF8.self)) { return reply }

@@ -76,6 +76,17 @@ public final class ControlService: @unchecked Sendable {
     }
 }
 
+/// Linux's `struct ucred` (which Swift's Glibc module leaves out without _GNU_SOURCE): what
+/// SO_PEERCRED returns for a Unix-domain socket's peer.
+struct PeerCredentials: Sendable {
+    var pid: Int32 = 0
+    var uid: UInt32 = 0
+    var gid: UInt32 = 0
+
+    /// SO_PEERCRED on Linux.
+    static let optionName: Int32 = 17
+}
+
 /// Replies not yet written, and the tasks waiting until there are none.
 final class ReplyCount: @unchecked Sendable {
     let lock = ConditionLock()
@@ -163,6 +174,9 @@ public final class ControlServer: @unchecked Sendable {
         return "/run/swraid"
     }
 
+    /// Who may use the socket: the daemon's own user, and root.
+    public static func peerMayControl(uid: uid_t, daemonUID: uid_t = getuid()) -> Bool { uid == daemonUID || uid == 0 }
+
     /// The default socket path for an array named `name`.
     public static func defaultPath(arrayName name: String) -> String {
         runtimeDirectory + "/" + name.replacingOccurrences(of: "/", with: "_") + ".sock"
@@ -216,17 +230,47 @@ final class ControlConnection: ChannelInboundHandler {
         self.logger = logger
     }
 
+    /// Set once the peer's credentials were checked (same user as the daemon, or root).
+    var peerAllowed = false
+    /// Set once the connection was refused: input is dropped from then on.
+    var refused = false
+
     func handlerAdded(context: ChannelHandlerContext) { self.context = context }
+
+    /// The socket is 0600 already; the peer's credentials (SO_PEERCRED) are checked as well,
+    /// so that a socket exposed by mistake (a bind mount, a copied path) still answers no one
+    /// else.
+    func channelActive(context: ChannelHandlerContext) {
+        context.fireChannelActive()
+        guard let provider = context.channel as? SocketOptionProvider else { return refuse(context, "cannot check the peer's credentials", errno: "EACCES") }
+        let credentials: EventLoopFuture<PeerCredentials> = provider.unsafeGetSocketOption(
+            level: NIOBSDSocket.OptionLevel(rawValue: SOL_SOCKET), name: NIOBSDSocket.Option(rawValue: PeerCredentials.optionName))
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        credentials.whenComplete { result in
+            let me = bound.value
+            guard let context = me.context else { return }
+            switch result {
+            case .success(let peer) where ControlServer.peerMayControl(uid: peer.uid):
+                me.peerAllowed = true
+                me.next(context)
+            case .success(let peer):
+                me.refuse(context, "uid \(peer.uid) may not control this array (only uid \(getuid()) or root)", errno: "EACCES")
+            case .failure(let error):
+                me.refuse(context, "cannot check the peer's credentials: \(error)", errno: "EACCES")
+            }
+        }
+    }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
         var incoming = unwrapInboundIn(data)
         if pending == nil { pending = incoming } else { pending!.writeBuffer(&incoming) }
         next(context)
     }
 
     func next(_ context: ChannelHandlerContext) {
-        guard !busy, var buffer = pending else { return }
+        guard peerAllowed, !busy, var buffer = pending else { return }
         guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
             if buffer.readableBytes > ControlRequest.maxLineBytes { refuse(context, "request line over \(ControlRequest.maxLineBytes) bytes") }
             return
@@ -271,8 +315,13 @@ final class ControlConnection: ChannelInboundHandler {
         context.writeAndFlush(wrapOutboundOut(buffer), promise: promise)
     }
 
-    func refuse(_ context: ChannelHandlerContext, _ why: String) {
-        write(context, .error(errno: "EINVAL", message: why))
-        context.close(promise: nil)
+    /// Answers with an error and ends the connection: our side is closed for writing and what
+    /// the peer still sends is dropped until it closes (closing with its bytes unread would
+    /// reset the connection and could lose the reply on the way).
+    func refuse(_ context: ChannelHandlerContext, _ why: String, errno: String = "EINVAL") {
+        refused = true
+        pending = nil
+        write(context, .error(errno: errno, message: why))
+        context.close(mode: .output, promise: nil)
     }
 }

@@ -78,4 +78,22 @@ import Testing
         #expect(text.contains("stopped"))
         for m in members { #expect(try isClean(m)) }
     }
+
+    /// A socket exposed by mistake (made world-writable here) still answers no other user: the
+    /// daemon checks the peer's credentials (SO_PEERCRED) before it reads a request.
+    @Test(.enabled(if: getuid() == 0 && which("setpriv") != nil, "needs root and setpriv to connect as another user"))
+    func anotherUserIsRefusedEvenThroughAnOpenSocket() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        let control = dir.file("cli.sock")
+        let (daemon, _) = try startDaemon(members, control: control)
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        #expect(chmod(dir.path, 0o755) == 0)
+        #expect(chmod(control, 0o666) == 0)
+        let other = try runProcess(which("setpriv")!, ["--reuid=65534", "--regid=65534", "--clear-groups", swraidExecutable, "get", "--control", control, "level"])
+        #expect(other.status == 13, "\(other.stdoutText)\(other.stderr)")
+        #expect(other.stderr.contains("uid 65534 may not control this array"), "\(other.stderr)")
+        // The owner still gets answers.
+        #expect(try swraid(["get", "--control", control, "level"]).stdoutText == "raid5\n")
+    }
 }

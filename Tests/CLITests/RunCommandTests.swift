@@ -96,4 +96,21 @@ import Testing
         // The owner still gets answers.
         #expect(try swraid(["get", "--control", control, "level"]).stdoutText == "raid5\n")
     }
+
+    /// Two writers on one member is silent corruption: a second `swraid run` or a `create` on
+    /// members in use is refused with a clear message and changes nothing.
+    @Test func aSecondRunOrACreateOnMembersInUseIsRefused() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        let (daemon, _) = try startDaemon(members, control: dir.file("cli.sock"))
+        defer { daemon.terminate(); daemon.waitUntilExit() }
+        let before = members.map { fileBytes($0) }
+        let second = try swraid(["run", "--listen", "127.0.0.1:0", "--control", dir.file("second.sock")] + members)
+        #expect(second.status == 1)
+        #expect(second.stderr.contains("in use by another process"), "\(second.stderr)")
+        let create = try swraid(["create", "--level", "5", "--raid-devices", "4", "--force", "--size", "4M"] + members)
+        #expect(create.status != 0)
+        #expect(create.stderr.contains("in use"), "\(create.stderr)")
+        #expect(members.map { fileBytes($0) } == before)
+    }
 }

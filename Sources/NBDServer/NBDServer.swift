@@ -99,7 +99,10 @@ public final class NBDServer: @unchecked Sendable {
         case .unix(let path):
             channel = try await bootstrap.bind(unixDomainSocketPath: path, cleanupExistingSocketFile: true).get()
         }
-        log.info("serving '\(export.name)' (\(export.sizeBytes) bytes) over NBD on \(address)")
+        // The address as bound (a TCP port 0 becomes the port the kernel chose).
+        var bound = address
+        if case .tcp(let host, _) = address, let port = channel.localAddress?.port { bound = .tcp(host: host, port: port) }
+        log.info("serving '\(export.name)' (\(export.sizeBytes) bytes) over NBD on \(bound)")
         return NBDServer(engine: engine, export: export, options: options, logger: log, listener: channel, connections: registry)
     }
 

@@ -143,7 +143,9 @@ struct ArrayService: Service {
                 throw CommandFailure(message: "cannot serve metrics on \(host):\(port): \(error)")
             }
         }
-        logger.notice("serving \(name) (\(engine.sizeBytes) bytes) on \(address), control socket \(controlPath)")
+        var bound = address
+        if case .tcp(let host, _) = address, let port = server.localAddress?.port { bound = .tcp(host: host, port: port) }
+        logger.notice("serving \(name) (\(engine.sizeBytes) bytes) on \(bound), control socket \(controlPath)")
         await withTaskGroup(of: Void.self) { group in
             group.addTask {
                 // Throws on cancellation: the other way to stop has been taken.

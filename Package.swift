@@ -120,7 +120,10 @@ let package = Package(
         .testTarget(name: "MDOfflineTests", dependencies: ["MDOffline", "MDFormat", "DiskIO", "TestSupport"]),
         .testTarget(
             name: "CLITests",
-            dependencies: ["swraid", "MDOffline", "TestSupport", "RaidEngine", "RaidCore", "DiskIO", .product(name: "Logging", package: "swift-log")]),
+            dependencies: [
+                "swraid", "MDOffline", "TestSupport", "RaidEngine", "RaidCore", "DiskIO", "NBDClient",
+                .product(name: "Logging", package: "swift-log"),
+            ]),
         .testTarget(name: "RaidEngineTests", dependencies: ["RaidEngine", "RaidCore", "RaidMath", "DiskIO", "MDOffline", "MDFormat", "TestSupport"]),
         .testTarget(name: "DiskIOTests", dependencies: ["DiskIO", "MDFormat", "RaidCore"]),
         .testTarget(name: "NBDProtocolTests", dependencies: ["NBDProtocol"]),

@@ -10,6 +10,12 @@ import Testing
     /// Starts `swraid run` and returns once it logs that it serves (read from its stderr as it
     /// comes: no polling).
     func startDaemon(_ members: [String], control: String) throws -> (Process, FileHandle) {
+        let (process, log, _) = try startDaemonWithPort(members, control: control)
+        return (process, log)
+    }
+
+    /// The same, also returning the NBD port the daemon bound (it logs it).
+    func startDaemonWithPort(_ members: [String], control: String) throws -> (Process, FileHandle, Int) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: swraidExecutable)
         process.arguments = ["run", "--listen", "127.0.0.1:0", "--control", control] + members
@@ -23,7 +29,9 @@ import Testing
             guard !chunk.isEmpty else { throw POSIXError(.EPIPE) }
             seen += String(decoding: chunk, as: UTF8.self)
         }
-        return (process, stderr.fileHandleForReading)
+        let served = seen.split(separator: "\n").first { $0.contains("over NBD on ") }
+        let port = served.flatMap { Int($0.split(separator: ":").last ?? "") } ?? 0
+        return (process, stderr.fileHandleForReading, port)
     }
 
     func makeArray(_ dir: TemporaryDirectory) throws -> [String] {

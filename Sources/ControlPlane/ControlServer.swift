@@ -15,8 +15,8 @@ public final class ControlService: @unchecked Sendable {
     let requestShutdown: @Sendable () async -> Void
     let stopped = StopSignal()
     /// Requests being answered, so that the daemon's last act (the reply to `stop`) is not cut
-    /// off by its exit.
-    let replies = ReplyCount()
+    /// off by its exit; closed when the control server stops.
+    let replies = CallGate()
 
     public init(engine: RaidEngine, name: String, requestShutdown: @escaping @Sendable () async -> Void) {
         self.engine = engine
@@ -85,37 +85,6 @@ struct PeerCredentials: Sendable {
 
     /// SO_PEERCRED on Linux.
     static let optionName: Int32 = 17
-}
-
-/// Replies not yet written, and the tasks waiting until there are none.
-final class ReplyCount: @unchecked Sendable {
-    let lock = ConditionLock()
-    var outstanding = 0
-    var waiters: [CheckedContinuation<Void, Never>] = []
-
-    func begin() { lock.withLock { outstanding += 1 } }
-
-    func end() {
-        let ready: [CheckedContinuation<Void, Never>] = lock.withLock {
-            precondition(outstanding > 0, "a control reply ended twice")
-            outstanding -= 1
-            guard outstanding == 0 else { return [] }
-            defer { waiters.removeAll() }
-            return waiters
-        }
-        for w in ready { w.resume() }
-    }
-
-    func drained() async {
-        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
-            let now: Bool = lock.withLock {
-                if outstanding == 0 { return true }
-                waiters.append(c)
-                return false
-            }
-            if now { c.resume() }
-        }
-    }
 }
 
 /// A one-shot event many tasks can wait for.
@@ -210,7 +179,7 @@ public final class ControlServer: @unchecked Sendable {
     public func stop() async {
         try? await channel.close().get()
         _ = unlink(path)
-        await service.replies.drained()
+        await service.replies.closeAndDrain()
     }
 }
 
@@ -287,18 +256,18 @@ final class ControlConnection: ChannelInboundHandler {
             next(context)
             return
         }
+        let service = self.service
+        guard service.replies.enter() else { return refuse(context, "the control server is stopping", errno: "ENODEV") }
         busy = true
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let loop = context.eventLoop
-        let service = self.service
-        service.replies.begin()
         Task {
             let reply = await service.handle(request)
             loop.execute {
                 let me = bound.value
                 me.busy = false
-                guard let context = me.context else { return service.replies.end() }
-                me.write(context, reply) { service.replies.end() }
+                guard let context = me.context else { return service.replies.leave() }
+                me.write(context, reply) { service.replies.leave() }
                 me.next(context)
             }
         }

@@ -39,3 +39,47 @@ public final class ConditionLock: @unchecked Sendable {
         return try body()
     }
 }
+
+/// Counts public calls in progress. Once closed, no call enters, and `closeAndDrain` returns
+/// when the last one has left: after that nothing will hop onto the loop again.
+public final class CallGate: @unchecked Sendable {
+    public init() {}
+
+    private let lock = ConditionLock()
+    private var active = 0
+    private var isClosed = false
+    private var drained: [CheckedContinuation<Void, Never>] = []
+
+    public func enter() -> Bool {
+        lock.withLock {
+            guard !isClosed else { return false }
+            active += 1
+            return true
+        }
+    }
+
+    public func leave() {
+        let ready: [CheckedContinuation<Void, Never>] = lock.withLock {
+            precondition(active > 0, "call gate left more often than entered")
+            active -= 1
+            guard active == 0 else { return [] }
+            defer { drained.removeAll() }
+            return drained
+        }
+        for c in ready { c.resume() }
+    }
+
+    public var closedForGood: Bool { lock.withLock { isClosed } }
+
+    public func closeAndDrain() async {
+        await withCheckedContinuation { (c: CheckedContinuation<Void, Never>) in
+            let now: Bool = lock.withLock {
+                isClosed = true
+                if active == 0 { return true }
+                drained.append(c)
+                return false
+            }
+            if now { c.resume() }
+        }
+    }
+}

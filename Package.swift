@@ -25,6 +25,8 @@ let package = Package(
         .library(name: "RaidEngine", targets: ["RaidEngine"]),
         .library(name: "NBDServer", targets: ["NBDServer"]),
         .library(name: "ControlPlane", targets: ["ControlPlane"]),
+        .library(name: "NBDProtocol", targets: ["NBDProtocol"]),
+        .library(name: "ControlProtocol", targets: ["ControlProtocol"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.5.0"),
@@ -77,6 +79,8 @@ let package = Package(
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "DequeModule", package: "swift-collections"),
             ]),
+        // The control socket's line protocol: requests, replies, framing (pure: no I/O).
+        .target(name: "ControlProtocol"),
         // A small blocking NBD client (the demo's, and tests').
         .target(name: "NBDClient", dependencies: ["NBDProtocol", "DiskIO"]),
         // NBD over SwiftNIO: the array served on the engine's own event loop.
@@ -93,7 +97,7 @@ let package = Package(
         .target(
             name: "ControlPlane",
             dependencies: [
-                "RaidEngine", "RaidCore", "MDFormat", "DiskIO",
+                "RaidEngine", "RaidCore", "MDFormat", "DiskIO", "ControlProtocol",
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "NIOHTTP1", package: "swift-nio"),
@@ -104,7 +108,7 @@ let package = Package(
         .executableTarget(
             name: "swraid",
             dependencies: [
-                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol", "NBDClient", "ControlPlane",
+                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol", "NBDClient", "ControlPlane", "ControlProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),
@@ -130,13 +134,13 @@ let package = Package(
         .testTarget(
             name: "ControlPlaneTests",
             dependencies: [
-                "ControlPlane", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
+                "ControlPlane", "ControlProtocol", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
             ]),
         .testTarget(
             name: "NBDServerTests",
             dependencies: [
-                "NBDServer", "ControlPlane", "NBDClient", "NBDProtocol", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
+                "NBDServer", "ControlPlane", "ControlProtocol", "NBDClient", "NBDProtocol", "RaidEngine", "RaidCore", "MDOffline", "MDFormat", "DiskIO", "TestSupport",
                 .product(name: "NIOCore", package: "swift-nio"), .product(name: "Logging", package: "swift-log"),
             ]),
     ],

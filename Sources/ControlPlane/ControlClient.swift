@@ -1,3 +1,4 @@
+import ControlProtocol
 import DiskIO
 
 /// The CLI's side of the control socket: one request, one reply, over a blocking connection.

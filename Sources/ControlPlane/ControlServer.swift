@@ -1,3 +1,4 @@
+import ControlProtocol
 import DiskIO
 import Foundation
 import Logging
@@ -190,7 +191,7 @@ final class ControlConnection: ChannelInboundHandler {
 
     let service: ControlService
     let logger: Logger
-    var pending: ByteBuffer?
+    var framer = ControlRequestFramer()
     var busy = false
     var context: ChannelHandlerContext?
 
@@ -231,31 +232,49 @@ final class ControlConnection: ChannelInboundHandler {
     }
     func handlerRemoved(context: ChannelHandlerContext) { self.context = nil }
 
-    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
-        guard !refused else { return }
-        var incoming = unwrapInboundIn(data)
-        if pending == nil { pending = incoming } else { pending!.writeBuffer(&incoming) }
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        context.fireChannelWritabilityChanged()
         next(context)
     }
 
-    func next(_ context: ChannelHandlerContext) {
-        guard peerAllowed, !busy, var buffer = pending else { return }
-        guard let newline = buffer.readableBytesView.firstIndex(of: UInt8(ascii: "\n")) else {
-            if buffer.readableBytes > ControlRequest.maxLineBytes { refuse(context, "request line over \(ControlRequest.maxLineBytes) bytes") }
-            return
-        }
-        let length = newline - buffer.readerIndex
-        let line = buffer.readString(length: length) ?? ""
-        buffer.moveReaderIndex(forwardBy: 1)
-        pending = buffer.readableBytes > 0 ? buffer : nil
-        let request: ControlRequest
+    func channelRead(context: ChannelHandlerContext, data: NIOAny) {
+        guard !refused else { return }
+        let incoming = unwrapInboundIn(data)
         do {
-            request = try ControlRequest.parse(line)
+            try framer.append(incoming.readableBytesView)
         } catch {
-            write(context, .error(errno: "EINVAL", message: error.description))
-            next(context)
-            return
+            return refuse(context, error.description)
         }
+        next(context)
+    }
+
+    /// Serves the next waiting line, if the previous request was answered. A loop, not
+    /// recursion: the client decides how many lines wait, and a run of bad ones is answered
+    /// one after the other here.
+    func next(_ context: ChannelHandlerContext) {
+        // A client that does not read its replies stops being served until it does (the
+        // replies to bad lines would otherwise pile up in memory).
+        while peerAllowed, !busy, !refused, context.channel.isWritable {
+            let line: String
+            do {
+                guard let complete = try framer.nextLine() else { return }
+                line = complete
+            } catch {
+                return refuse(context, error.description)
+            }
+            let request: ControlRequest
+            do {
+                request = try ControlRequest.parse(line)
+            } catch {
+                write(context, .error(errno: "EINVAL", message: error.description))
+                continue
+            }
+            serve(context, request)
+        }
+    }
+
+    /// Hands one request to the service; the connection is busy until its reply is written.
+    func serve(_ context: ChannelHandlerContext, _ request: ControlRequest) {
         let service = self.service
         guard service.replies.enter() else { return refuse(context, "the control server is stopping", errno: "ENODEV") }
         busy = true
@@ -289,7 +308,7 @@ final class ControlConnection: ChannelInboundHandler {
     /// reset the connection and could lose the reply on the way).
     func refuse(_ context: ChannelHandlerContext, _ why: String, errno: String = "EINVAL") {
         refused = true
-        pending = nil
+        framer = ControlRequestFramer()
         write(context, .error(errno: errno, message: why))
         context.close(mode: .output, promise: nil)
     }

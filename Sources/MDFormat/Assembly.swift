@@ -124,7 +124,8 @@ public struct AssemblyPlan: Sendable {
         var excluded: [(Int, ExclusionReason)] = []
         for (index, c) in candidates.enumerated() {
             let s = c.superblock
-            if case .active = s.role, s.events + 1 < sb.events {
+            // (Written without `events + 1`: a crafted superblock may carry the largest count.)
+            if case .active = s.role, s.events < sb.events, sb.events - s.events > 1 {
                 excluded.append((index, .stale(events: s.events, arrayEvents: sb.events)))
                 continue
             }

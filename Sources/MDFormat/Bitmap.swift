@@ -60,13 +60,19 @@ public struct MDBitmapSuperblock: Equatable, Sendable {
     public var chunkSectors: UInt64 { UInt64(chunkSizeBytes) / 512 }
 
     /// Number of bits: one per `chunkSizeBytes` of `syncSizeSectors`, rounded up.
+    /// (Rounded up without `size + chunk - 1`, and clamped: a crafted header may carry any
+    /// values; `validate` and the area's size decide whether the bits are believed.)
     public var bitCount: Int {
         guard chunkSectors > 0 else { return 0 }
-        return Int((syncSizeSectors + chunkSectors - 1) / chunkSectors)
+        let whole = syncSizeSectors / chunkSectors
+        return Int(clamping: whole + (syncSizeSectors % chunkSectors == 0 ? 0 : 1))
     }
 
     /// Bytes of header plus bits.
-    public var usedBytes: Int { Self.headerBytes + (bitCount + 7) / 8 }
+    public var usedBytes: Int {
+        let bits = UInt64(bitCount)
+        return Int(clamping: UInt64(Self.headerBytes) + bits / 8 + (bits % 8 == 0 ? 0 : 1))
+    }
 
     public func encode() -> [UInt8] {
         var b = [UInt8](repeating: 0, count: Self.headerBytes)
@@ -94,7 +100,10 @@ public struct MDBitmapSuperblock: Equatable, Sendable {
     }
 
     /// Number of set bits among the first `bitCount` bits of a bitmap area.
+    /// Bits past the end of the area are clear (a crafted header may claim more bits than the
+    /// area holds; they are not looked for one by one).
     public func dirtyBitCount(area: [UInt8]) -> Int {
-        (0..<bitCount).reduce(0) { $0 + (Self.isBitSet(area, bit: $1) ? 1 : 0) }
+        let bitsInArea = max(0, area.count - Self.headerBytes) * 8
+        return (0..<min(bitCount, bitsInArea)).reduce(0) { $0 + (Self.isBitSet(area, bit: $1) ? 1 : 0) }
     }
 }

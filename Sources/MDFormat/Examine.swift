@@ -33,7 +33,9 @@ public struct ExamineReport: Sendable {
     /// then TiB/TB, each with two decimals rounded half up.
     public static func humanSize(bytes: UInt64) -> String {
         func pair(_ unit: UInt64, _ decimalUnit: UInt64, _ name: String, _ decimalName: String) -> String {
-            let c = (bytes * 200 / unit + 1) / 2
+            // bytes * 200 / unit, in two parts so that no size overflows (a crafted superblock
+            // may claim any).
+            let c = (bytes / unit * 200 + bytes % unit * 200 / unit + 1) / 2
             let d = (bytes / (decimalUnit / 200) + 1) / 2
             return " (\(c / 100).\(twoDigits(c % 100)) \(name) \(d / 100).\(twoDigits(d % 100)) \(decimalName))"
         }
@@ -59,7 +61,8 @@ public struct ExamineReport: Sendable {
         default: dataDisks = 0
         }
         guard dataDisks > 0, denominator > 0 else { return nil }
-        return sb.sizeSectors * dataDisks / denominator
+        // Wrapping, as mdadm's unsigned arithmetic does, for a crafted size.
+        return sb.sizeSectors &* dataDisks / denominator
     }
 
     static func twoDigits(_ v: UInt64) -> String { v < 10 ? "0\(v)" : "\(v)" }
@@ -70,9 +73,11 @@ public struct ExamineReport: Sendable {
     public var unusedSpace: (before: UInt64, after: UInt64)? {
         let sb = superblock
         if sb.featureMap.contains(.newOffset) { return nil }
-        let so = Int64(sb.superOffsetSectors)
-        let dataOffset = Int64(sb.dataOffsetSectors)
-        let ds = Int64(sb.level > 0 ? sb.sizeSectors : sb.dataSizeSectors)
+        // In mdadm's C integer arithmetic: two's complement, wrapping. A crafted superblock may
+        // carry any offsets; the line is then nonsense, as mdadm's is, but nothing traps.
+        let so = Int64(bitPattern: sb.superOffsetSectors)
+        let dataOffset = Int64(bitPattern: sb.dataOffsetSectors)
+        let ds = Int64(bitPattern: sb.level > 0 ? sb.sizeSectors : sb.dataSizeSectors)
         let bo: Int64 = sb.featureMap.contains(.bitmapOffset) ? Int64(sb.bitmapOffsetSectors) : 0
         let hasPPL = !sb.featureMap.isDisjoint(with: [.ppl, .multiplePPLs]) && !sb.featureMap.contains(.bitmapOffset)
         let po: Int64 = hasPPL ? Int64(sb.pplOffsetSectors) : 0
@@ -81,22 +86,23 @@ public struct ExamineReport: Sendable {
         var before: UInt64
         var after: UInt64
         if dataOffset < so {
-            before = UInt64(dataOffset)
+            before = UInt64(bitPattern: dataOffset)
             var end = so
-            if hasBBLog { end = min(end, so + Int64(sb.bblogOffsetSectors)) }
-            if so + bo + po < end { end = so + bo + po }
-            after = dataOffset + ds < end ? UInt64(end - ds - dataOffset) : 0
+            if hasBBLog { end = min(end, so &+ Int64(sb.bblogOffsetSectors)) }
+            if so &+ bo &+ po < end { end = so &+ bo &+ po }
+            after = dataOffset &+ ds < end ? UInt64(bitPattern: end &- ds &- dataOffset) : 0
         } else {
-            var earliest = so + 72
+            var earliest = so &+ 72
             if bo > 0 {
-                let bitmapSectors = Int64(((bitmap?.usedBytes ?? 0) + 4095) / 4096 * 8)
-                earliest = max(earliest, bo + bitmapSectors)
+                let used = bitmap?.usedBytes ?? 0
+                let bitmapSectors = Int64((used / 4096 + (used % 4096 == 0 ? 0 : 1)) * 8)
+                earliest = max(earliest, bo &+ bitmapSectors)
             } else if po > 0 {
-                earliest = max(earliest, po + ps)
+                earliest = max(earliest, po &+ ps)
             }
-            if hasBBLog { earliest = max(earliest, so + Int64(sb.bblogOffsetSectors) + Int64(sb.bblogSizeSectors)) }
-            before = earliest < dataOffset ? UInt64(dataOffset - earliest) : 0
-            after = deviceSizeSectors &- UInt64(ds) &- UInt64(dataOffset)
+            if hasBBLog { earliest = max(earliest, so &+ Int64(sb.bblogOffsetSectors) &+ Int64(sb.bblogSizeSectors)) }
+            before = earliest < dataOffset ? UInt64(bitPattern: dataOffset &- earliest) : 0
+            after = deviceSizeSectors &- UInt64(bitPattern: ds) &- UInt64(bitPattern: dataOffset)
         }
         if before == 0 && after == 0 { after = 1 }
         return after == 1 ? nil : (before, after)
@@ -116,9 +122,12 @@ public struct ExamineReport: Sendable {
     public var arrayState: String {
         let sb = superblock
         var out = ""
-        for slot in 0..<Int(sb.raidDisks) + max(0, -Int(sb.deltaDisks)) {
-            let count = sb.devRoles.filter { Int($0) == slot }.count
-            switch count {
+        // No array has more slots than the role table holds; a crafted count is cut there.
+        let slots = min(Int(sb.raidDisks) + max(0, -Int(sb.deltaDisks)), Int(MDSuperblock1.maxDevLimit))
+        var holders = [Int](repeating: 0, count: slots)
+        for role in sb.devRoles where Int(role) < slots { holders[Int(role)] += 1 }
+        for slot in 0..<slots {
+            switch holders[slot] {
             case 0: out += "."
             case 1: out += "A"
             case 2 where sb.level > 0: out += "R"
@@ -187,7 +196,7 @@ public struct ExamineReport: Sendable {
         }
         if sb.dataOffsetSectors != 0 { out.append("    Data Offset : \(sb.dataOffsetSectors) sectors") }
         if sb.featureMap.contains(.newOffset) {
-            out.append("     New Offset : \(Int64(sb.dataOffsetSectors) + Int64(sb.newOffsetSectors)) sectors")
+            out.append("     New Offset : \(Int64(bitPattern: sb.dataOffsetSectors) &+ Int64(sb.newOffsetSectors)) sectors")
         }
         out.append("   Super Offset : \(sb.superOffsetSectors) sectors")
         if sb.featureMap.contains(.recoveryOffset) {

@@ -343,14 +343,17 @@ public struct MDSuperblock1: Equatable, Sendable {
                 throw MDFormatError.invalidField("data_offset \(dataOffsetSectors) overlaps the superblock")
             }
             if featureMap.contains(.newOffset) {
-                let newStart = Int64(dataOffsetSectors) + Int64(newOffsetSectors)
-                guard newStart >= Int64(superOffsetSectors + superblockSectors) else {
+                // Checked arithmetic on crafted offsets: an offset past Int64 is no offset.
+                guard dataOffsetSectors <= UInt64(Int64.max),
+                    case let (newStart, overflow) = Int64(dataOffsetSectors).addingReportingOverflow(Int64(newOffsetSectors)), !overflow,
+                    newStart >= Int64(superOffsetSectors + superblockSectors)
+                else {
                     throw MDFormatError.invalidField("new data offset overlaps the superblock")
                 }
             }
             guard deviceSizeSectors >= dataOffsetSectors, deviceSizeSectors - dataOffsetSectors >= dataSizeSectors else {
                 throw MDFormatError.deviceTooSmall(
-                    "device is \(deviceSizeSectors) sectors but the superblock needs \(dataOffsetSectors + dataSizeSectors) (data_offset \(dataOffsetSectors) + data_size \(dataSizeSectors)): image truncated?")
+                    "device is \(deviceSizeSectors) sectors but the superblock needs \(dataOffsetSectors.addingReportingOverflow(dataSizeSectors).overflow ? "more" : "\(dataOffsetSectors + dataSizeSectors)") (data_offset \(dataOffsetSectors) + data_size \(dataSizeSectors)): image truncated?")
             }
         } else {
             guard superOffsetSectors >= dataSizeSectors else {

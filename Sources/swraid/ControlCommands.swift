@@ -1,5 +1,6 @@
 import ArgumentParser
 import ControlPlane
+import ControlProtocol
 import DiskIO
 
 /// Which running array a control verb talks to.

@@ -1,4 +1,5 @@
 import ControlPlane
+import ControlProtocol
 import DiskIO
 import Foundation
 import Logging
@@ -31,6 +32,38 @@ let quietLogger = Logger(label: "swraid-test", factory: { _ in SwiftLogNoOpLogHa
         #expect(throws: ControlRequest.ParseError.missingArgument("get")) { try ControlRequest.parse("get") }
         #expect(throws: ControlRequest.ParseError.missingArgument("set ATTR")) { try ControlRequest.parse("set sync_action") }
         #expect(throws: ControlRequest.ParseError.unexpectedArgument("stop")) { try ControlRequest.parse("stop now") }
+    }
+
+    @Test func theFramerHandsOutLinesAcrossChunksWithinItsBounds() throws {
+        var framer = ControlRequestFramer()
+        try framer.append(Array("get sync_action\nsta".utf8))
+        #expect(try framer.nextLine() == "get sync_action")
+        #expect(try framer.nextLine() == nil)
+        try framer.append(Array("tus\n\n".utf8))
+        #expect(try framer.nextLine() == "status")
+        #expect(try framer.nextLine() == "")
+        #expect(try framer.nextLine() == nil)
+        #expect(framer.pendingBytes == 0)
+        // A line of exactly the limit is a request; one byte more is not.
+        try framer.append([UInt8](repeating: UInt8(ascii: "x"), count: ControlRequest.maxLineBytes) + [UInt8(ascii: "\n")])
+        #expect(try framer.nextLine()?.utf8.count == ControlRequest.maxLineBytes)
+        try framer.append([UInt8](repeating: UInt8(ascii: "x"), count: ControlRequest.maxLineBytes + 1))
+        #expect(throws: ControlRequestFramer.Refusal.lineTooLong) { try framer.nextLine() }
+        // Lines sent ahead of their replies wait, up to the bound, and nothing past it is kept.
+        var ahead = ControlRequestFramer()
+        let line = Array("get array_state\n".utf8)
+        let fits = ControlRequestFramer.maxPendingBytes / line.count
+        try ahead.append(Array([[UInt8]](repeating: line, count: fits).joined()))
+        #expect(throws: ControlRequestFramer.Refusal.tooMuchPending) { try ahead.append(line) }
+        #expect(ahead.pendingBytes == fits * line.count)
+        #expect(try ahead.nextLine() == "get array_state")
+        try ahead.append(line)
+    }
+
+    @Test func aReplyCountThatIsNotACountIsNotAReply() {
+        // Found by the control fuzzer: "ok -1" made the decoder build a range backwards and trap.
+        #expect(ControlReply.decode("ok -1\n")?.reply == .error(errno: "EPROTO", message: "not a control reply: ok -1"))
+        #expect(ControlReply.decode("ok x\n")?.reply == .error(errno: "EPROTO", message: "not a control reply: ok x"))
     }
 
     @Test func repliesRoundTripAndWaitForTheirLastLine() {
@@ -169,27 +202,49 @@ final class ControlledArray: @unchecked Sendable {
 
     /// Raw bytes to the socket and whatever comes back until the daemon closes or `replies` replies arrived.
     func exchange(_ bytes: [UInt8], replies: Int) async throws -> (replies: [ControlReply], closed: Bool) {
+        try await converse(bytes) { socket in
+            var text = ""
+            var got: [ControlReply] = []
+            var closed = false
+            while got.count < replies {
+                let chunk = try socket.receive()
+                if chunk.isEmpty { closed = true; break }
+                text += String(decoding: chunk, as: UTF8.self)
+                while let (reply, used) = ControlReply.decode(text) {
+                    got.append(reply)
+                    text = String(text.utf8.dropFirst(used))!
+                }
+            }
+            return (got, closed)
+        }
+    }
+
+    /// Sends `bytes` on a new connection, then reads with `body`, on a thread of its own (the
+    /// socket client blocks).
+    func converse<T: Sendable>(_ bytes: [UInt8], _ body: @escaping @Sendable (StreamSocketClient) throws -> T) async throws -> T {
         let path = server.path
         return try await withCheckedThrowingContinuation { continuation in
             Thread {
                 do {
                     let socket = try StreamSocketClient(path: path)
                     try socket.send(String(decoding: bytes, as: UTF8.self))
-                    var text = ""
-                    var got: [ControlReply] = []
-                    var closed = false
-                    while got.count < replies {
-                        let chunk = try socket.receive()
-                        if chunk.isEmpty { closed = true; break }
-                        text += String(decoding: chunk, as: UTF8.self)
-                        while let (reply, used) = ControlReply.decode(text) {
-                            got.append(reply)
-                            text = String(text.utf8.dropFirst(used))!
-                        }
-                    }
-                    continuation.resume(returning: (got, closed))
+                    continuation.resume(returning: try body(socket))
                 } catch { continuation.resume(throwing: error) }
             }.start()
+        }
+    }
+
+    /// Sends `bytes` on a new connection and reads until what arrived ends with `tail` (or the
+    /// server closes).
+    func exchange(_ bytes: [UInt8], until tail: [UInt8]) async throws -> [UInt8] {
+        try await converse(bytes) { socket in
+            var received: [UInt8] = []
+            while !received.reversed().starts(with: tail.reversed()) {
+                let chunk = try socket.receive()
+                if chunk.isEmpty { break }
+                received += chunk
+            }
+            return received
         }
     }
 
@@ -249,6 +304,19 @@ final class ControlledArray: @unchecked Sendable {
         #expect(closedAfter)
         // The daemon still answers.
         #expect(try await array.ask(.get("array_state")) == .ok(["clean"]))
+        await array.stop()
+    }
+
+    @Test func aFloodOfBadLinesInOnePacketIsAnsweredLineByLineAndTheConnectionLivesOn() async throws {
+        // Each bad line gets its error; they are served in a loop (the server once recursed once
+        // per waiting line, so a client chose the depth of the daemon's stack).
+        let array = try await ControlledArray()
+        let badLines = 30_000
+        let flood = [UInt8](repeating: UInt8(ascii: "\n"), count: badLines) + Array("get array_state\n".utf8)
+        let received = try await array.exchange(flood, until: Array("ok 1\nclean\n".utf8))
+        let lines = received.split(separator: UInt8(ascii: "\n"), omittingEmptySubsequences: false)
+        #expect(lines.filter { $0.starts(with: Array("error EINVAL".utf8)) }.count == badLines)
+        #expect(try await array.ask(.get("sync_action")) == .ok(["idle"]))
         await array.stop()
     }
 

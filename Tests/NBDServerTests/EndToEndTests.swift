@@ -1,9 +1,10 @@
 import ControlPlane
-import NBDClient
-import NBDProtocol
+import ControlProtocol
 import DiskIO
 import Foundation
 import MDOffline
+import NBDClient
+import NBDProtocol
 import RaidCore
 import RaidEngine
 import TestSupport

@@ -130,7 +130,8 @@ public enum ControlReply: Sendable, Equatable {
             let message = space < rest.endIndex ? String(rest[rest.index(after: space)...]) : ""
             return (.error(errno: String(rest[..<space]), message: message), text.utf8.distance(from: text.startIndex, to: text.index(after: firstEnd)))
         }
-        guard first.hasPrefix("ok "), let count = Int(first.dropFirst(3)) else {
+        // A count that is not a number of lines (negative, or not a number) is not a reply.
+        guard first.hasPrefix("ok "), let count = Int(first.dropFirst(3)), count >= 0 else {
             return (.error(errno: "EPROTO", message: "not a control reply: \(first)"), text.utf8.count)
         }
         var lines: [String] = []
@@ -146,4 +147,61 @@ public enum ControlReply: Sendable, Equatable {
 
 extension String {
     func replacingNewlines() -> String { String(map { $0 == "\n" ? " " : $0 }) }
+}
+
+/// Cuts the control socket's byte stream into request lines, within bounds. The server serves
+/// one request at a time, so lines a client sends ahead wait here: at most `maxPendingBytes` of
+/// them, and no line longer than `ControlRequest.maxLineBytes`. Past either bound the connection
+/// is refused (a client decides how much it sends; the daemon decides how much it keeps).
+public struct ControlRequestFramer: Sendable {
+    /// Bytes kept for lines not yet served (requests sent ahead of their replies).
+    public static let maxPendingBytes = 64 << 10
+
+    public enum Refusal: Error, Equatable, CustomStringConvertible {
+        case lineTooLong
+        case tooMuchPending
+        public var description: String {
+            switch self {
+            case .lineTooLong: return "request line over \(ControlRequest.maxLineBytes) bytes"
+            case .tooMuchPending: return "over \(ControlRequestFramer.maxPendingBytes) bytes of requests sent ahead of their replies"
+            }
+        }
+    }
+
+    private var pending: [UInt8] = []
+    /// Where the next line starts in `pending` (consumed bytes are dropped at the next append).
+    private var lineStart = 0
+    /// How far `pending` was searched for a newline already (each byte is looked at once).
+    private var scanned = 0
+
+    public init() {}
+
+    /// Bytes received and not yet handed out as lines.
+    public var pendingBytes: Int { pending.count - lineStart }
+
+    /// Keeps received bytes; refuses them (keeping nothing) when they would pass the bound.
+    public mutating func append(_ bytes: some Collection<UInt8>) throws(Refusal) {
+        guard bytes.count <= Self.maxPendingBytes - pendingBytes else { throw .tooMuchPending }
+        if lineStart > 0 {
+            pending.removeFirst(lineStart)
+            scanned -= lineStart
+            lineStart = 0
+        }
+        pending.append(contentsOf: bytes)
+        assert(pendingBytes <= Self.maxPendingBytes)
+    }
+
+    /// The next complete line without its newline (invalid UTF-8 replaced, as text), or nil
+    /// until one has arrived.
+    public mutating func nextLine() throws(Refusal) -> String? {
+        let newline = pending[scanned...].firstIndex(of: UInt8(ascii: "\n"))
+        scanned = newline ?? pending.count
+        let end = newline ?? pending.count
+        if end - lineStart > ControlRequest.maxLineBytes { throw .lineTooLong }
+        guard let newline else { return nil }
+        let line = String(decoding: pending[lineStart..<newline], as: UTF8.self)
+        lineStart = newline + 1
+        scanned = lineStart
+        return line
+    }
 }

@@ -18,10 +18,13 @@ public final class ControlService: @unchecked Sendable {
     /// Requests being answered, so that the daemon's last act (the reply to `stop`) is not cut
     /// off by its exit; closed when the control server stops.
     let replies = CallGate()
+    /// The members' fault injectors, when the daemon runs with --fault-injection.
+    let faultInjection: FaultInjection?
 
-    public init(engine: RaidEngine, name: String, requestShutdown: @escaping @Sendable () async -> Void) {
+    public init(engine: RaidEngine, name: String, faultInjection: FaultInjection? = nil, requestShutdown: @escaping @Sendable () async -> Void) {
         self.engine = engine
         self.name = name
+        self.faultInjection = faultInjection
         self.requestShutdown = requestShutdown
     }
 
@@ -65,7 +68,14 @@ public final class ControlService: @unchecked Sendable {
             await stopped.wait()
             return .ok([])
         case .help:
-            return .ok(ControlRequest.usage)
+            return .ok(ControlRequest.usage + (faultInjection == nil ? [] : [FaultInjection.usage]))
+        case .inject(let text):
+            guard let faultInjection else {
+                return .error(errno: "EPERM", message: "fault injection is off (start swraid run with --fault-injection)")
+            }
+            let member = String(text.prefix { $0 != " " })
+            let action = String(text.dropFirst(member.count).drop { $0 == " " })
+            return await result { try await faultInjection.perform(member: try await engine.member(named: member), action: action) }
         }
     }
 

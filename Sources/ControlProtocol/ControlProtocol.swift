@@ -20,6 +20,8 @@ public enum ControlRequest: Sendable, Equatable {
     case wait
     case stop
     case help
+    /// `inject MEMBER ACTION`: fault injection, when the daemon runs with --fault-injection.
+    case inject(String)
 
     /// Longest request line accepted (longer ones are refused and the connection closed).
     public static let maxLineBytes = 8192
@@ -81,6 +83,7 @@ public enum ControlRequest: Sendable, Equatable {
         case "wait": try none(); return .wait
         case "stop": try none(); return .stop
         case "help": try none(); return .help
+        case "inject": return .inject(try argument())
         default: throw .unknownVerb(verb)
         }
     }
@@ -100,6 +103,7 @@ public enum ControlRequest: Sendable, Equatable {
         case .wait: return "wait"
         case .stop: return "stop"
         case .help: return "help"
+        case .inject(let a): return "inject \(a)"
         }
     }
 }

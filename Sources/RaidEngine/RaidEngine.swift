@@ -124,7 +124,12 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     /// Opens the member files or block devices at `paths` and assembles the array from them by
     /// md's rules. Opening and probing happen on the calling thread.
-    public static func assemble(paths: [String], options: EngineOptions = EngineOptions(), eventLoop: EventLoop? = nil, logger: Logger? = nil) throws(EngineError) -> RaidEngine {
+    /// `wrappingDevices` may put the opened devices behind others (fault injectors) before
+    /// assembly.
+    public static func assemble(
+        paths: [String], options: EngineOptions = EngineOptions(), eventLoop: EventLoop? = nil, logger: Logger? = nil,
+        wrappingDevices wrap: (([MemberDevice]) -> [MemberDevice])? = nil
+    ) throws(EngineError) -> RaidEngine {
         var seen: [FileIdentity] = []
         var devices: [MemberDevice] = []
         for path in paths {
@@ -140,7 +145,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 throw EngineError.open(error)
             }
         }
-        return try RaidEngine(devices: devices, options: options, eventLoop: eventLoop, logger: logger)
+        return try RaidEngine(devices: wrap?(devices) ?? devices, options: options, eventLoop: eventLoop, logger: logger)
     }
 
     /// Assembles the array from devices already open (tests pass fault-injecting ones). The

@@ -132,6 +132,20 @@ struct FailCommand: ParsableCommand {
     func run() throws { try performControl(.fail(member), target: target) }
 }
 
+struct InjectCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "inject",
+        abstract: "Inject a member fault into an array run with --fault-injection (test rigs).",
+        discussion: """
+            Actions: read-error SECTOR COUNT (latent bad sectors from the data start, healed by a \
+            write), write-error, stall, resume, vanish, clear, status.
+            """)
+    @OptionGroup var target: ControlTarget
+    @Argument(help: "The member: its path, or its index.") var member: String
+    @Argument(parsing: .remaining, help: "The fault.") var action: [String]
+    func run() throws { try performControl(.inject(([member] + action).joined(separator: " ")), target: target) }
+}
+
 struct RemoveCommand: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "remove", abstract: "mdadm --remove: a faulty or spare member leaves the array.")

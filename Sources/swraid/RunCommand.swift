@@ -35,6 +35,11 @@ struct Run: AsyncParsableCommand {
     @Flag(help: "Assemble even a degraded array that was not shut down cleanly (data may be stale).")
     var force = false
 
+    @Flag(help: ArgumentHelp(
+        "Put every member behind a fault injector the control socket's `inject` verb drives (test rigs).",
+        visibility: .hidden))
+    var faultInjection = false
+
     @Argument(help: "Member files or block devices.")
     var members: [String]
 
@@ -59,13 +64,19 @@ struct Run: AsyncParsableCommand {
         options.config.maxRequestsInFlight = max(options.config.maxRequestsInFlight, bounds.requests)
         options.config.maxBytesInFlight = max(options.config.maxBytesInFlight, bounds.bytes)
         let engine: RaidEngine
-        do { engine = try RaidEngine.assemble(paths: members, options: options, logger: logger) } catch {
+        var injection: FaultInjection?
+        let wrap: ([MemberDevice]) -> [MemberDevice] = { devices in
+            let faults = FaultInjection(wrapping: devices)
+            injection = faults
+            return faults.devices
+        }
+        do { engine = try RaidEngine.assemble(paths: members, options: options, logger: logger, wrappingDevices: faultInjection ? wrap : nil) } catch {
             printError("\(error)")
             throw ExitCode(1)
         }
         let name = Run.reportName(engine.arrayName)
         let service = ArrayService(
-            engine: engine, name: name, address: address, options: serverOptions,
+            engine: engine, name: name, address: address, options: serverOptions, faultInjection: injection,
             controlPath: control ?? ControlServer.defaultPath(arrayName: name), metricsAddress: metricsAddress, logger: logger)
         // The service returns after a clean stop (a signal, or `swraid stop`): that ends the run.
         let configuration = ServiceGroupConfiguration(
@@ -108,13 +119,15 @@ struct ArrayService: Service {
     let name: String
     let address: NBDListenAddress
     let options: NBDServerOptions
+    let faultInjection: FaultInjection?
     let controlPath: String
     let metricsAddress: (String, Int)?
     let logger: Logger
 
     func run() async throws {
         let stopRequested = StopSignal()
-        let control = ControlService(engine: engine, name: name) { stopRequested.fire() }
+        let control = ControlService(engine: engine, name: name, faultInjection: faultInjection) { stopRequested.fire() }
+        if faultInjection != nil { logger.warning("fault injection is on: `swraid inject` can fail this array's members") }
         let server: NBDServer
         let controlServer: ControlServer
         do {

@@ -12,7 +12,7 @@ struct Swraid: AsyncParsableCommand {
             """,
         subcommands: [
             Demo.self, Create.self, Run.self, StatusCommand.self, DetailCommand.self, GetCommand.self, SetCommand.self,
-            FailCommand.self, RemoveCommand.self, AddCommand.self, ReAddCommand.self, WaitCommand.self, StopCommand.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self,
+            FailCommand.self, InjectCommand.self, RemoveCommand.self, AddCommand.self, ReAddCommand.self, WaitCommand.self, StopCommand.self, Examine.self, Cat.self, Check.self, Sim.self, Bench.self, StressWriter.self,
         ])
 }
 

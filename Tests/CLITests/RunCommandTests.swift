@@ -15,10 +15,10 @@ import Testing
     }
 
     /// The same, also returning the NBD port the daemon bound (it logs it).
-    func startDaemonWithPort(_ members: [String], control: String) throws -> (Process, FileHandle, Int) {
+    func startDaemonWithPort(_ members: [String], control: String, extra: [String] = []) throws -> (Process, FileHandle, Int) {
         let process = Process()
         process.executableURL = URL(fileURLWithPath: swraidExecutable)
-        process.arguments = ["run", "--listen", "127.0.0.1:0", "--control", control] + members
+        process.arguments = ["run", "--listen", "127.0.0.1:0", "--control", control] + extra + members
         let stderr = Pipe()
         process.standardError = stderr
         process.standardOutput = FileHandle.nullDevice

@@ -61,7 +61,8 @@ let quietLogger = Logger(label: "swraid-test", factory: { _ in SwiftLogNoOpLogHa
     }
 
     @Test func aReplyCountThatIsNotACountIsNotAReply() {
-        // Found by the control fuzzer: "ok -1" made the decoder build a range backwards and trap.
+        // "ok -1" made the decoder build a range backwards and trap (seen while writing the
+        // control fuzzer, which now decodes every input as replies as well).
         #expect(ControlReply.decode("ok -1\n")?.reply == .error(errno: "EPROTO", message: "not a control reply: ok -1"))
         #expect(ControlReply.decode("ok x\n")?.reply == .error(errno: "EPROTO", message: "not a control reply: ok x"))
     }

@@ -29,6 +29,8 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// Bytes of a refused write's data still to drop.
     var discardRemaining = 0
     var disconnecting = false
+    /// The client shut its sending side (EOF): it sends nothing more, but may still read.
+    var inputEnded = false
     var closed = false
     var handshakeTimer: Scheduled<Void>?
     /// `process` is running: a completion that arrives meanwhile (the engine can answer at once)
@@ -77,6 +79,33 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         context.fireChannelInactive()
     }
 
+    func userInboundEventTriggered(context: ChannelHandlerContext, event: Any) {
+        if let event = event as? ChannelEvent, event == .inputClosed {
+            inputEnded = true
+            process(context)
+            return
+        }
+        context.fireUserInboundEventTriggered(event)
+    }
+
+    /// A client that shut its sending side is answered like one that sent NBD_CMD_DISC once
+    /// everything it sent is parsed: what it asked is answered, then the connection closes. A
+    /// message it left unfinished (a header cut short, a write missing data) is dropped, and
+    /// nothing of a cut write reaches the array. During the handshake, EOF just closes.
+    func finishIfInputEnded(_ context: ChannelHandlerContext) {
+        guard inputEnded, !closed, !disconnecting, !processing else { return }
+        guard session != nil else { return close(context) }
+        // Complete requests still wait for the bound to lift: a completion parses them.
+        if atBound { return }
+        if let cut = receiving {
+            receiving = nil
+            inFlight -= 1
+            inFlightBytes -= cut.buffer.count
+        }
+        disconnecting = true
+        if inFlight == 0 { finishDisconnect(context) }
+    }
+
     func errorCaught(context: ChannelHandlerContext, error: Error) {
         logger.debug("connection error: \(error)")
         close(context)
@@ -98,7 +127,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// Below the bounds, not disconnecting: keep reading the socket.
-    var wantsMoreInput: Bool { !closed && !disconnecting && !atBound }
+    var wantsMoreInput: Bool { !closed && !disconnecting && !inputEnded && !atBound }
 
     var atBound: Bool { inFlight >= options.maxRequestsPerConnection || (inFlight > 0 && inFlightBytes >= options.maxBytesPerConnection) }
 
@@ -120,7 +149,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     func process(_ context: ChannelHandlerContext) {
         guard !processing else { return }
         processing = true
-        defer { processing = false }
+        defer {
+            processing = false
+            finishIfInputEnded(context)
+        }
         while !closed, var buffer = cumulation, buffer.readableBytes > 0 {
             defer { if !closed { cumulation = buffer.readableBytes > 0 ? buffer : nil } }
             if session == nil {

@@ -75,18 +75,6 @@ func crashWriter(port: Int, blocks: [Int], seedBase: UInt64, counter: AckCounter
     }
 }
 
-struct SplitMix {
-    var state: UInt64
-    init(seed: UInt64) { state = seed }
-    mutating func next() -> UInt64 {
-        state &+= 0x9E37_79B9_7F4A_7C15
-        var z = state
-        z = (z ^ (z >> 30)) &* 0xBF58_476D_1CE4_E5B9
-        z = (z ^ (z >> 27)) &* 0x94D0_49BB_1331_11EB
-        return z ^ (z >> 31)
-    }
-}
-
 extension RunCommandTests {
     /// `swraid run` killed with SIGKILL under two NBD writers, again and again on the same
     /// members: each run resyncs while it serves, every write that was made durable reads back

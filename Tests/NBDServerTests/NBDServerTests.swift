@@ -206,4 +206,133 @@ import Testing
         await array.stop()
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
     }
+
+    @Test func aClientThatStopsSendingStillGetsItsRepliesThenTheConnectionCloses() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
+        let raw = try RawClient(port: array.port)
+        _ = try raw.negotiate(export: "served")
+        let data = [UInt8](repeating: 0x42, count: 4096)
+        raw.request(.write, flags: .fua, cookie: 1, offset: 0, length: 4096, payload: data)
+        raw.request(.read, cookie: 2, offset: 0, length: 4096)
+        // A write cut short by the end of the stream: dropped, never half-applied.
+        raw.request(.write, cookie: 3, offset: 8192, length: 4096, payload: [UInt8](repeating: 0x99, count: 100))
+        raw.finishSending()
+        let answer = raw.receiveAll()
+        // Two simple replies (16 bytes each, the read's followed by its data), then EOF.
+        #expect(answer.count == 16 + 16 + 4096)
+        #expect(Array(answer[8..<16]) == [0, 0, 0, 0, 0, 0, 0, 1])
+        #expect(Array(answer[24..<32]) == [0, 0, 0, 0, 0, 0, 0, 2])
+        #expect(Array(answer[32...]) == data)
+        await array.stop()
+        #expect(try OfflineArray(paths: array.paths).read(offsetBytes: 8192, byteCount: 4096) == [UInt8](repeating: 0, count: 4096))
+    }
+
+    /// Hostile byte streams, many at once, against a live server while a well-behaved client
+    /// writes and reads back its own region: streams made from a real session (handshake, then
+    /// reads, writes, trims and flushes below 1 MiB) cut short, with bytes flipped in the
+    /// handshake and with bytes pushed in anywhere (which breaks the framing after them). The
+    /// server never stops serving the good client, never answers it with anything but its own
+    /// data, and the array's parity is consistent afterwards.
+    @Test func hostileStreamsNeverDisturbAnotherClient() async throws {
+        let array = try await ServedArray.make(level: .raid6, disks: 5, memberMiB: 8)
+        let port = array.port
+        let session = Self.session()
+        let outcome: (verified: Int, served: Int, wrong: [Int]) = try await runBlocking {
+            let good = try RawClient(port: port)
+            _ = try good.negotiate(export: "served")
+            let finished = FinishedCount()
+            let servedRequests = FinishedCount()
+            let streams = 160
+            let threads = (0..<4).map { t in
+                OSThread {
+                    var random = SplitMix(seed: UInt64(t + 1) * 7919)
+                    for _ in 0..<(streams / 4) {
+                        guard let hostile = try? RawClient(port: port) else { continue }
+                        hostile.send(Self.mutate(session, &random))
+                        hostile.finishSending()
+                        let answer = hostile.receiveAll()
+                        // A structured reply's magic: the stream got as far as its requests.
+                        if answer.count >= 4, (0...(answer.count - 4)).contains(where: { answer[$0..<($0 + 4)] == [0x66, 0x8e, 0x33, 0xef] }) {
+                            servedRequests.add()
+                        }
+                    }
+                    finished.add()
+                }
+            }
+            // The good client's region starts at 4 MiB, far from anything the streams write.
+            var verified = 0
+            var wrong: [Int] = []
+            var round = 0
+            while finished.value < threads.count || round < 8 {
+                let offset = UInt64(4 << 20) + UInt64(round % 32) * 65536
+                let data = (0..<65536).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ round) }
+                good.request(.write, flags: .fua, cookie: UInt64(2 * round), offset: offset, length: 65536, payload: data)
+                guard let written = good.simpleReply(), written.error == 0, written.cookie == UInt64(2 * round) else { wrong.append(round); break }
+                good.request(.read, cookie: UInt64(2 * round + 1), offset: offset, length: 65536)
+                let read = good.simpleReply(dataBytes: 65536)
+                if read?.error != 0 || read?.cookie != UInt64(2 * round + 1) || read?.data != data { wrong.append(round) } else { verified += 1 }
+                round += 1
+            }
+            for t in threads { t.join() }
+            return (verified, servedRequests.value, wrong)
+        }
+        #expect(outcome.wrong.isEmpty, "rounds \(outcome.wrong) of the good client were answered wrong")
+        #expect(outcome.verified >= 8)
+        #expect(outcome.served > 0 && outcome.served < 160, "\(outcome.served) of 160 streams reached their requests")
+        await array.stop()
+        #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
+    }
+
+    /// A whole session as a client sends it: handshake through NBD_OPT_GO, then requests.
+    static func session() -> [UInt8] {
+        var w = NBDWriter()
+        w.u32(NBDHandshakeFlag.clientFixedNewstyle | NBDHandshakeFlag.clientNoZeroes)
+        for (code, data) in [(NBDOption.structuredReply, [UInt8]()), (.list, [])] {
+            w.u64(NBDMagic.option)
+            w.u32(code.rawValue)
+            w.u32(UInt32(data.count))
+        }
+        w.u64(NBDMagic.option)
+        w.u32(NBDOption.go.rawValue)
+        w.u32(4 + 6 + 2)
+        w.u32(6)
+        w.string("served")
+        w.u16(0)
+        let handshake = w.bytes
+        var traffic: [UInt8] = []
+        for i in 0..<6 {
+            let offset = UInt64(i) * 131_072
+            traffic += NBDRequestHeader(flags: .fua, type: NBDCommand.write.rawValue, cookie: UInt64(i), offset: offset, length: 4096).encoded()
+            traffic += [UInt8](repeating: UInt8(i), count: 4096)
+            traffic += NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: 100 + UInt64(i), offset: offset, length: 8192).encoded()
+        }
+        traffic += NBDRequestHeader(flags: [], type: NBDCommand.trim.rawValue, cookie: 200, offset: 0, length: 65536).encoded()
+        traffic += NBDRequestHeader(flags: [], type: NBDCommand.flush.rawValue, cookie: 201, offset: 0, length: 0).encoded()
+        return handshake + traffic
+    }
+
+    /// Cut short, bytes flipped in the handshake, bytes pushed in anywhere.
+    static func mutate(_ session: [UInt8], _ random: inout SplitMix) -> [UInt8] {
+        var out = session
+        let handshakeBytes = 4 + 16 * 2 + 16 + 12
+        for _ in 0..<Int(random.next() % 4) {
+            let at = Int(random.next() % UInt64(handshakeBytes))
+            out[at] ^= UInt8(truncatingIfNeeded: random.next() | 1)
+        }
+        for _ in 0..<Int(random.next() % 3) {
+            let at = Int(random.next() % UInt64(out.count))
+            let count = Int(1 + random.next() % 27)
+            out.insert(contentsOf: (0..<count).map { _ in UInt8(truncatingIfNeeded: random.next()) }, at: at)
+        }
+        if random.next() % 2 == 0 { out.removeLast(Int(random.next() % UInt64(out.count))) }
+        return out
+    }
+}
+
+/// Threads that finished, counted across threads.
+final class FinishedCount: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var count = 0
+    func add() { lock.withLock { count += 1 } }
+    var value: Int { lock.withLock { count } }
 }

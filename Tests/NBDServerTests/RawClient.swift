@@ -46,6 +46,9 @@ final class RawClient {
         return out
     }
 
+    /// Says this side will send nothing more (the server reads EOF).
+    func finishSending() { _ = shutdown(fd, Int32(SHUT_WR)) }
+
     /// Everything until the server closes the connection.
     func receiveAll() -> [UInt8] {
         var out: [UInt8] = []

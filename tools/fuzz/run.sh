@@ -35,9 +35,12 @@ product() {
 cd Fuzz
 for t in "${targets[@]}"; do
     # The entry point is `<module>_main`; gold cannot link libFuzzer into it, lld can.
-    swift build -c release -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library -Xswiftc -use-ld=lld \
-        --product "$(product "$t")" 2>&1 | grep -E "error|warning: var|Compiling Fuzz|Build complete" || true
-    [ -x ".build/release/$(product "$t")" ] || { echo "fuzz: $(product "$t") did not build" >&2; exit 1; }
+    if ! swift build -c release -Xswiftc -sanitize=fuzzer -Xswiftc -parse-as-library -Xswiftc -use-ld=lld \
+        --product "$(product "$t")" >/tmp/swraid-fuzz-build.log 2>&1; then
+        grep -E "error" /tmp/swraid-fuzz-build.log | head -20 >&2
+        echo "fuzz: $(product "$t") did not build" >&2
+        exit 1
+    fi
 done
 
 if [ $write_seeds = 1 ]; then

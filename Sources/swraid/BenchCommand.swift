@@ -5,7 +5,7 @@ import RaidMath
 
 struct Bench: ParsableCommand {
     static let configuration = CommandConfiguration(
-        abstract: "Benchmarks (figures, not tests).", subcommands: [ParityBench.self, EngineBench.self])
+        abstract: "Benchmarks (figures, not tests).", subcommands: [ParityBench.self, EngineBench.self, CoreBench.self])
 }
 
 /// Intel ISA-L's parity functions, loaded at run time if the library is installed, so that both

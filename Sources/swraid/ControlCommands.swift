@@ -138,7 +138,8 @@ struct InjectCommand: ParsableCommand {
         abstract: "Inject a member fault into an array run with --fault-injection (test rigs).",
         discussion: """
             Actions: read-error SECTOR COUNT (latent bad sectors from the data start, healed by a \
-            write), write-error, stall, resume, vanish, clear, status.
+            write), write-error, stall, resume, wait-held N (answers once N I/Os are held), vanish, \
+            clear, status.
             """)
     @OptionGroup var target: ControlTarget
     @Argument(help: "The member: its path, or its index.") var member: String

@@ -13,7 +13,7 @@ struct CoreBench: ParsableCommand {
         commandName: "core",
         abstract: "The array core alone on one thread, members in memory: 1 MiB writes and reads, 4 KiB random writes.",
         discussion: """
-            Runs RAID5 of 4 and RAID6 of 5 (64K chunks, no bitmap) with member I/O completed at \
+            Runs RAID5 of 4 and RAID6 of 5 (CHUNK, mdadm's 512K by default; no bitmap) with member I/O completed at \
             once from memory: SIZE of sequential 1 MiB writes, then of 1 MiB reads, both with 8 \
             in flight, then 4 KiB writes at random 4 KiB offsets with 32 in flight. Build with -c release.
             """)
@@ -24,14 +24,20 @@ struct CoreBench: ParsableCommand {
     @Option(name: .customLong("small-writes"), help: "4 KiB writes per shape.")
     var smallWrites: Int = 200_000
 
+    @Option(name: .customLong("chunk-kib"), help: "Chunk size in KiB.")
+    var chunkKiB: Int = 512
+
     func run() throws {
         guard sizeMiB > 0, smallWrites > 0 else { throw CommandFailure(message: "--size-mib and --small-writes must be positive") }
+        guard chunkKiB >= 4, chunkKiB <= 65536, chunkKiB & (chunkKiB - 1) == 0 else {
+            throw CommandFailure(message: "--chunk-kib takes a power of two from 4 to 65536")
+        }
         #if DEBUG
         printError("warning: debug build; run `swift run -c release swraid bench core` for real figures")
         #endif
-        print("# swraid bench core: one thread, members in memory (I/O completes at once), 64K chunks, no bitmap")
+        print("# swraid bench core: one thread, members in memory (I/O completes at once), \(chunkKiB)K chunks, no bitmap")
         for (level, disks) in [(RaidLevel.raid5, 4), (.raid6, 5)] {
-            let array = try MemoryArray(level: level, disks: disks, arrayBytes: 256 << 20)
+            let array = try MemoryArray(level: level, disks: disks, chunkKiB: chunkKiB, arrayBytes: 256 << 20)
             let name = "\(level == .raid5 ? "RAID5" : "RAID6")x\(disks)"
             let total = sizeMiB << 20
             let write = array.measure(requestBytes: 1 << 20, totalBytes: total, queueDepth: 8, write: true, random: false)
@@ -69,15 +75,15 @@ final class MemoryArray: CoreShell {
     /// The data of the latest read answered (checked against what was written).
     private(set) var lastRead: IOBuffer?
 
-    init(level: RaidLevel, disks: Int, arrayBytes wanted: Int) throws {
+    init(level: RaidLevel, disks: Int, chunkKiB: Int, arrayBytes wanted: Int) throws {
         let dataDisks = disks - (level == .raid6 ? 2 : 1)
-        let chunkBytes = 64 << 10
+        let chunkBytes = chunkKiB << 10
         let memberDataBytes = (wanted / dataDisks + chunkBytes - 1) / chunkBytes * chunkBytes
         var request = CreateRequest(
             // Room for the metadata mdadm would put before the data of members this small.
             level: level, raidDisks: disks, memberSizesSectors: Array(repeating: UInt64(memberDataBytes / 512 + 8192), count: disks), arrayUUID: Array(repeating: 7, count: 16),
             deviceUUIDs: (0..<disks).map { Array(repeating: UInt8($0), count: 16) }, timeSeconds: 1_700_000_000)
-        request.chunkKiB = 64
+        request.chunkKiB = UInt64(chunkKiB)
         request.bitmap = .none
         request.sizeSectors = UInt64(memberDataBytes / 512)
         request.name = "bench"

@@ -36,6 +36,14 @@ public final class FaultInjection: @unchecked Sendable {
 
     public var devices: [MemberDevice] { members }
 
+    /// The member's open stall, no longer recorded as open.
+    private func takeStall(_ member: Int) -> FaultGate? {
+        lock.withLock {
+            defer { stalls[member] = nil }
+            return stalls[member]
+        }
+    }
+
     /// Applies `action` to member `index` (as the engine resolved the name the user gave).
     /// `wait-held` blocks a thread of its own until the I/O is held, not the caller's.
     public func perform(member index: MemberIndex, action text: String) async throws(ControlError) -> [String] {
@@ -93,7 +101,7 @@ public final class FaultInjection: @unchecked Sendable {
             member.add(FaultyMember.Rule([.read, .write, .flush], stall: gate, failsAfterStall: false))
         case "resume":
             try none()
-            guard let gate = lock.withLock({ () -> FaultGate? in defer { stalls[index.rawValue] = nil }; return stalls[index.rawValue] }) else {
+            guard let gate = takeStall(index.rawValue) else {
                 throw ControlError.invalid("member \(index.rawValue) is not stalled")
             }
             gate.open()
@@ -103,7 +111,7 @@ public final class FaultInjection: @unchecked Sendable {
         case "clear":
             try none()
             member.removeAllRules()
-            lock.withLock { () -> FaultGate? in defer { stalls[index.rawValue] = nil }; return stalls[index.rawValue] }?.open()
+            takeStall(index.rawValue)?.open()
         case "status":
             try none()
         default:

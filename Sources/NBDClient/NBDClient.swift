@@ -49,15 +49,8 @@ public final class NBDClient {
         }
         let handshakeFlags = UInt16(greeting[16]) << 8 | UInt16(greeting[17])
         guard handshakeFlags & NBDHandshakeFlag.fixedNewstyle != 0 else { throw Failure.protocolViolation("the server is not fixed newstyle") }
-        var w = NBDWriter()
-        w.u32(NBDHandshakeFlag.clientFixedNewstyle | (handshakeFlags & NBDHandshakeFlag.noZeroes != 0 ? NBDHandshakeFlag.clientNoZeroes : 0))
-        w.u64(NBDMagic.option)
-        w.u32(NBDOption.go.rawValue)
-        w.u32(UInt32(4 + export.utf8.count + 2))
-        w.u32(UInt32(export.utf8.count))
-        w.string(export)
-        w.u16(0)
-        try w.bytes.withUnsafeBytes { try socket.send($0) }
+        let request = NBDClientHandshake.flags(noZeroes: handshakeFlags & NBDHandshakeFlag.noZeroes != 0) + NBDClientHandshake.go(export: export)
+        try request.withUnsafeBytes { try socket.send($0) }
         // Option replies until the ACK of GO; bounded (a server may send a few INFO replies).
         for _ in 0..<64 {
             let header = try receive(20)

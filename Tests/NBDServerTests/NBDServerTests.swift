@@ -285,20 +285,8 @@ import Testing
 
     /// A whole session as a client sends it: handshake through NBD_OPT_GO, then requests.
     static func session() -> [UInt8] {
-        var w = NBDWriter()
-        w.u32(NBDHandshakeFlag.clientFixedNewstyle | NBDHandshakeFlag.clientNoZeroes)
-        for (code, data) in [(NBDOption.structuredReply, [UInt8]()), (.list, [])] {
-            w.u64(NBDMagic.option)
-            w.u32(code.rawValue)
-            w.u32(UInt32(data.count))
-        }
-        w.u64(NBDMagic.option)
-        w.u32(NBDOption.go.rawValue)
-        w.u32(4 + 6 + 2)
-        w.u32(6)
-        w.string("served")
-        w.u16(0)
-        let handshake = w.bytes
+        let handshake = NBDClientHandshake.flags(noZeroes: true) + NBDClientHandshake.option(.structuredReply)
+            + NBDClientHandshake.option(.list) + NBDClientHandshake.go(export: "served")
         var traffic: [UInt8] = []
         for i in 0..<6 {
             let offset = UInt64(i) * 131_072

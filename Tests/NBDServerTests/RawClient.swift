@@ -69,20 +69,8 @@ final class RawClient {
     /// The fixed newstyle handshake through NBD_OPT_GO (with structured replies if asked).
     func negotiate(export: String, structured: Bool = false) throws -> (size: UInt64, flags: UInt16) {
         guard let greeting = receive(18), Array(greeting[0..<8]) == Array("NBDMAGIC".utf8) else { throw POSIXError(.EPROTO) }
-        var w = NBDWriter()
-        w.u32(NBDHandshakeFlag.clientFixedNewstyle | NBDHandshakeFlag.clientNoZeroes)
-        if structured {
-            w.u64(NBDMagic.option)
-            w.u32(NBDOption.structuredReply.rawValue)
-            w.u32(0)
-        }
-        w.u64(NBDMagic.option)
-        w.u32(NBDOption.go.rawValue)
-        w.u32(UInt32(4 + export.utf8.count + 2))
-        w.u32(UInt32(export.utf8.count))
-        w.string(export)
-        w.u16(0)
-        send(w.bytes)
+        send(NBDClientHandshake.flags(noZeroes: true) + (structured ? NBDClientHandshake.option(.structuredReply) : [])
+            + NBDClientHandshake.go(export: export))
         var size: UInt64 = 0
         var flags: UInt16 = 0
         while true {

@@ -122,35 +122,20 @@ func fuzzOne(_ data: UnsafePointer<UInt8>?, _ size: Int) -> CInt {
 }
 
 func seeds() -> [(name: String, bytes: [UInt8])] {
-    func option(_ code: NBDOption, _ data: [UInt8] = []) -> [UInt8] {
-        var w = NBDWriter()
-        w.u64(NBDMagic.option)
-        w.u32(code.rawValue)
-        w.u32(UInt32(data.count))
-        w.raw(data)
-        return w.bytes
-    }
-    func go(_ name: String, _ infos: [UInt16]) -> [UInt8] {
-        var w = NBDWriter()
-        w.u32(UInt32(name.utf8.count))
-        w.string(name)
-        w.u16(UInt16(infos.count))
-        for i in infos { w.u16(i) }
-        return option(.go, w.bytes)
-    }
+    func option(_ code: NBDOption, _ data: [UInt8] = []) -> [UInt8] { NBDClientHandshake.option(code, data) }
+    func go(_ name: String, _ infos: [UInt16]) -> [UInt8] { NBDClientHandshake.go(export: name, informationRequests: infos) }
     func request(_ command: NBDCommand, _ flags: NBDCommandFlags = [], offset: UInt64, length: UInt32, cookie: UInt64) -> [UInt8] {
         NBDRequestHeader(flags: flags, type: command.rawValue, cookie: cookie, offset: offset, length: length).encoded()
     }
-    var flags = NBDWriter()
-    flags.u32(NBDHandshakeFlag.clientFixedNewstyle | NBDHandshakeFlag.clientNoZeroes)
-    let start = flags.bytes
-    let traffic = request(.write, .fua, offset: 4096, length: 512, cookie: 1) + [UInt8](repeating: 0xA5, count: 512)
-        + request(.read, offset: 0, length: 4096, cookie: 2) + request(.flush, offset: 0, length: 0, cookie: 3)
-        + request(.trim, offset: 0, length: 1 << 20, cookie: 4) + request(.writeZeroes, [.noHole], offset: 8192, length: 8192, cookie: 5)
-        + request(.read, offset: (64 << 20), length: 8192, cookie: 6) + request(.disconnect, offset: 0, length: 0, cookie: 7)
+    let start = NBDClientHandshake.flags(noZeroes: true)
+    var traffic = request(.write, .fua, offset: 4096, length: 512, cookie: 1) + [UInt8](repeating: 0xA5, count: 512)
+    traffic += request(.read, offset: 0, length: 4096, cookie: 2) + request(.flush, offset: 0, length: 0, cookie: 3)
+    traffic += request(.trim, offset: 0, length: 1 << 20, cookie: 4) + request(.writeZeroes, [.noHole], offset: 8192, length: 8192, cookie: 5)
+    traffic += request(.read, offset: (64 << 20), length: 8192, cookie: 6) + request(.disconnect, offset: 0, length: 0, cookie: 7)
+    let info = NBDClientHandshake.go(export: "ro", informationRequests: [3], option: .info)
     return [
         ("go-structured", [13] + start + option(.structuredReply) + go("raid6", [1, 2, 3]) + traffic),
-        ("list-info-go", [5] + start + option(.list) + option(.info, Array(go("ro", [3]).dropFirst(16))) + go("", []) + traffic),
+        ("list-info-go", [5] + start + option(.list) + info + go("", []) + traffic),
         ("export-name", [60] + start + option(.exportName, Array("ro".utf8)) + traffic),
         ("abort", [0] + start + option(.startTLS) + option(.abort)),
     ]

@@ -14,7 +14,7 @@ let avx512Target: [SwiftSetting] = []
 
 let package = Package(
     name: "swraid",
-    platforms: [.macOS(.v14)],
+    platforms: [.macOS(.v15)],
     products: [
         .executable(name: "swraid", targets: ["swraid"]),
         .library(name: "RaidMath", targets: ["RaidMath"]),

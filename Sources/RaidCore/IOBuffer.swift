@@ -1,3 +1,5 @@
+import Synchronization
+
 /// Memory that member I/O reads into and writes from, aligned for O_DIRECT, shared by reference:
 /// the core hands a stripe's block or a client's buffer to its shell as an `IOBuffer` and the
 /// shell gives the kernel that very memory (no copy into a fresh array per I/O).
@@ -8,17 +10,102 @@
 public final class IOBufferStorage: @unchecked Sendable {
     public let base: UnsafeMutableRawPointer
     public let capacity: Int
+    /// The pool size class the memory came from, or nil when it was allocated outside the pool.
+    let sizeClass: IOBufferPool.SizeClass?
 
     /// Alignment of every buffer: the page size, enough for O_DIRECT on any Linux device.
     public static let alignment = 4096
 
-    public init(capacity: Int) {
+    /// Memory for `capacity` bytes, not initialised: it may have held another buffer before.
+    /// `pooled: false` for memory kept a long time (a stripe's blocks), which gains nothing from
+    /// the pool and would waste its rounding up.
+    public init(capacity: Int, pooled: Bool = true) {
         precondition(capacity >= 0, "negative buffer size")
         self.capacity = capacity
-        base = .allocate(byteCount: max(capacity, 1), alignment: IOBufferStorage.alignment)
+        if pooled, let sizeClass = IOBufferPool.SizeClass(fitting: capacity) {
+            self.sizeClass = sizeClass
+            base = IOBufferPool.shared.take(sizeClass)
+        } else {
+            self.sizeClass = nil
+            base = .allocate(byteCount: max(capacity, 1), alignment: IOBufferStorage.alignment)
+        }
     }
 
-    deinit { base.deallocate() }
+    deinit {
+        if let sizeClass {
+            IOBufferPool.shared.give(base, sizeClass)
+        } else {
+            base.deallocate()
+        }
+    }
+}
+
+/// Buffers released and kept for the next request of their size: a client's 1 MiB read needs
+/// 1 MiB of memory for every request, and memory fresh from the system costs a page fault and a
+/// page of zeroes per 4 KiB, several times the cost of the read itself. Sizes are rounded up to
+/// a power of two (4 KiB to 32 MiB); what the pool keeps idle is bounded in bytes, and anything
+/// beyond goes back to the system. Shared by every thread (the core allocates a read's buffer on
+/// its loop; the buffer dies wherever its last holder lets go), behind one mutex.
+public final class IOBufferPool: Sendable {
+    /// A power of two from 4 KiB (class 0) to 32 MiB.
+    struct SizeClass: Equatable {
+        let index: Int
+
+        static let smallestShift = 12
+        static let largestShift = 25
+
+        /// The smallest class that holds `byteCount` bytes, nil for sizes beyond the largest.
+        init?(fitting byteCount: Int) {
+            guard byteCount <= 1 << SizeClass.largestShift else { return nil }
+            let shift = byteCount <= 1 << SizeClass.smallestShift ? SizeClass.smallestShift : Int.bitWidth - (byteCount - 1).leadingZeroBitCount
+            index = shift - SizeClass.smallestShift
+        }
+
+        var byteCount: Int { 1 << (index + SizeClass.smallestShift) }
+        static let count = largestShift - smallestShift + 1
+    }
+
+    struct Idle {
+        /// Addresses (as integers: pointers are not Sendable) of idle buffers, per size class.
+        var free: [[UInt]] = Array(repeating: [], count: SizeClass.count)
+        var bytes = 0
+    }
+
+    /// Bytes the pool may keep idle (every size class together).
+    public let maxIdleBytes: Int
+    private let idle: Mutex<Idle>
+
+    public static let shared = IOBufferPool(maxIdleBytes: 64 << 20)
+
+    init(maxIdleBytes: Int) {
+        self.maxIdleBytes = maxIdleBytes
+        idle = Mutex(Idle())
+    }
+
+    /// Bytes idle in the pool now.
+    public var idleBytes: Int { idle.withLock { $0.bytes } }
+
+    func take(_ sizeClass: SizeClass) -> UnsafeMutableRawPointer {
+        let reused: UInt? = idle.withLock { idle in
+            guard let address = idle.free[sizeClass.index].popLast() else { return nil }
+            idle.bytes -= sizeClass.byteCount
+            precondition(idle.bytes >= 0, "buffer pool accounting went below zero")
+            return address
+        }
+        if let reused, let pointer = UnsafeMutableRawPointer(bitPattern: reused) { return pointer }
+        return .allocate(byteCount: sizeClass.byteCount, alignment: IOBufferStorage.alignment)
+    }
+
+    func give(_ pointer: UnsafeMutableRawPointer, _ sizeClass: SizeClass) {
+        let address = UInt(bitPattern: pointer)
+        let kept = idle.withLock { idle in
+            guard idle.bytes + sizeClass.byteCount <= maxIdleBytes else { return false }
+            idle.free[sizeClass.index].append(address)
+            idle.bytes += sizeClass.byteCount
+            return true
+        }
+        if !kept { pointer.deallocate() }
+    }
 }
 
 /// A contiguous run of bytes inside an `IOBufferStorage`.

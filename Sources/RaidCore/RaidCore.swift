@@ -10,7 +10,9 @@ enum IOContext {
     case stripeRewrite(Stripe, role: Int, member: MemberIndex)
     /// The read-back of a rewritten block, into its own buffer (compared with the stripe's).
     case stripeVerify(Stripe, role: Int, member: MemberIndex, readBack: IOBuffer)
-    case directRead(Piece, member: MemberIndex)
+    /// A healthy read straight into the client's buffer: one or more pieces that follow each
+    /// other on one member (md's chunk-aligned read, `raid5_read_one_chunk`).
+    case directRead([Piece], member: MemberIndex)
     case flush(ClientOp, member: MemberIndex)
     case superblockWrite(member: MemberIndex)
     /// The bitmap image (header and bits), one write per member for each batch of changes.
@@ -320,7 +322,11 @@ public final class RaidCore {
         }
         op.remaining = pieces.count
         piecesInFlight += pieces.count
-        for piece in pieces { route(piece) }
+        if op.isWrite {
+            for piece in pieces { route(piece) }
+        } else {
+            routeReads(pieces)
+        }
         // Paired with admission: only admitted pieces (and the sync's window) ever park.
         precondition(parkedForStripe <= config.maxParkedItems + config.syncWindowStripes, "parking queue over its bound")
     }
@@ -380,27 +386,50 @@ public final class RaidCore {
         return pieces
     }
 
-    /// Sends a piece to its stripe, straight to the member (healthy reads), or to the queue of
-    /// items waiting for a free stripe.
+    /// Sends a piece to its stripe, or to the queue of items waiting for a free stripe.
     func route(_ piece: Piece) {
         if let stripe = stripeByUnit[piece.unit] {
             stripe.enqueue(piece.isWrite ? .write(piece) : .read(piece))
             handleStripe(stripe)
             return
         }
-        if !piece.isWrite && !hasStripeWaiters && roleReadable(piece.disk, unit: piece.unit) {
-            // Healthy read: bypass the stripe cache, as md's chunk-aligned reads do, straight
-            // into the client's buffer.
-            let member = roleMember[piece.disk]!
+        enqueueForStripe(piece.isWrite ? .write(piece) : .read(piece))
+    }
+
+    /// A read's pieces, in request order: healthy ones bypass the stripe cache, as md's
+    /// chunk-aligned reads do, straight into the client's buffer, with the pieces that follow
+    /// each other on one member read by one member I/O (at most a chunk: the next array byte
+    /// after a chunk lives on another member). The rest go through their stripes.
+    func routeReads(_ pieces: [Piece]) {
+        var run: [Piece] = []
+        func flushRun() {
+            guard let first = run.first, let last = run.last else { return }
+            let member = roleMember[first.disk]!
+            let start = first.offsetInRequest
+            let end = last.offsetInRequest + last.length
             counters.directReads += 1
             issue(
-                .directRead(piece, member: member), member: member,
-                offsetBytes: memberOffset(member, unit: piece.unit) + UInt64(piece.offsetInBlock),
-                kind: .read(into: piece.op.buffer!.slice(piece.offsetInRequest..<(piece.offsetInRequest + piece.length))),
-                purpose: .data)
-            return
+                .directRead(run, member: member), member: member,
+                offsetBytes: memberOffset(member, unit: first.unit) + UInt64(first.offsetInBlock),
+                kind: .read(into: first.op.buffer!.slice(start..<end)), purpose: .data)
+            run.removeAll()
         }
-        enqueueForStripe(piece.isWrite ? .write(piece) : .read(piece))
+        for piece in pieces {
+            let direct = stripeByUnit[piece.unit] == nil && !hasStripeWaiters && roleReadable(piece.disk, unit: piece.unit)
+            guard direct else {
+                flushRun()
+                route(piece)
+                continue
+            }
+            if let last = run.last,
+                !(last.disk == piece.disk && last.unit + 1 == piece.unit && last.offsetInBlock + last.length == unitBytes
+                    && piece.offsetInBlock == 0 && last.offsetInRequest + last.length == piece.offsetInRequest)
+            {
+                flushRun()
+            }
+            run.append(piece)
+        }
+        flushRun()
     }
 
     var hasStripeWaiters: Bool { stripeWaitersHead < stripeWaiters.count }
@@ -546,15 +575,15 @@ public final class RaidCore {
                 failMember(m, reason: "block still unreadable after rewrite")
             }
             handleStripe(stripe)
-        case .directRead(let piece, let member):
+        case .directRead(let pieces, let member):
             if failure == nil {
-                finishPieces(piece.op, count: 1)
+                finishPieces(pieces[0].op, count: pieces.count)
             } else {
                 // md retries a failed direct read through the stripe cache (raid5_align_endio),
                 // which reads it again and, if that fails too, counts the error, rebuilds the
                 // block from the other members and rewrites it.
                 _ = member
-                enqueueForStripe(.read(piece))
+                for piece in pieces { enqueueForStripe(.read(piece)) }
             }
         case .flush(let op, let member):
             if let failure { failMember(member, reason: "flush failed: \(failure)") }

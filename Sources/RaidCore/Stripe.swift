@@ -142,7 +142,7 @@ final class Stripe {
         self.slot = slot
         self.unitBytes = unitBytes
         self.raidDisks = raidDisks
-        storage = IOBufferStorage(capacity: (raidDisks + 2) * unitBytes)
+        storage = IOBufferStorage(capacity: (raidDisks + 2) * unitBytes, pooled: false)
         valid = [Bool](repeating: false, count: raidDisks)
         reading = [Bool](repeating: false, count: raidDisks)
         readFailed = [Bool](repeating: false, count: raidDisks)

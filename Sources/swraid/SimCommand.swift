@@ -24,6 +24,10 @@ final class SimTally: @unchecked Sendable {
             failed.append((seed, scenario, result, profile))
         } else if verbose || single {
             print("ok   seed \(seed) scenario \(scenario) faults \(profile): \(result.events) events, \(formatTime(result.simulatedNanos)) simulated, trace \(String(result.traceHash, radix: 16))")
+            // What the checkers counted (the way to pick a regression seed for a rare path).
+            if !result.stats.isEmpty {
+                print("     " + result.stats.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))
+            }
         }
         return runs
     }

@@ -210,6 +210,27 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
         #expect(h.core.degradedCount == 0)
     }
 
+    /// md's chunk-aligned reads: a healthy read costs one member I/O per chunk it touches (not
+    /// one per stripe unit), straight into the client's buffer, and a run that starts or ends
+    /// inside a chunk reads only what it needs.
+    @Test func healthyReadsTakeOneMemberIOPerChunk() throws {
+        let h = try Harness.raid5()  // 8 KiB chunks: two 4 KiB stripe units per chunk
+        let chunk = h.core.geometry.chunkBytes
+        let data = bytes(6 * chunk, 5)
+        h.submit(.write(offsetBytes: 0, data: IOBuffer(data), fua: false))
+        h.settle()
+        func reads(_ offset: Int, _ length: Int) -> [Int] {
+            let before = h.issued.count
+            let r = h.submit(.read(offsetBytes: UInt64(offset), length: length))
+            h.settle()
+            #expect(h.data(r) == Array(data[offset..<(offset + length)]))
+            return h.issued[before...].filter { if case .read = $0.kind { return true } else { return false } }.map(\.byteCount)
+        }
+        #expect(reads(0, 6 * chunk) == Array(repeating: chunk, count: 6))
+        #expect(reads(4096, 2 * chunk) == [4096, chunk, 4096])
+        #expect(reads(chunk + 512, 1024) == [1024])
+    }
+
     @Test func writeErrorFailsTheMemberAndTheArrayCarriesOn() throws {
         let h = try Harness.raid5()
         h.failingMembers = [2]

@@ -30,9 +30,13 @@ let seedChunks: [ClosedRange<UInt64>] = stride(from: 1, through: seedsPerScenari
     /// The seed the 100,000-seed run caught in the parity checker, not the core: faults still
     /// injected during verification failed a member's superblock write as the check began, md's
     /// rule interrupted the check at sector 0, and the checker still expected every corrupted
-    /// block counted.
+    /// block counted. Merging healthy reads into one member I/O per chunk changed every trace and
+    /// took 45927 off that path (it must still pass); 1849 is a seed on it now, found with
+    /// `swraid sim --scenario rebuild --faults all --verbose`, which prints the checkers' counts.
     @Test func parityCheckerStopsWhenAMemberFailsDuringTheCheck() {
-        let result = SimRunner.run(seed: 45927, scenario: "rebuild", faults: .all)
+        let original = SimRunner.run(seed: 45927, scenario: "rebuild", faults: .all)
+        #expect(original.failure == nil, "\(original.failure!)")
+        let result = SimRunner.run(seed: 1849, scenario: "rebuild", faults: .all)
         #expect(result.failure == nil, "\(result.failure!)")
         #expect(result.stats["parity verifications cut short by a member failure", default: 0] == 1)
     }

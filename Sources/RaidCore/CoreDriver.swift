@@ -65,25 +65,25 @@ public final class CoreDriver<Shell: CoreShell> {
     }
 
     public var pendingClients: [RequestID: PendingClient] { _pendingClients }
-    @usableFromInline var _pendingClients: [RequestID: PendingClient] = [:]
+    @exclusivity(unchecked) @usableFromInline var _pendingClients: [RequestID: PendingClient] = [:]
     public var pendingControls: [RequestID: PendingControl] { _pendingControls }
-    @usableFromInline var _pendingControls: [RequestID: PendingControl] = [:]
+    @exclusivity(unchecked) @usableFromInline var _pendingControls: [RequestID: PendingControl] = [:]
     public var memberIOsInFlight: [MemberIOID: MemberIORequest] { _memberIOsInFlight }
-    @usableFromInline var _memberIOsInFlight: [MemberIOID: MemberIORequest] = [:]
+    @exclusivity(unchecked) @usableFromInline var _memberIOsInFlight: [MemberIOID: MemberIORequest] = [:]
     /// Bytes of member I/O in flight (reads and writes).
     public var memberIOBytesInFlight: Int { _memberIOBytesInFlight }
-    @usableFromInline var _memberIOBytesInFlight: Int = 0
+    @exclusivity(unchecked) @usableFromInline var _memberIOBytesInFlight: Int = 0
     /// Armed timers: deadline and the token of the latest arm.
     public var timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] { _timers }
-    @usableFromInline var _timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] = [:]
+    @exclusivity(unchecked) @usableFromInline var _timers: [TimerID: (deadline: Nanoseconds, token: UInt64)] = [:]
     public var isAbandoned: Bool { _isAbandoned }
-    @usableFromInline var _isAbandoned: Bool = false
+    @exclusivity(unchecked) @usableFromInline var _isAbandoned: Bool = false
     public var now: Nanoseconds { _now }
-    @usableFromInline var _now: Nanoseconds
-    @usableFromInline var nextRequestID: UInt64
-    @usableFromInline var nextTimerToken: UInt64 = 0
-    @usableFromInline var queue = Deque<CoreAction>()
-    @usableFromInline var dispatching = false
+    @exclusivity(unchecked) @usableFromInline var _now: Nanoseconds
+    @exclusivity(unchecked) @usableFromInline var nextRequestID: UInt64
+    @exclusivity(unchecked) @usableFromInline var nextTimerToken: UInt64 = 0
+    @exclusivity(unchecked) @usableFromInline var queue = Deque<CoreAction>()
+    @exclusivity(unchecked) @usableFromInline var dispatching = false
 
     /// `firstRequestID`: where request numbering starts (a shell that replaces its driver, as
     /// the simulator does after a crash, keeps IDs unique across drivers).

@@ -6,8 +6,8 @@ final class ClientOp {
     let id: RequestID
     let request: ClientRequest
     /// Pieces (stripe-unit parts, or member flushes) not finished yet.
-    var remaining = 0
-    var failed: ClientError?
+    @exclusivity(unchecked) var remaining = 0
+    @exclusivity(unchecked) var failed: ClientError?
     /// Read result, filled piece by piece (member reads land in it directly).
     let buffer: IOBuffer?
     let isWrite: Bool
@@ -110,33 +110,33 @@ final class Stripe {
     let slot: Int
     let unitBytes: Int
     let raidDisks: Int
-    var unit: UInt64 = 0
-    var row: StripeRow!
+    @exclusivity(unchecked) var unit: UInt64 = 0
+    @exclusivity(unchecked) var row: StripeRow!
     /// raidDisks blocks, then two scratch blocks.
     let storage: IOBufferStorage
     /// Per role: the block holds the member's current content.
-    var valid: [Bool]
+    @exclusivity(unchecked) var valid: [Bool]
     /// Per role: a member read is in flight.
-    var reading: [Bool]
+    @exclusivity(unchecked) var reading: [Bool]
     /// Per role: the block could not be read from its member in this stripe's life.
-    var readFailed: [Bool]
+    @exclusivity(unchecked) var readFailed: [Bool]
     /// Per role: after a failed read, the rebuilt block must be written back and re-read.
-    var needsRewrite: [Bool]
+    @exclusivity(unchecked) var needsRewrite: [Bool]
     /// Member I/Os in flight on this stripe's blocks. While it is above zero nothing in the core
     /// reads or writes the blocks (the member I/O owns them; see `IOBuffer`).
-    private(set) var pendingIO = 0
-    var queue: [StripeItem] = []
-    var queueHead = 0
-    var phase: StripePhase = .idle
-    var readBatch: [Piece] = []
-    var writeBatch: [Piece] = []
-    var writeMode: WriteMode = .reconstructWrite
+    @exclusivity(unchecked) private(set) var pendingIO = 0
+    @exclusivity(unchecked) var queue: [StripeItem] = []
+    @exclusivity(unchecked) var queueHead = 0
+    @exclusivity(unchecked) var phase: StripePhase = .idle
+    @exclusivity(unchecked) var readBatch: [Piece] = []
+    @exclusivity(unchecked) var writeBatch: [Piece] = []
+    @exclusivity(unchecked) var writeMode: WriteMode = .reconstructWrite
     /// The write batch's coverage, once computed.
-    var coverage: (written: [Int], full: [Bool])?
-    var syncUnit: SyncUnit?
-    var waitingForMetadata = false
+    @exclusivity(unchecked) var coverage: (written: [Int], full: [Bool])?
+    @exclusivity(unchecked) var syncUnit: SyncUnit?
+    @exclusivity(unchecked) var waitingForMetadata = false
     /// On the core's ready queue (md's handle_list): each stripe is there at most once.
-    var isQueuedForHandling = false
+    @exclusivity(unchecked) var isQueuedForHandling = false
 
     init(slot: Int, raidDisks: Int, unitBytes: Int) {
         self.slot = slot

@@ -312,7 +312,9 @@ extension RaidCore {
         } else {
             for dd in written {
                 let disk = row.dataDisk[dd]
-                if !s.valid[disk] { s.zero(disk) }  // fully overwritten: no old content needed
+                // Not valid means fully overwritten (the plan read every block written in part):
+                // the pieces cover the whole block, so it needs no zeroes first.
+                precondition(s.valid[disk] || full[dd], "stripe \(s.slot): partly written block \(disk) was never read")
                 applyPieces(s, dataIndex: dd, into: s.block(disk))
                 s.valid[disk] = true
             }

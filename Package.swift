@@ -1,16 +1,11 @@
 // swift-tools-version: 6.1
 import PackageDescription
 
-/// Hot loops run at release speed in debug builds too (tests stream whole arrays through them).
+/// Executables and test machinery run at release speed in debug builds too. Never on a library
+/// product: SwiftPM refuses a dependency by version whose products carry unsafe flags, so the
+/// libraries get their speed from their code (the AVX-512 kernels are C functions with a `target`
+/// attribute) and the tests run on an optimised build (the README's test command).
 let optimizedInDebug: [SwiftSetting] = [.unsafeFlags(["-O"], .when(configuration: .debug))]
-
-/// The AVX-512 kernels' code generation. The manifest is compiled for the host, so this follows
-/// the machine that builds (x86-64 only; other architectures get the baseline kernels alone).
-#if arch(x86_64)
-let avx512Target: [SwiftSetting] = [.unsafeFlags(["-target-cpu", "skylake-avx512"])]
-#else
-let avx512Target: [SwiftSetting] = []
-#endif
 
 let package = Package(
     name: "swraid",
@@ -40,19 +35,18 @@ let package = Package(
     ],
     targets: [
         // Pure layers: no I/O, no clock, no randomness.
-        // Optimised even in debug builds: the tests push hundreds of MiB through these loops.
-        .target(name: "RaidMath", dependencies: ["CX86Intrinsics", "RaidMathAVX512"], swiftSettings: optimizedInDebug),
-        // The parity kernels compiled for AVX-512, called only when CPUID says they can run (the
-        // rest of the package keeps the default target). See RaidMath's ParityKernelTier.
-        .target(name: "RaidMathAVX512", dependencies: ["CX86Intrinsics"], swiftSettings: optimizedInDebug + avx512Target),
+        .target(name: "RaidMath", dependencies: ["CX86Intrinsics", "RaidMathKernels"]),
+        // The hot loops in C: parity (baseline, and AVX-512 by per-function `target` attributes,
+        // chosen at run time by CPUID), GF(2^8) multiply-add, compares, SHA-256 blocks. No build
+        // flags: see the header for why.
+        .target(name: "RaidMathKernels"),
         // Header-only: clang's SSE2 intrinsics for non-temporal stores (see shim.h).
         .systemLibrary(name: "CX86Intrinsics"),
         .target(name: "MDFormat"),
         // The array's state machine: owns all state, never blocks, does no I/O (design.md §3).
         .target(
             name: "RaidCore",
-            dependencies: ["RaidMath", "MDFormat", .product(name: "DequeModule", package: "swift-collections")],
-            swiftSettings: optimizedInDebug),
+            dependencies: ["RaidMath", "MDFormat", .product(name: "DequeModule", package: "swift-collections")]),
         // Seeded scheduler, simulated members, workloads and checkers around the same core.
         .target(
             name: "RaidSimulation",
@@ -66,7 +60,7 @@ let package = Package(
         // Linux calls Swift's Glibc module does not expose (pwritev2, O_DIRECT, BLKGETSIZE64).
         .target(name: "CDiskIO"),
         // Offline assembly (read-only streaming) and array creation on real members.
-        .target(name: "MDOffline", dependencies: ["RaidMath", "MDFormat", "RaidCore", "DiskIO"], swiftSettings: optimizedInDebug),
+        .target(name: "MDOffline", dependencies: ["RaidMath", "RaidMathKernels", "MDFormat", "RaidCore", "DiskIO"]),
         // The NBD wire format: handshake, request validation, replies (pure: no I/O).
         .target(name: "NBDProtocol"),
         // The production shell: the core on an event loop, member I/O on a thread pool.

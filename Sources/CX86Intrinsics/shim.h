@@ -1,27 +1,13 @@
-// Clang intrinsics and builtins for what Swift cannot express: non-temporal (streaming) stores of
-// parity, which skip the read-for-ownership of destination lines (as ISA-L does), a prefetch, and
-// the CPUID/XGETBV probe that decides whether the AVX-512 kernels may run.
-// Header only; nothing is linked. Empty on other architectures.
+// The CPUID/XGETBV probe that decides whether the AVX-512 parity kernels (RaidMathKernels) may
+// run: Swift cannot execute cpuid or xgetbv itself. Header only; nothing is linked. Empty on
+// other architectures.
 #if defined(__x86_64__)
-#include <emmintrin.h>
 #include <cpuid.h>
 
-static inline void swraid_store_fence(void) { _mm_sfence(); }
-static inline void swraid_prefetch(const void *p) { __builtin_prefetch(p, 0, 0); }
-static inline void swraid_prefetch_t0(const void *p) { __builtin_prefetch(p, 0, 3); }
-
-// 64 bytes from `src` stored to `dst` (64-byte aligned) around the cache. Compiled inside the
-// AVX-512 module this is one vmovntdq of a zmm register.
-typedef long long swraid_v8i64 __attribute__((vector_size(64)));
-static inline void swraid_stream_store_64(void *dst, const void *src) {
-    swraid_v8i64 v;
-    __builtin_memcpy(&v, src, 64);
-    __builtin_nontemporal_store(v, (swraid_v8i64 *)dst);
-}
-
-// 1 when the CPU and the OS support everything the RaidMathAVX512 module is compiled for
-// (clang's skylake-avx512: AVX-512 F/CD/BW/DQ/VL, AVX2, FMA, BMI1/2, LZCNT, MOVBE, POPCNT, F16C)
-// and the OS saves the opmask and ZMM registers. Call it only from baseline-compiled code.
+// 1 when the CPU and the OS support the AVX-512 parity kernels (RaidMathKernels). They need
+// AVX-512 F and BW; this asks for all of clang's skylake-avx512 (AVX-512 F/CD/BW/DQ/VL, AVX2,
+// FMA, BMI1/2, LZCNT, MOVBE, POPCNT, F16C), a stricter test kept from when the kernels were
+// compiled for that whole target, and that the OS saves the opmask and ZMM registers. Call it only from baseline-compiled code.
 static inline int swraid_cpu_has_avx512_kernels(void) {
     unsigned a, b, c, d;
     if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;

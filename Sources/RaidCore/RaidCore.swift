@@ -610,6 +610,13 @@ public final class RaidCore {
         counters.readErrors += 1
         stripe.readFailed[role] = true
         guard let m = roleMember[role] else { return }
+        if degradedCount >= geometry.maxDegraded {
+            // md's raid5_end_read_request: with no redundancy left the block cannot be rebuilt,
+            // so the error is unrecoverable and the member is failed (the array is then broken,
+            // and every request fails rather than some reading around the hole).
+            failMember(m, reason: "unrecoverable read error: no redundancy left to rebuild the block")
+            return
+        }
         noteReadError(member: m)
         if members[m].isActive { stripe.needsRewrite[role] = true }
     }

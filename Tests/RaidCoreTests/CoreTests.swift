@@ -231,6 +231,29 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
         #expect(reads(chunk + 512, 1024) == [1024])
     }
 
+    /// md's raid5_end_read_request: a read error with no redundancy left cannot be repaired, so
+    /// the member is failed and the array is broken; nothing is served around the hole.
+    @Test func readErrorWithNoRedundancyLeftFailsTheMemberAndBreaksTheArray() throws {
+        let h = try Harness.raid5()
+        let chunk = h.core.geometry.chunkBytes
+        h.submit(.write(offsetBytes: 0, data: buf(3 * chunk, 4), fua: false))
+        h.settle()
+        h.control(.fail(MemberIndex(3)))
+        h.settle()
+        #expect(h.core.degradedCount == 1)
+        // A write to row 0 in degraded mode reads every surviving block; member 0's fails.
+        h.members[0].badSectors.insert(48)
+        let w = h.submit(.write(offsetBytes: 512, data: buf(512, 9), fua: false))
+        h.settle()
+        #expect(h.clientResults[w] == .failed(.io))
+        #expect(h.core.isBroken, "member 0 is failed: its block could not be rebuilt")
+        #expect(h.superblock(1).role(ofDevNumber: 0) == .faulty)
+        // A read of a block on a healthy member is refused too.
+        let r = h.submit(.read(offsetBytes: UInt64(chunk), length: 4096))
+        h.settle()
+        #expect(h.clientResults[r] == .failed(.io))
+    }
+
     @Test func writeErrorFailsTheMemberAndTheArrayCarriesOn() throws {
         let h = try Harness.raid5()
         h.failingMembers = [2]

@@ -1,0 +1,33 @@
+// The byte-at-a-time ends of the parity loops, shared by the baseline and AVX-512 builds (what is
+// left after the last whole vector). Private to RaidMathKernels.
+#ifndef SWRAID_KERNEL_BYTES_H
+#define SWRAID_KERNEL_BYTES_H
+#include <stdint.h>
+
+// GF(2^8) multiply-by-2 with md's polynomial 0x11D.
+static inline uint8_t swraid_mul2_byte(uint8_t b) { return (uint8_t)((b << 1) ^ ((b & 0x80) ? 0x1D : 0)); }
+
+// dst = XOR of the sources, bytes [from, to).
+static inline void swraid_xor_bytes(const void *const *sources, long count, void *dst, long from, long to) {
+    for (long off = from; off < to; off++) {
+        uint8_t x = ((const uint8_t *)sources[0])[off];
+        for (long j = 1; j < count; j++) x ^= ((const uint8_t *)sources[j])[off];
+        ((uint8_t *)dst)[off] = x;
+    }
+}
+
+// P and Q of bytes [from, to), by Horner's rule from the highest slot down.
+static inline void swraid_pq_bytes(const void *const *sources, long count, void *p, void *q, long from, long to) {
+    for (long off = from; off < to; off++) {
+        uint8_t pb = ((const uint8_t *)sources[count - 1])[off];
+        uint8_t qb = pb;
+        for (long z = count - 2; z >= 0; z--) {
+            uint8_t d = ((const uint8_t *)sources[z])[off];
+            pb ^= d;
+            qb = (uint8_t)(swraid_mul2_byte(qb) ^ d);
+        }
+        ((uint8_t *)p)[off] = pb;
+        ((uint8_t *)q)[off] = qb;
+    }
+}
+#endif

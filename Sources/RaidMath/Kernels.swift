@@ -94,6 +94,32 @@ public func gfMulAddKernel(
     swraid_gf_mul_add(a, x, b, y, dst, byteCount)
 }
 
+/// `outputs[r] = sum over s of coefficients[r][s] · sources[s]` over GF(2^8), one or two outputs,
+/// in one pass over the sources (RAID6's recovery of two lost blocks; ISA-L's `ec_encode_data`).
+/// Outputs must not alias a source.
+public func gfCombineKernel(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, coefficients: [[UInt8]], outputs: [UnsafeMutableRawPointer],
+    byteCount: Int, tier: ParityKernelTier = .best
+) {
+    precondition(!sources.isEmpty && byteCount >= 0)
+    precondition((1...2).contains(outputs.count) && coefficients.count == outputs.count, "one or two outputs, a coefficient row each")
+    precondition(coefficients.allSatisfy { $0.count == sources.count }, "a coefficient per source")
+    precondition(tier.isSupported, "the \(tier) parity kernels need a CPU that has them")
+    let flat = coefficients.flatMap { $0 }
+    flat.withUnsafeBufferPointer { c in
+        outputs.map { Optional($0) }.withUnsafeBufferPointer { o in
+            let outputPointers = UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
+            #if arch(x86_64)
+            if tier == .avx512 {
+                swraid_gf_combine_avx512(cSources(sources), sources.count, c.baseAddress!, outputs.count, outputPointers, byteCount)
+                return
+            }
+            #endif
+            swraid_gf_combine_baseline(cSources(sources), sources.count, c.baseAddress!, outputs.count, outputPointers, byteCount)
+        }
+    }
+}
+
 /// True when the two buffers hold the same bytes.
 public func buffersEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, byteCount: Int) -> Bool {
     precondition(byteCount >= 0)

@@ -77,7 +77,7 @@ public enum Parity {
     /// bytes on return. Unlost buffers are not modified.
     public static func reconstructRAID6(
         slots: [UnsafeMutableRawPointer], p: UnsafeMutableRawPointer, q: UnsafeMutableRawPointer,
-        lost: [RAID6Block], byteCount: Int, scratch: ParityScratch
+        lost: [RAID6Block], byteCount: Int, scratch: ParityScratch, tier: ParityKernelTier = .best
     ) throws {
         let lostSet = Array(Set(lost)).sorted()
         guard lostSet.count <= 2 else { throw ParityError.tooManyLost(count: lostSet.count, tolerated: 2) }
@@ -112,17 +112,28 @@ public enum Parity {
             gfMulAddKernel(GF256.inv(GF256.pow2(a)), scratch.second, 0, nil, into: slots[a], byteCount: byteCount)
             xor(readOnlySlots, into: p, byteCount: byteCount)
         case (.data(let a)?, .data(let b)?):
-            // Pxy = P ^ P', Qxy = Q ^ Q' with both lost slots zeroed;
-            // D_b = inv(g^(b-a) ^ 1)·Pxy ^ inv(g^a ^ g^b)·Qxy, D_a = D_b ^ Pxy.
-            slots[a].initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
-            slots[b].initializeMemory(as: UInt8.self, repeating: 0, count: byteCount)
-            pq(slots: readOnlySlots, p: scratch.first, q: scratch.second, byteCount: byteCount)
-            xor([UnsafeRawPointer(p), UnsafeRawPointer(scratch.first)], into: scratch.first, byteCount: byteCount)
-            xor([UnsafeRawPointer(q), UnsafeRawPointer(scratch.second)], into: scratch.second, byteCount: byteCount)
-            let pbmul = GF256.inv(GF256.pow2(b - a) ^ 1)
-            let qmul = GF256.inv(GF256.pow2(a) ^ GF256.pow2(b))
-            gfMulAddKernel(pbmul, scratch.first, qmul, scratch.second, into: slots[b], byteCount: byteCount)
-            xor([UnsafeRawPointer(slots[b]), UnsafeRawPointer(scratch.first)], into: slots[a], byteCount: byteCount)
+            // md's raid6_2data_recov: with Pxy = P ^ P' and Qxy = Q ^ Q' (P', Q' over the
+            // survivors), D_b = pb·Pxy ^ qb·Qxy and D_a = D_b ^ Pxy, where
+            // pb = inv(g^(b-a) ^ 1) and qb = inv(g^a ^ g^b). Both are linear in the survivors:
+            // D_b = pb·P ^ qb·Q ^ sum over surviving i of (pb ^ qb·g^i)·D_i, and D_a the same
+            // with pb ^ 1 for pb. One pass over the survivors computes both.
+            let pb = GF256.inv(GF256.pow2(b - a) ^ 1)
+            let qb = GF256.inv(GF256.pow2(a) ^ GF256.pow2(b))
+            var sources: [UnsafeRawPointer] = []
+            var rowA: [UInt8] = []
+            var rowB: [UInt8] = []
+            for (i, slot) in readOnlySlots.enumerated() where i != a && i != b {
+                sources.append(slot)
+                let q = GF256.mul(qb, GF256.pow2(i))
+                rowB.append(pb ^ q)
+                rowA.append(pb ^ 1 ^ q)
+            }
+            sources += [UnsafeRawPointer(p), UnsafeRawPointer(q)]
+            rowB += [pb, qb]
+            rowA += [pb ^ 1, qb]
+            sources.withUnsafeBufferPointer {
+                gfCombineKernel($0, coefficients: [rowA, rowB], outputs: [slots[a], slots[b]], byteCount: byteCount, tier: tier)
+            }
         default:
             preconditionFailure("unreachable: lost blocks are sorted data < P < Q")
         }

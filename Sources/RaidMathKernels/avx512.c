@@ -6,6 +6,7 @@
 #include "bytes.h"
 #include <immintrin.h>
 #include <stdint.h>
+#include <stdlib.h>
 
 #define SWRAID_AVX512 __attribute__((target("avx512f,avx512bw")))
 
@@ -91,5 +92,96 @@ SWRAID_AVX512 void swraid_pq_avx512(const void *const *sources, long count, void
     }
     if (streaming) _mm_sfence();
     swraid_pq_bytes(sources, count, p, q, off, byteCount);
+}
+
+// GF(2^8) product of two bytes (md's polynomial), for building the tables.
+static uint8_t gf_mul(uint8_t a, uint8_t b) {
+    uint8_t product = 0;
+    for (int bit = 0; bit < 8; bit++) {
+        if ((b >> bit) & 1) product ^= a;
+        a = swraid_mul2_byte(a);
+    }
+    return product;
+}
+
+// Multiplication by a constant c is linear, so c*x = c*(x & 0x0F) ^ c*(x & 0xF0): two 16-entry
+// tables per coefficient, looked up 64 bytes at a time with vpshufb (ISA-L's method). Each
+// source is loaded once per 64 bytes and feeds both outputs.
+SWRAID_AVX512 void swraid_gf_combine_avx512(const void *const *sources, long count, const uint8_t *coefficients, long rows,
+                                            void *const *outputs, long byteCount) {
+    // Per (row, source): the low-nibble table, then the high-nibble one, 16 bytes each.
+    uint8_t local[2 * 16 * 2 * 16];
+    uint8_t *tables = count <= 16 ? local : malloc((size_t)(rows * count * 32));
+    if (tables == NULL) abort();
+    for (long r = 0; r < rows; r++) {
+        for (long s = 0; s < count; s++) {
+            uint8_t c = coefficients[r * count + s];
+            uint8_t *t = tables + (r * count + s) * 32;
+            for (int i = 0; i < 16; i++) {
+                t[i] = gf_mul(c, (uint8_t)i);
+                t[16 + i] = gf_mul(c, (uint8_t)(i << 4));
+            }
+        }
+    }
+    const __m512i low = _mm512_set1_epi8(0x0F);
+    long off = 0;
+    // Two lanes (128 bytes) per pass, so that each table broadcast serves two lookups.
+    for (; off + 128 <= byteCount; off += 128) {
+        __m512i a0 = _mm512_setzero_si512(), a1 = _mm512_setzero_si512();
+        __m512i b0 = _mm512_setzero_si512(), b1 = _mm512_setzero_si512();
+        for (long s = 0; s < count; s++) {
+            __m512i x0 = load(sources[s], off), x1 = load(sources[s], off + 64);
+            __m512i lo0 = _mm512_and_si512(x0, low), hi0 = _mm512_and_si512(_mm512_srli_epi16(x0, 4), low);
+            __m512i lo1 = _mm512_and_si512(x1, low), hi1 = _mm512_and_si512(_mm512_srli_epi16(x1, 4), low);
+            const uint8_t *t = tables + s * 32;
+            __m512i tl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t));
+            __m512i th = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t + 16)));
+            a0 = _mm512_ternarylogic_epi64(a0, _mm512_shuffle_epi8(tl, lo0), _mm512_shuffle_epi8(th, hi0), 0x96);
+            a1 = _mm512_ternarylogic_epi64(a1, _mm512_shuffle_epi8(tl, lo1), _mm512_shuffle_epi8(th, hi1), 0x96);
+            if (rows > 1) {
+                t = tables + (count + s) * 32;
+                tl = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t));
+                th = _mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t + 16)));
+                b0 = _mm512_ternarylogic_epi64(b0, _mm512_shuffle_epi8(tl, lo0), _mm512_shuffle_epi8(th, hi0), 0x96);
+                b1 = _mm512_ternarylogic_epi64(b1, _mm512_shuffle_epi8(tl, lo1), _mm512_shuffle_epi8(th, hi1), 0x96);
+            }
+        }
+        put(a0, outputs[0], off, 0);
+        put(a1, outputs[0], off + 64, 0);
+        if (rows > 1) {
+            put(b0, outputs[1], off, 0);
+            put(b1, outputs[1], off + 64, 0);
+        }
+    }
+    for (; off + 64 <= byteCount; off += 64) {
+        __m512i acc0 = _mm512_setzero_si512(), acc1 = _mm512_setzero_si512();
+        for (long s = 0; s < count; s++) {
+            __m512i x = load(sources[s], off);
+            __m512i lo = _mm512_and_si512(x, low);
+            __m512i hi = _mm512_and_si512(_mm512_srli_epi16(x, 4), low);
+            const uint8_t *t0 = tables + s * 32;
+            acc0 = _mm512_xor_si512(acc0, _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t0)), lo));
+            acc0 = _mm512_xor_si512(acc0, _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t0 + 16))), hi));
+            if (rows > 1) {
+                const uint8_t *t1 = tables + (count + s) * 32;
+                acc1 = _mm512_xor_si512(acc1, _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)t1)), lo));
+                acc1 = _mm512_xor_si512(acc1, _mm512_shuffle_epi8(_mm512_broadcast_i32x4(_mm_loadu_si128((const __m128i *)(t1 + 16))), hi));
+            }
+        }
+        put(acc0, outputs[0], off, 0);
+        if (rows > 1) put(acc1, outputs[1], off, 0);
+    }
+    for (; off < byteCount; off++) {
+        for (long r = 0; r < rows; r++) {
+            uint8_t v = 0;
+            for (long s = 0; s < count; s++) {
+                uint8_t x = ((const uint8_t *)sources[s])[off];
+                const uint8_t *t = tables + (r * count + s) * 32;
+                v ^= (uint8_t)(t[x & 0x0F] ^ t[16 + (x >> 4)]);
+            }
+            ((uint8_t *)outputs[r])[off] = v;
+        }
+    }
+    if (tables != local) free(tables);
 }
 #endif

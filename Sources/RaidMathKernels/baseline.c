@@ -126,6 +126,16 @@ void swraid_gf_mul_add(uint8_t a, const void *x, uint8_t b, const void *y, void 
     }
 }
 
+// One multiply-add pass per source (the AVX-512 build does it in one pass with table lookups).
+void swraid_gf_combine_baseline(const void *const *sources, long count, const uint8_t *coefficients, long rows,
+                                void *const *outputs, long byteCount) {
+    for (long r = 0; r < rows; r++) {
+        const uint8_t *c = coefficients + r * count;
+        swraid_gf_mul_add(c[0], sources[0], 0, NULL, outputs[r], byteCount);
+        for (long s = 1; s < count; s++) swraid_gf_mul_add(1, outputs[r], c[s], sources[s], outputs[r], byteCount);
+    }
+}
+
 int swraid_buffers_equal(const void *a, const void *b, long byteCount) {
     return byteCount <= 0 || memcmp(a, b, (size_t)byteCount) == 0;
 }

@@ -12,14 +12,27 @@ struct Bench: ParsableCommand {
 /// are measured side by side in one process (`apt install libisal2`).
 struct ISAL {
     typealias GenFunction = @convention(c) (Int32, Int32, UnsafeMutablePointer<UnsafeMutableRawPointer?>) -> Int32
+    /// `ec_init_tables(k, rows, coefficients, tables)`.
+    typealias InitTablesFunction = @convention(c) (Int32, Int32, UnsafeMutablePointer<UInt8>, UnsafeMutablePointer<UInt8>) -> Void
+    /// `ec_encode_data(length, k, rows, tables, sources, outputs)`.
+    typealias EncodeFunction = @convention(c) (
+        Int32, Int32, Int32, UnsafeMutablePointer<UInt8>, UnsafeMutablePointer<UnsafeMutableRawPointer?>,
+        UnsafeMutablePointer<UnsafeMutableRawPointer?>
+    ) -> Void
     let xorGen: GenFunction
     let pqGen: GenFunction
+    let ecInitTables: InitTablesFunction
+    let ecEncodeData: EncodeFunction
 
     static func load() -> ISAL? {
         guard let library = DynamicLibrary(names: ["libisal.so.2", "libisal.so"]),
-            let x = library.symbol("xor_gen"), let pq = library.symbol("pq_gen")
+            let x = library.symbol("xor_gen"), let pq = library.symbol("pq_gen"),
+            let initTables = library.symbol("ec_init_tables"), let encode = library.symbol("ec_encode_data")
         else { return nil }
-        return ISAL(xorGen: unsafeBitCast(x, to: GenFunction.self), pqGen: unsafeBitCast(pq, to: GenFunction.self))
+        return ISAL(
+            xorGen: unsafeBitCast(x, to: GenFunction.self), pqGen: unsafeBitCast(pq, to: GenFunction.self),
+            ecInitTables: unsafeBitCast(initTables, to: InitTablesFunction.self),
+            ecEncodeData: unsafeBitCast(encode, to: EncodeFunction.self))
     }
 }
 
@@ -40,7 +53,7 @@ struct ParityBench: ParsableCommand {
     @Flag(name: .customLong("no-isal"), help: "Do not load ISA-L even if it is installed.")
     var noISAL = false
 
-    @Option(help: "Only these operations: xor, pq (default both).")
+    @Option(help: "Only these operations: xor, pq, rec (default all).")
     var only: String?
 
     @Option(help: "Only this working set: cache or memory (default both).")
@@ -49,7 +62,9 @@ struct ParityBench: ParsableCommand {
     @Option(help: "Kernel build to measure: baseline or avx512 (default: the best this CPU runs).")
     var kernel: String?
 
-    enum Kind: String { case xor, pq }
+    /// XOR parity, P+Q, and RAID6's recovery of two lost data blocks from the other data, P and Q
+    /// (against ISA-L's general `ec_encode_data` with two output rows, how ISA-L users recover).
+    enum Kind: String { case xor, pq, rec }
 
     func run() throws {
         try failingCleanly { try measure() }
@@ -81,7 +96,7 @@ struct ParityBench: ParsableCommand {
         print("# ISA-L: \(isal == nil ? "not found (apt install libisal2 to compare)" : "loaded (libisal.so.2)")")
         let header = ["operation", "chunk", "working set", "swraid", "ISA-L", "ratio", "target"]
         print(row(header))
-        let cases: [(Kind, Int)] = [(.xor, 4), (.xor, 8), (.pq, 4), (.pq, 8)]
+        let cases: [(Kind, Int)] = [(.xor, 4), (.xor, 8), (.pq, 4), (.pq, 8), (.rec, 4)]
         let sets: [Bool] = workingSet == "cache" ? [false] : workingSet == "memory" ? [true] : [false, true]
         for outOfCache in sets {
             for chunk in [64 << 10, 512 << 10] {
@@ -102,8 +117,9 @@ struct ParityBench: ParsableCommand {
                     let theirs = isal == nil ? nil : median(theirRuns)
                     let ratio = theirs.map { formatFixed(ours / $0, digits: 2) } ?? "-"
                     let target = outOfCache ? ">=0.90" : ">=0.60"
+                    let name = kind == .xor ? "xor \(k)+1" : kind == .pq ? "p+q \(k)+2" : "rec \(k)+2"
                     print(row([
-                        "\(kind == .xor ? "xor" : "p+q") \(k)+\(kind == .xor ? 1 : 2)", "\(chunk >> 10)K",
+                        name, "\(chunk >> 10)K",
                         outOfCache ? "\(arenaBytes >> 20) MiB" : "in cache", formatFixed(ours, digits: 1),
                         theirs.map { formatFixed($0, digits: 1) } ?? "-", ratio, target,
                     ]))
@@ -130,14 +146,37 @@ struct ParityBench: ParsableCommand {
         let stripes = outOfCache ? arenaBytes / stripeBytes : 1
         let sources = UnsafeMutableBufferPointer<UnsafeRawPointer>.allocate(capacity: k)
         let all = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: k + 2)
-        defer { sources.deallocate(); all.deallocate() }
+        let outputs = UnsafeMutablePointer<UnsafeMutableRawPointer?>.allocate(capacity: 2)
+        // Recovery: data blocks 0 and 1 are lost. ISA-L gets the survivors (data 2..k-1, P, Q) and
+        // a 2-row matrix (its decode matrix's shape; the speed does not depend on the values).
+        let coefficients = UnsafeMutablePointer<UInt8>.allocate(capacity: 2 * k)
+        let tables = UnsafeMutablePointer<UInt8>.allocate(capacity: 32 * 2 * k)
+        let scratch = ParityScratch(byteCount: chunk)
+        defer { sources.deallocate(); all.deallocate(); outputs.deallocate(); coefficients.deallocate(); tables.deallocate() }
+        if kind == .rec, let isal {
+            for i in 0..<(2 * k) { coefficients[i] = UInt8(truncatingIfNeeded: 3 &+ i &* 29) }
+            isal.ecInitTables(Int32(k), 2, coefficients, tables)
+        }
         let start = monotonicSeconds()
         var elapsed = 0.0
         var ops = 0
         repeat {
             for s in 0..<stripes {
                 let base = arena + s * stripeBytes
-                if let isal {
+                if kind == .rec {
+                    let block = { (i: Int) in base + i * chunk }
+                    if let isal {
+                        for i in 0..<k { all[i] = block(i + 2) }
+                        outputs[0] = block(0)
+                        outputs[1] = block(1)
+                        isal.ecEncodeData(Int32(chunk), Int32(k), 2, tables, all, outputs)
+                    } else {
+                        // Two data blocks lost: cannot throw (two is what RAID6 tolerates).
+                        try! Parity.reconstructRAID6(
+                            slots: (0..<k).map(block), p: block(k), q: block(k + 1), lost: [.data(slot: 0), .data(slot: 1)],
+                            byteCount: chunk, scratch: scratch, tier: tier)
+                    }
+                } else if let isal {
                     for i in 0..<(k + parityCount) { all[i] = base + i * chunk }
                     _ = kind == .xor
                         ? isal.xorGen(Int32(k + 1), Int32(chunk), all) : isal.pqGen(Int32(k + 2), Int32(chunk), all)

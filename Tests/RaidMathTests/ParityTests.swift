@@ -188,6 +188,32 @@ func pseudoRandomBytes(_ count: Int, seed: UInt64) -> [UInt8] {
         }
     }
 
+    /// The one-pass combine (RAID6 two-block recovery) in every kernel build this CPU runs, for
+    /// 1 to 20 sources (past the AVX-512 build's on-stack tables) and one or two outputs, against
+    /// byte-by-byte arithmetic.
+    @Test(arguments: ParityKernelTier.allCases.filter(\.isSupported))
+    func gfCombineMatchesScalar(tier: ParityKernelTier) async {
+        await propertyCheck(count: 150, input: Gen.int(in: 1...20), Self.lengths, Gen.int(in: 1...2), Gen.uint64()) { n, length, rows, seed in
+            let sources = (0..<n).map { pseudoRandomBytes(length, seed: seed &+ UInt64($0)) }
+            var coefficients: [[UInt8]] = []
+            for r in 0..<rows {
+                coefficients.append((0..<n).map { s in UInt8(truncatingIfNeeded: (seed >> UInt64((s + 7 * r) % 56)) &+ UInt64(31 * s + r)) })
+            }
+            let row = Row(count: n + rows, byteCount: length)
+            for (i, bytes) in sources.enumerated() { row.set(i, bytes) }
+            let outputs = (0..<rows).map { row.buffers[n + $0] }
+            let pointers = (0..<n).map { UnsafeRawPointer(row.buffers[$0]) }
+            pointers.withUnsafeBufferPointer { gfCombineKernel($0, coefficients: coefficients, outputs: outputs, byteCount: length, tier: tier) }
+            for r in 0..<rows {
+                var expected = [UInt8](repeating: 0, count: length)
+                for s in 0..<n {
+                    for i in 0..<length { expected[i] ^= GF256.mul(coefficients[r][s], sources[s][i]) }
+                }
+                #expect(row.get(n + r) == expected, "\(tier) \(n) sources x \(length), row \(r)")
+            }
+        }
+    }
+
     /// RAID5: any one lost block of a 3..16-member row is the XOR of the others.
     @Test func raid5RebuildsAnyOneBlock() async {
         await propertyCheck(count: 300, input: Gen.int(in: 3...16), Self.lengths, Gen.uint64(), Gen.int(in: 0...15)) { members, length, seed, pick in

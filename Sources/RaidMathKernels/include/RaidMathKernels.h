@@ -22,6 +22,12 @@ void swraid_pq_baseline(const void *const *sources, long count, void *p, void *q
 // dst = a*x ^ b*y over GF(2^8) (y may be NULL: b = 0). dst may alias x or y.
 void swraid_gf_mul_add(uint8_t a, const void *x, uint8_t b, const void *y, void *dst, long byteCount);
 
+// outputs[r] = sum over s of coefficients[r * count + s] * sources[s] over GF(2^8), for r below
+// `rows` (1 or 2): RAID6's recovery of two lost blocks in one pass over the survivors (what
+// ISA-L's ec_encode_data does). Outputs must not alias a source.
+void swraid_gf_combine_baseline(const void *const *sources, long count, const uint8_t *coefficients, long rows,
+                                void *const *outputs, long byteCount);
+
 // 1 when the buffers hold the same bytes; 1 when every byte is zero.
 int swraid_buffers_equal(const void *a, const void *b, long byteCount);
 int swraid_buffer_is_zero(const void *a, long byteCount);
@@ -34,6 +40,8 @@ void swraid_sha256_blocks(uint32_t state[8], const void *data, long blocks);
 // `swraid_cpu_has_avx512_kernels` (CX86Intrinsics) says the CPU and OS support them.
 void swraid_xor_avx512(const void *const *sources, long count, void *dst, long byteCount);
 void swraid_pq_avx512(const void *const *sources, long count, void *p, void *q, long byteCount, int nonTemporal);
+void swraid_gf_combine_avx512(const void *const *sources, long count, const uint8_t *coefficients, long rows,
+                              void *const *outputs, long byteCount);
 #endif
 
 #endif

@@ -21,6 +21,15 @@ ssize_t swraid_pwritev_dsync(int fd, const struct iovec *iov, int iovcnt, off_t 
 #endif
 }
 
+ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t offset) {
+#ifdef RWF_NOWAIT
+    return preadv2(fd, iov, iovcnt, offset, RWF_NOWAIT);
+#else
+    errno = EOPNOTSUPP;
+    return -1;
+#endif
+}
+
 int swraid_block_device_size(int fd, uint64_t *size) {
     return ioctl(fd, BLKGETSIZE64, size);
 }

@@ -17,9 +17,19 @@ public protocol MemberDevice: AnyObject {
     /// Makes every write completed so far durable.
     func flush(purpose: MemberIOPurpose) throws(MemberIOError)
     func close()
+    /// Fills the buffers as `read` would, but only from memory the system already holds (the
+    /// page cache), never waiting for the device: true when every byte was read, false when the
+    /// caller must `read` instead (some bytes were not cached, the device cannot tell, or any
+    /// error; the buffers' contents are then unspecified). Never blocks on I/O, so an event
+    /// loop may call it.
+    func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool
 }
 
 extension MemberDevice {
+    /// Devices that cannot read without waiting (simulated ones, the fault injector, whose
+    /// faults apply to every read) always say no.
+    public func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool { false }
+
     public func read(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer, purpose: MemberIOPurpose) throws(MemberIOError) {
         try read(at: offsetBytes, into: [buffer], purpose: purpose)
     }

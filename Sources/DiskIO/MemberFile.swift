@@ -160,6 +160,16 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         try transfer(read: true, offsetBytes, buffers)
     }
 
+    /// One preadv2 with RWF_NOWAIT (buffered files only: O_DIRECT reads always go to the device).
+    public func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool {
+        guard !options.direct, !isClosed else { return false }
+        let vectors = buffers.filter { $0.count > 0 }.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
+        let wanted = vectors.reduce(0) { $0 + $1.iov_len }
+        guard wanted > 0, vectors.count <= Int(swraid_iov_max()) else { return false }
+        let n = vectors.withUnsafeBufferPointer { swraid_preadv_nowait(fd.rawValue, $0.baseAddress, Int32($0.count), off_t(offsetBytes)) }
+        return n == wanted
+    }
+
     public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
         try checkOpen()
         guard options.mode == .readWrite else { throw MemberIOError(errno: EBADF, message: "\(path) is open read-only") }

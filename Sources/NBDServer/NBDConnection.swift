@@ -129,7 +129,28 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// Below the bounds, not disconnecting: keep reading the socket.
     var wantsMoreInput: Bool { !closed && !disconnecting && !inputEnded && !atBound }
 
-    var atBound: Bool { inFlight >= options.maxRequestsPerConnection || (inFlight > 0 && inFlightBytes >= options.maxBytesPerConnection) }
+    /// At a bound: too many requests or bytes in flight, or replies waiting to be sent past the
+    /// channel's high-water mark. Answered requests leave the in-flight count when their reply
+    /// is queued, so a client that asks faster than it reads (or never reads) would otherwise
+    /// have the server hold any amount of reply data; instead it stops taking requests until the
+    /// socket drains.
+    var atBound: Bool {
+        outboundBlocked || inFlight >= options.maxRequestsPerConnection
+            || (inFlight > 0 && inFlightBytes >= options.maxBytesPerConnection)
+    }
+
+    /// Replies queued beyond the channel's write-buffer high-water mark (NIO's writability).
+    var outboundBlocked = false
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        outboundBlocked = !context.channel.isWritable
+        if !outboundBlocked && !processing && !closed {
+            // Drained below the low-water mark: parse what waited and read the socket again.
+            process(context)
+            if wantsMoreInput { context.read() }
+        }
+        context.fireChannelWritabilityChanged()
+    }
 
     func close(_ context: ChannelHandlerContext) {
         guard !closed else { return }

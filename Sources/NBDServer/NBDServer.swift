@@ -25,7 +25,10 @@ public struct NBDServerOptions: Sendable {
     public var maxRequestsPerConnection = 64
     /// Bytes of requests in flight on one connection (reads' results, writes' data) before it
     /// stops reading; one request is always let through whatever its size.
-    public var maxBytesPerConnection = 64 << 20
+    public var maxBytesPerConnection = 16 << 20
+    /// Reply bytes queued on one connection, not yet taken by the socket, past which it stops
+    /// taking requests (the high mark) and below which it takes them again (the low one).
+    public var replyWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 1 << 20, high: 4 << 20)
     /// A connection still negotiating after this long is closed.
     public var handshakeTimeout: TimeAmount = .seconds(10)
     public var readOnly = false
@@ -86,6 +89,9 @@ public final class NBDServer: @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelOption(.socketOption(.tcp_nodelay), value: 1)
             .childChannelOption(.autoRead, value: false)
+            // Replies queued past the high mark stop the connection from taking requests until
+            // they drain below the low one (NBDConnection.atBound).
+            .childChannelOption(.writeBufferWaterMark, value: options.replyWaterMark)
             // A client may shut its sending side and still read its replies.
             .childChannelOption(.allowRemoteHalfClosure, value: true)
             .childChannelInitializer { channel in

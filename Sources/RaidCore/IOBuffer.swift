@@ -75,7 +75,7 @@ public final class IOBufferPool: Sendable {
     public let maxIdleBytes: Int
     private let idle: Mutex<Idle>
 
-    public static let shared = IOBufferPool(maxIdleBytes: 64 << 20)
+    public static let shared = IOBufferPool(maxIdleBytes: 16 << 20)
 
     init(maxIdleBytes: Int) {
         self.maxIdleBytes = maxIdleBytes

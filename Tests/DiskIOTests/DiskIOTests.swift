@@ -39,6 +39,28 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         #expect(Array(b) == pieces[2])
     }
 
+    /// What the engine's loop reads itself: bytes the page cache holds (just written through
+    /// the cache), into several buffers in order. O_DIRECT files, ranges past the end, a closed
+    /// file and the fault injector say no, leaving the read to the I/O threads.
+    @Test func readIfCachedReadsWhatThePageCacheHoldsAndOnlyThat() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let file = try MemberFile(path: path, mode: .readWrite)
+        let data = pattern(12288, 3)
+        try file.write(at: 8192, bytes: data, purpose: .data)
+        let a = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 4096)
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
+        defer { a.deallocate(); b.deallocate() }
+        #expect(file.readIfCached(at: 8192, into: [a, b]))
+        #expect(Array(a) + Array(b) == data)
+        #expect(!file.readIfCached(at: (1 << 20) - 4096, into: [a]), "a range past the end is not all there")
+        #expect(!FaultyMember(file).readIfCached(at: 8192, into: [a]), "faults apply to every read: none bypasses them")
+        let direct = try MemberFile(path: path, options: MemberOpenOptions(mode: .readOnly, direct: true))
+        #expect(!direct.readIfCached(at: 8192, into: [a]))
+        file.close()
+        #expect(!file.readIfCached(at: 8192, into: [a]))
+    }
+
     @Test func directIOBouncesBuffersThatAreNotAligned() throws {
         let (path, cleanup) = try scratchFile(1 << 20)
         defer { cleanup() }

@@ -227,6 +227,54 @@ import Testing
         #expect(try OfflineArray(paths: array.paths).read(offsetBytes: 8192, byteCount: 4096) == [UInt8](repeating: 0, count: 4096))
     }
 
+    /// A client that asks faster than it reads: replies wait in the server only up to the
+    /// write-buffer high mark, past which the connection takes no request until the client reads.
+    /// Before that bound the server answered everything it was sent and held the replies (here
+    /// 8000 of 64 KiB, 512 MiB), whatever the client read. Checked after every reply the client
+    /// takes: requests answered never run ahead of replies read by more than the bounds allow.
+    @Test func aClientThatDoesNotReadItsRepliesIsNotServedAheadOfIt() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
+        let raw = try RawClient(port: array.port)
+        _ = try raw.negotiate(export: "served")
+        let replyBytes = 64 << 10
+        let requests = 8000
+        let before = await array.engine.snapshot().counters.clientRequests
+        // Sent from another thread: once the server stops reading, this send blocks until the
+        // replies below are read.
+        var batch: [UInt8] = []
+        for i in 0..<requests {
+            batch += NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: UInt64(i), offset: UInt64(i % 200 * replyBytes), length: UInt32(replyBytes)).encoded()
+        }
+        let socket = raw.fd
+        let requestBytes = batch
+        let sender = Thread {
+            var done = 0
+            while done < requestBytes.count {
+                let n = requestBytes[done...].withUnsafeBytes { Glibc.send(socket, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                if n <= 0 { return }
+                done += n
+            }
+        }
+        sender.start()
+        // In flight (64 per connection), queued up to the 4 MiB high mark (64 replies), and in
+        // the two kernel socket buffers of loopback TCP, which autotuning grows: measured at
+        // 250-400 replies ahead with the bound, about 7800 without it.
+        let slack = 1000
+        var worstLead = 0
+        for read in 1...requests {
+            guard let reply = raw.simpleReply(dataBytes: replyBytes), reply.error == 0 else {
+                Issue.record("reply \(read) missing or failed")
+                break
+            }
+            if read % 50 == 1 || read < 50 {
+                let answered = await array.engine.snapshot().counters.clientRequests - before
+                worstLead = max(worstLead, answered - read)
+            }
+        }
+        #expect(worstLead <= slack, "the server answered \(worstLead) requests ahead of the replies read (bound \(slack))")
+        await array.stop()
+    }
+
     /// Hostile byte streams, many at once, against a live server while a well-behaved client
     /// writes and reads back its own region: streams made from a real session (handshake, then
     /// reads, writes, trims and flushes below 1 MiB) cut short, with bytes flipped in the

@@ -17,6 +17,10 @@ int swraid_iov_max(void);
 /// with errno EOPNOTSUPP/ENOSYS/EINVAL where the kernel or file system lacks it.
 ssize_t swraid_pwritev_dsync(int fd, const struct iovec *iov, int iovcnt, off_t offset);
 
+/// preadv2(2) with RWF_NOWAIT: reads only what the page cache holds, without waiting for the
+/// device; -1 with errno EAGAIN when it would have to wait (or EOPNOTSUPP where unsupported).
+ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t offset);
+
 /// The size of the block device open on fd (BLKGETSIZE64); -1 with errno on failure.
 int swraid_block_device_size(int fd, uint64_t *size);
 

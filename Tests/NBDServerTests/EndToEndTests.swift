@@ -154,7 +154,7 @@ func readToEnd(_ path: String) -> String {
         await array.stop()
         #expect(response.hasPrefix("HTTP/1.1 200 OK"), "\(response.prefix(200))")
         #expect(response.contains("Content-Type: text/plain; version=0.0.4"))
-        let lines = Set(response.split(separator: "\r\n").last!.split(separator: "\n").map(String.init))
+        let lines = Set((response.split(separator: "\r\n").last ?? "").split(separator: "\n").map(String.init))
         for expected in [
             #"swraid_client_requests_total{array="served",kind="write"} 10"#,
             #"swraid_client_bytes_total{array="served",kind="write"} 655360"#,

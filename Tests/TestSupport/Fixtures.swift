@@ -73,17 +73,31 @@ public final class TemporaryDirectory {
         path = String(cString: mkdtemp(&template)!)
     }
 
+    /// Removes the directory with everything in it, subdirectories too (tests make `run/`,
+    /// `fuse/` and `mnt/` inside): a directory stack, not recursion.
     deinit {
-        if let dir = opendir(path) {
+        var pending = [path]
+        var directories: [String] = []
+        while let directory = pending.popLast() {
+            directories.append(directory)
+            guard let dir = opendir(directory) else { continue }
             while let entry = readdir(dir) {
                 let name = withUnsafePointer(to: entry.pointee.d_name) {
                     $0.withMemoryRebound(to: CChar.self, capacity: 256) { String(cString: $0) }
                 }
-                if name != "." && name != ".." { unlink(path + "/" + name) }
+                if name == "." || name == ".." { continue }
+                let full = directory + "/" + name
+                var st = stat()
+                if lstat(full, &st) == 0 && (st.st_mode & S_IFMT) == S_IFDIR {
+                    pending.append(full)
+                } else {
+                    unlink(full)
+                }
             }
             closedir(dir)
         }
-        rmdir(path)
+        // Deepest first: each is empty once the ones below it are gone.
+        for directory in directories.reversed() { rmdir(directory) }
     }
 
     public func file(_ name: String) -> String { path + "/" + name }

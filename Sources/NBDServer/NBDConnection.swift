@@ -144,12 +144,17 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelWritabilityChanged(context: ChannelHandlerContext) {
         outboundBlocked = !context.channel.isWritable
-        if !outboundBlocked && !processing && !closed {
-            // Drained below the low-water mark: parse what waited and read the socket again.
-            process(context)
-            if wantsMoreInput { context.read() }
-        }
+        // Drained below the low-water mark: what waited may go on.
+        if !outboundBlocked { resumeIfBelowBound(context) }
         context.fireChannelWritabilityChanged()
+    }
+
+    /// Below every bound again: parse what waited and read the socket again (unless this comes
+    /// while parsing, which then simply goes on).
+    func resumeIfBelowBound(_ context: ChannelHandlerContext) {
+        guard !closed, !atBound, !processing else { return }
+        process(context)
+        if wantsMoreInput { context.read() }
     }
 
     func close(_ context: ChannelHandlerContext) {
@@ -343,12 +348,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             if inFlight == 0 { finishDisconnect(context) }
             return
         }
-        // Below the bound again: parse what waited, and read the socket again (unless this
-        // completion came while parsing, which then simply goes on).
-        if !atBound && !processing {
-            process(context)
-            if wantsMoreInput { context.read() }
-        }
+        resumeIfBelowBound(context)
     }
 
     static func nbdError(_ error: ClientError) -> NBDError {

@@ -105,3 +105,10 @@ struct IOPlug {
         }
     }
 }
+
+extension Array where Element == IOBuffer {
+    /// The buffers as a device read fills them.
+    var readTargets: [UnsafeMutableRawBufferPointer] {
+        map { UnsafeMutableRawBufferPointer(start: $0.baseAddress, count: $0.count) }
+    }
+}

@@ -86,7 +86,7 @@ final class MemberIOPool: @unchecked Sendable {
         do throws(MemberIOError) {
             switch kind {
             case .read:
-                try device.read(at: offset, into: buffers.map { UnsafeMutableRawBufferPointer(start: $0.baseAddress, count: $0.count) }, purpose: purpose)
+                try device.read(at: offset, into: buffers.readTargets, purpose: purpose)
             case .write(let fua):
                 try device.write(at: offset, from: buffers.map { UnsafeRawBufferPointer(start: $0.baseAddress, count: $0.count) }, fua: fua, purpose: purpose)
             case .flush:

@@ -260,7 +260,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         var served: [(MemberIOID, MemberIOResult)] = []
         for merged in plug.merge(batch) {
             let device = devices[merged.member.rawValue]
-            if merged.kind == .read, device.readIfCached(at: merged.offsetBytes, into: merged.buffers.map { UnsafeMutableRawBufferPointer(start: $0.baseAddress, count: $0.count) }) {
+            if merged.kind == .read, device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets) {
                 readsServedFromCache += 1
                 served += merged.requests.map { ($0.id, .success) }
                 continue

@@ -94,16 +94,6 @@ SWRAID_AVX512 void swraid_pq_avx512(const void *const *sources, long count, void
     swraid_pq_bytes(sources, count, p, q, off, byteCount);
 }
 
-// GF(2^8) product of two bytes (md's polynomial), for building the tables.
-static uint8_t gf_mul(uint8_t a, uint8_t b) {
-    uint8_t product = 0;
-    for (int bit = 0; bit < 8; bit++) {
-        if ((b >> bit) & 1) product ^= a;
-        a = swraid_mul2_byte(a);
-    }
-    return product;
-}
-
 // Multiplication by a constant c is linear, so c*x = c*(x & 0x0F) ^ c*(x & 0xF0): two 16-entry
 // tables per coefficient, looked up 64 bytes at a time with vpshufb (ISA-L's method). Each
 // source is loaded once per 64 bytes and feeds both outputs.
@@ -118,8 +108,8 @@ SWRAID_AVX512 void swraid_gf_combine_avx512(const void *const *sources, long cou
             uint8_t c = coefficients[r * count + s];
             uint8_t *t = tables + (r * count + s) * 32;
             for (int i = 0; i < 16; i++) {
-                t[i] = gf_mul(c, (uint8_t)i);
-                t[16 + i] = gf_mul(c, (uint8_t)(i << 4));
+                t[i] = swraid_gf_mul_byte(c, (uint8_t)i);
+                t[16 + i] = swraid_gf_mul_byte(c, (uint8_t)(i << 4));
             }
         }
     }

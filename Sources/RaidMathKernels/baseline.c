@@ -115,13 +115,8 @@ void swraid_gf_mul_add(uint8_t a, const void *x, uint8_t b, const void *y, void 
         put(acc, dst, off, 0);
     }
     for (; off < byteCount; off++) {
-        uint8_t vx = ((const uint8_t *)x)[off], vy = y ? ((const uint8_t *)y)[off] : 0, v = 0;
-        for (int bit = 0; bit < 8; bit++) {
-            if ((a >> bit) & 1) v ^= vx;
-            if ((b >> bit) & 1) v ^= vy;
-            vx = swraid_mul2_byte(vx);
-            vy = swraid_mul2_byte(vy);
-        }
+        uint8_t v = swraid_gf_mul_byte(a, ((const uint8_t *)x)[off]);
+        if (y != NULL) v ^= swraid_gf_mul_byte(b, ((const uint8_t *)y)[off]);
         ((uint8_t *)dst)[off] = v;
     }
 }

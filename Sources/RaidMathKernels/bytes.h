@@ -7,6 +7,16 @@
 // GF(2^8) multiply-by-2 with md's polynomial 0x11D.
 static inline uint8_t swraid_mul2_byte(uint8_t b) { return (uint8_t)((b << 1) ^ ((b & 0x80) ? 0x1D : 0)); }
 
+// The GF(2^8) product a*b with md's polynomial (shift and add: for tables and byte tails).
+static inline uint8_t swraid_gf_mul_byte(uint8_t a, uint8_t b) {
+    uint8_t product = 0;
+    for (int bit = 0; bit < 8; bit++) {
+        if ((b >> bit) & 1) product ^= a;
+        a = swraid_mul2_byte(a);
+    }
+    return product;
+}
+
 // dst = XOR of the sources, bytes [from, to).
 static inline void swraid_xor_bytes(const void *const *sources, long count, void *dst, long from, long to) {
     for (long off = from; off < to; off++) {

@@ -52,7 +52,6 @@ results="$dir/results.tsv"   # name <TAB> value <TAB> unit
 record() { printf '%s\t%s\t%s\n' "$1" "$2" "$3" >> "$results"; }
 median() { python3 -c 'import sys,statistics; print("%.6g" % statistics.median(float(x) for x in sys.argv[1:]))' "$@"; }
 now() { date +%s.%N; }
-elapsed() { python3 -c "import sys; print(float(sys.argv[2]) - float(sys.argv[1]))" "$1" "$2"; }
 
 echo "# swraid performance suite, $(date -u +%FT%TZ), $(nproc) CPUs"
 echo "# peers: $(nbdkit --version | head -1); $(nbdcopy --version | head -1); $(fio --version)"

@@ -13,6 +13,8 @@ enum IOContext {
     /// A healthy read straight into the client's buffer: one or more pieces that follow each
     /// other on one member (md's chunk-aligned read, `raid5_read_one_chunk`).
     case directRead([Piece], member: MemberIndex)
+    /// One member's write of a full-stripe batch.
+    case fullStripeWrite(FullStripeBatch, member: MemberIndex)
     case flush(ClientOp, member: MemberIndex)
     case superblockWrite(member: MemberIndex)
     /// The bitmap image (header and bits), one write per member for each batch of changes.
@@ -68,6 +70,8 @@ public final class RaidCore {
     /// event: handling one stripe never calls into handling another, so no path a client can
     /// drive recurses, however many requests are parked.
     @exclusivity(unchecked) var readyStripes = Deque<Stripe>()
+    /// Full-stripe batches in flight, by chunk row (at most one per row; see `FullStripeBatch`).
+    @exclusivity(unchecked) var batchesByChunkRow: [UInt64: FullStripeBatch] = [:]
 
     // Requests.
     @exclusivity(unchecked) var nextIOID: UInt64 = 1
@@ -90,6 +94,7 @@ public final class RaidCore {
     @exclusivity(unchecked) var bitmap: WriteIntentBitmap?
     /// Stripes parked until the superblock is dirty on disk or bitmap bits are written.
     @exclusivity(unchecked) var metadataWaiters: [Stripe] = []
+    @exclusivity(unchecked) var metadataBatchWaiters: [FullStripeBatch] = []
     /// Stripes the broken variant left unhandled while a superblock change was pending.
     @exclusivity(unchecked) var frozenStripes: [Stripe] = []
     /// When the safe-mode timer is due (a later arm replaces an earlier one).
@@ -307,9 +312,11 @@ public final class RaidCore {
             return
         }
         let op = ClientOp(id: id, request: request)
-        let pieces = split(op)
+        let batches = fullStripeBatches(op)
+        let pieces = split(op, skipping: batches)
+        let batchPieces = batches.reduce(0) { $0 + $1.unitCount * dataDisks }
         guard requestsInFlight < config.maxRequestsInFlight, bytesInFlight + op.byteCount <= config.maxBytesInFlight,
-            piecesInFlight + pieces.count <= config.maxParkedItems
+            piecesInFlight + pieces.count + batchPieces <= config.maxParkedItems
         else {
             counters.rejectedBusy += 1
             out.append(.completeClient(id, .failed(.busy)))
@@ -321,14 +328,16 @@ public final class RaidCore {
             startFlush(op)
             return
         }
+        for batch in batches { claimFullStripeBatch(batch) }
         if op.isWrite { beginWrite(op) }
-        if pieces.isEmpty {
+        if pieces.isEmpty && batches.isEmpty {
             finishPieces(op, count: 0)
             return
         }
-        op.remaining = pieces.count
-        piecesInFlight += pieces.count
+        op.remaining = pieces.count + batchPieces
+        piecesInFlight += pieces.count + batchPieces
         if op.isWrite {
+            for batch in batches { startFullStripeBatch(batch) }
             for piece in pieces { route(piece) }
         } else {
             routeReads(pieces)
@@ -354,8 +363,9 @@ public final class RaidCore {
         }
     }
 
-    /// Cuts a request into pieces that each fall in one data block of one stripe unit.
-    func split(_ op: ClientOp) -> [Piece] {
+    /// Cuts a request into pieces that each fall in one data block of one stripe unit, leaving
+    /// out the units of `batches` (in array order, as `fullStripeBatches` gives them).
+    func split(_ op: ClientOp, skipping batches: [FullStripeBatch] = []) -> [Piece] {
         let start: UInt64
         let length: Int
         var wholeUnitsOnly = false
@@ -370,12 +380,24 @@ public final class RaidCore {
         pieces.reserveCapacity(length / unitBytes + 2)
         var pos = start
         let end = start + UInt64(length)
+        var nextBatch = 0
         while pos < end {
             let sector = pos / 512
             let at = geometry.locate(arraySector: sector)
             let unit = at.memberSectorRelative / unitSectors
             let inUnitSector = at.memberSectorRelative % unitSectors
             let offsetInBlock = Int(inUnitSector) * 512 + Int(pos % 512)
+            // Batches come in array order, each in one chunk row: skip a batch's units in this
+            // chunk (they follow each other in the array too).
+            while nextBatch < batches.count && batches[nextBatch].chunkRow < unit / unitsPerChunk {
+                nextBatch += 1
+            }
+            if nextBatch < batches.count, batches[nextBatch].contains(unit: unit) {
+                let batch = batches[nextBatch]
+                precondition(offsetInBlock == 0 && at.memberSectorRelative / geometry.chunkSectors == batch.chunkRow, "a batch unit only partly written")
+                pos += UInt64(Int(batch.endUnit - unit) * unitBytes)
+                continue
+            }
             let n = min(unitBytes - offsetInBlock, Int(end - pos))
             pieces.append(Piece(
                 op: op, unit: unit, dataIndex: at.dataIndex, disk: at.disk, offsetInBlock: offsetInBlock, length: n,
@@ -454,6 +476,8 @@ public final class RaidCore {
     /// The active stripe for `unit`, or a free one set up for it; nil when the cache is full.
     func stripeFor(unit: UInt64) -> Stripe? {
         if let stripe = stripeByUnit[unit] { return stripe }
+        // A full-stripe batch in flight owns its units until its writes land.
+        if !batchesByChunkRow.isEmpty, let batch = batchesByChunkRow[unit / unitsPerChunk], batch.contains(unit: unit) { return nil }
         guard let stripe = freeStripes.popLast() else { return nil }
         stripe.reset(unit: unit, row: geometry.stripeRow(unit * unitSectors / geometry.chunkSectors))
         stripeByUnit[unit] = stripe
@@ -591,6 +615,8 @@ public final class RaidCore {
                 _ = member
                 for piece in pieces { enqueueForStripe(.read(piece)) }
             }
+        case .fullStripeWrite(let batch, let member):
+            fullStripeWriteCompleted(batch, member: member, failure: failure)
         case .flush(let op, let member):
             if let failure { failMember(member, reason: "flush failed: \(failure)") }
             finishPieces(op, count: 1, error: isBroken ? .io : nil)
@@ -695,6 +721,8 @@ public struct CoreCounters: Sendable, Equatable {
     public var readModifyWrites = 0
     public var reconstructWrites = 0
     public var degradedWrites = 0
+    /// Runs of full-stripe units written as one batch (no stripe, no read, one write per member).
+    public var fullStripeBatches = 0
     public var bitmapWrites = 0
     public var rebuiltBlocks = 0
     /// Stripe units a resync, recovery, check or repair has finished (a bitmap-guided resync

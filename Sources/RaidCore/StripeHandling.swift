@@ -99,7 +99,7 @@ extension RaidCore {
             case .writing:
                 let failed = isBroken
                 for p in s.writeBatch { finishPieces(p.op, count: 1, error: failed ? .io : nil) }
-                bitmap?.endWrite(unit: s.unit, unitSectors: unitSectors, degraded: degradedCount > 0)
+                bitmap?.endWrite(memberSectors: s.unit * unitSectors..<(s.unit + 1) * unitSectors, degraded: degradedCount > 0)
                 s.writeBatch.removeAll()
                 s.phase = .idle
             case .syncing:
@@ -259,8 +259,13 @@ extension RaidCore {
 
     /// The superblock says "dirty" on disk and the bitmap bits for this stripe are set.
     func metadataReady(for s: Stripe) -> Bool {
+        metadataReady(memberSectors: s.unit * unitSectors..<(s.unit + 1) * unitSectors)
+    }
+
+    /// The superblock says "dirty" on disk and the bitmap bits of these member sectors are set.
+    func metadataReady(memberSectors: Range<UInt64>) -> Bool {
         if !variant.contains(.writeBeforeDirtySuperblock) && superblocks.changePending { return false }
-        if let bitmap, !bitmap.readyToWrite(unit: s.unit, unitSectors: unitSectors) {
+        if let bitmap, !bitmap.readyToWrite(memberSectors: memberSectors) {
             scheduleBitmapWrite()
             return false
         }
@@ -276,6 +281,7 @@ extension RaidCore {
             s.waitingForMetadata = false
             handleStripe(s)
         }
+        wakeMetadataBatchWaiters()
     }
 
     /// Copies the batch's bytes for data index `dd` into `block` (which holds the old content).
@@ -328,7 +334,7 @@ extension RaidCore {
         var roles = written.map { row.dataDisk[$0] }
         if !skipParity { roles += [row.pDisk] + (row.qDisk.map { [$0] } ?? []) }
         let fua = s.writeBatch.contains { $0.op.fua }
-        bitmap?.startWrite(unit: s.unit, unitSectors: unitSectors)
+        bitmap?.startWrite(memberSectors: s.unit * unitSectors..<(s.unit + 1) * unitSectors)
         for role in roles.sorted() where roleWritable(role, unit: s.unit) {
             let m = roleMember[role]!
             s.ioIssued()

@@ -75,28 +75,40 @@ final class WriteIntentBitmap {
         return nil
     }
 
-    /// True when the region's bit is on disk; otherwise sets it for the next image write.
-    func readyToWrite(unit: UInt64, unitSectors: UInt64) -> Bool {
-        let c = chunk(ofSector: unit * unitSectors)
-        idleOnce[c] = false
-        // A bit being cleared in memory may still be set on disk: wait for it to be set again.
-        if persisted[c] && bits[c] { return true }
-        if !bits[c] {
-            bits[c] = true
-            writeWanted = true
+    /// The regions (bitmap chunks) holding member sectors `sectors`.
+    func regions(_ sectors: Range<UInt64>) -> ClosedRange<Int> {
+        precondition(!sectors.isEmpty, "an empty range of member sectors")
+        return chunk(ofSector: sectors.lowerBound)...chunk(ofSector: sectors.upperBound - 1)
+    }
+
+    /// True when the bits of every region holding `sectors` are on disk; otherwise sets the
+    /// missing ones for the next image write.
+    func readyToWrite(memberSectors sectors: Range<UInt64>) -> Bool {
+        var ready = true
+        for c in regions(sectors) {
+            idleOnce[c] = false
+            // A bit being cleared in memory may still be set on disk: wait for it to be set again.
+            if persisted[c] && bits[c] { continue }
+            ready = false
+            if !bits[c] {
+                bits[c] = true
+                writeWanted = true
+            }
         }
-        return false
+        return ready
     }
 
-    func startWrite(unit: UInt64, unitSectors: UInt64) {
-        counters[chunk(ofSector: unit * unitSectors)] += 1
+    /// md's bitmap_startwrite: a write of `sectors` is in flight (paired with `endWrite`).
+    func startWrite(memberSectors sectors: Range<UInt64>) {
+        for c in regions(sectors) { counters[c] += 1 }
     }
 
-    func endWrite(unit: UInt64, unitSectors: UInt64, degraded: Bool) {
-        let c = chunk(ofSector: unit * unitSectors)
-        precondition(counters[c] > 0, "bitmap region \(c): write end with none started")
-        counters[c] -= 1
-        if degraded { needed[c] = true }
+    func endWrite(memberSectors sectors: Range<UInt64>, degraded: Bool) {
+        for c in regions(sectors) {
+            precondition(counters[c] > 0, "bitmap region \(c): write end with none started")
+            counters[c] -= 1
+            if degraded { needed[c] = true }
+        }
     }
 
     /// The daemon sweep: regions idle for two sweeps lose their bits.

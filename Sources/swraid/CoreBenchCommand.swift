@@ -11,11 +11,12 @@ import RaidSimulation
 struct CoreBench: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "core",
-        abstract: "The array core alone on one thread, members in memory: 1 MiB writes and reads, 4 KiB random writes.",
+        abstract: "The array core alone on one thread, members in memory: full-stripe and 1 MiB writes, 1 MiB reads, 4 KiB random writes.",
         discussion: """
             Runs RAID5 of 4 and RAID6 of 5 (CHUNK, mdadm's 512K by default; no bitmap) with member I/O completed at \
-            once from memory: SIZE of sequential 1 MiB writes, then of 1 MiB reads, both with 8 \
-            in flight, then 4 KiB writes at random 4 KiB offsets with 32 in flight. Build with -c release.
+            once from memory: SIZE of sequential full-stripe writes (one stripe row of data each), of \
+            1 MiB writes and of 1 MiB reads, all with 8 in flight, then 4 KiB writes at random 4 KiB \
+            offsets with 32 in flight. Build with -c release.
             """)
 
     @Option(name: .customLong("size-mib"), help: "MiB written and read per shape (the array is 256 MiB; writes wrap).")
@@ -27,6 +28,9 @@ struct CoreBench: ParsableCommand {
     @Option(name: .customLong("chunk-kib"), help: "Chunk size in KiB.")
     var chunkKiB: Int = 512
 
+    @Option(name: .customLong("stripe-kib"), help: "md's stripe_size in KiB (4 to 32).")
+    var stripeKiB: Int = 4
+
     func run() throws {
         guard sizeMiB > 0, smallWrites > 0 else { throw CommandFailure(message: "--size-mib and --small-writes must be positive") }
         guard chunkKiB >= 4, chunkKiB <= 65536, chunkKiB & (chunkKiB - 1) == 0 else {
@@ -37,9 +41,14 @@ struct CoreBench: ParsableCommand {
         #endif
         print("# swraid bench core: one thread, members in memory (I/O completes at once), \(chunkKiB)K chunks, no bitmap")
         for (level, disks) in [(RaidLevel.raid5, 4), (.raid6, 5)] {
-            let array = try MemoryArray(level: level, disks: disks, chunkKiB: chunkKiB, arrayBytes: 256 << 20)
+            let array = try MemoryArray(level: level, disks: disks, chunkKiB: chunkKiB, stripeKiB: stripeKiB, arrayBytes: 256 << 20)
             let name = "\(level == .raid5 ? "RAID5" : "RAID6")x\(disks)"
             let total = sizeMiB << 20
+            // Full-stripe writes: one stripe row of data per request (the chunk times the data
+            // members: 1.5 MiB with 512K chunks), every row written whole.
+            let rowBytes = (disks - level.maxDegraded) * chunkKiB << 10
+            let fullBytes = max(1, total / rowBytes) * rowBytes
+            let full = array.measure(requestBytes: rowBytes, totalBytes: fullBytes, queueDepth: 8, write: true, random: false)
             let write = array.measure(requestBytes: 1 << 20, totalBytes: total, queueDepth: 8, write: true, random: false)
             let read = array.measure(requestBytes: 1 << 20, totalBytes: total, queueDepth: 8, write: false, random: false)
             // Every 1 MiB the writes wrote holds the same pattern: the reads must return it.
@@ -48,7 +57,8 @@ struct CoreBench: ParsableCommand {
             }
             let small = array.measure(requestBytes: 4096, totalBytes: smallWrites * 4096, queueDepth: 32, write: true, random: true)
             print(
-                "\(name.padding(toLength: 8)) 1 MiB write \(formatFixed(Double(total) / write / 1e9, digits: 2)) GB/s   "
+                "\(name.padding(toLength: 8)) full-stripe write \(formatFixed(Double(fullBytes) / full / 1e9, digits: 2)) GB/s   "
+                    + "1 MiB write \(formatFixed(Double(total) / write / 1e9, digits: 2)) GB/s   "
                     + "1 MiB read \(formatFixed(Double(total) / read / 1e9, digits: 2)) GB/s   "
                     + "4 KiB random write \(formatFixed(Double(smallWrites) / small / 1e3, digits: 0)) k/s")
             Terminal.flushStandardOutput()
@@ -75,7 +85,7 @@ final class MemoryArray: CoreShell {
     /// The data of the latest read answered (checked against what was written).
     private(set) var lastRead: IOBuffer?
 
-    init(level: RaidLevel, disks: Int, chunkKiB: Int, arrayBytes wanted: Int) throws {
+    init(level: RaidLevel, disks: Int, chunkKiB: Int, stripeKiB: Int = 4, arrayBytes wanted: Int) throws {
         let dataDisks = disks - (level == .raid6 ? 2 : 1)
         let chunkBytes = chunkKiB << 10
         let memberDataBytes = (wanted / dataDisks + chunkBytes - 1) / chunkBytes * chunkBytes
@@ -100,6 +110,7 @@ final class MemoryArray: CoreShell {
         }
         var config = CoreConfig()
         config.stripeCacheSize = 1024
+        config.stripeSizeBytes = stripeKiB << 10
         let core = try RaidCore(assembly: try CoreAssembly(members: metadata), config: config)
         driver = CoreDriver(core: core, shell: self)
         driver.start(now: 0)

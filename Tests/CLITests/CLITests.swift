@@ -164,8 +164,9 @@ func listDirectory(_ path: String) -> [String] { ((try? FileManager.default.cont
         // A figure, not a test of speed: that it runs, reads back what it wrote, and prints a row per shape.
         let result = try swraid("bench", "core", "--size-mib", "8", "--small-writes", "200")
         #expect(result.status == 0, "\(result.stdoutText)\(result.stderr)")
-        #expect(result.stdoutText.contains("RAID5x4  1 MiB write "))
-        #expect(result.stdoutText.contains("RAID6x5  1 MiB write "))
+        #expect(result.stdoutText.contains("RAID5x4  full-stripe write "))
+        #expect(result.stdoutText.contains("RAID6x5  full-stripe write "))
+        #expect(result.stdoutText.contains("1 MiB write "))
         #expect(result.stdoutText.contains("4 KiB random write"))
     }
 }

@@ -411,3 +411,84 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
         guard case .failed(.unknownAttribute)? = h.controlResults[unknown] else { Issue.record("unknown attribute accepted"); return }
     }
 }
+
+/// md's full-stripe write, batched (`stripe_can_batch`) and without copying (`skip_copy`).
+@Suite struct FullStripeBatchTests {
+    /// Member I/O for data and parity issued since `before`.
+    func dataAndParityIO(_ h: Harness, since before: Int) -> [MemberIORequest] {
+        h.issued[before...].filter { $0.purpose == .data || $0.purpose == .parity }
+    }
+
+    @Test func aFullStripeWriteReadsNothingAndWritesEachMemberOnce() throws {
+        for h in [try Harness.raid5(), try Harness.raid6()] {
+            let g = h.core.geometry
+            let row = g.chunkBytes * g.dataDisks
+            let before = h.issued.count
+            let data = bytes(2 * row, 7)
+            let w = h.submit(.write(offsetBytes: UInt64(row), data: IOBuffer(data), fua: false))
+            h.settle()
+            #expect(h.clientResults[w] == .done)
+            let io = dataAndParityIO(h, since: before)
+            #expect(io.allSatisfy { $0.isWrite }, "a full-stripe write read \(io.filter { !$0.isWrite }.count) blocks")
+            #expect(io.map(\.byteCount) == Array(repeating: g.chunkBytes, count: 2 * g.raidDisks))
+            #expect(h.core.counters.fullStripeBatches == 2)
+            #expect(h.core.stripeCacheActive == 0)
+            let r = h.submit(.read(offsetBytes: UInt64(row), length: 2 * row))
+            h.settle()
+            #expect(h.data(r) == data)
+            h.set("sync_action", "check")
+            h.settle()
+            #expect(h.core.mismatchCount == 0)
+        }
+    }
+
+    /// A write that starts inside a row: the units it covers on every member are batched, the rest
+    /// goes through stripes, and together they leave data and parity right.
+    @Test func aWriteStartingInsideARowBatchesOnlyTheUnitsItCoversOnEveryMember() throws {
+        let h = try Harness.raid5()  // 8 KiB chunks: two 4 KiB units per chunk, rows of 24 KiB
+        let row = h.core.geometry.chunkBytes * 3
+        let old = bytes(3 * row, 1)
+        h.submit(.write(offsetBytes: 0, data: IOBuffer(old), fua: false))
+        h.settle()
+        #expect(h.core.counters.fullStripeBatches == 3)
+        let before = h.issued.count
+        let data = bytes(2 * row - 4096, 9)
+        h.submit(.write(offsetBytes: 4096, data: IOBuffer(data), fua: false))
+        h.settle()
+        // Row 0: unit 1 batched (unit 0 of data index 0 is not written); row 1 whole.
+        #expect(h.core.counters.fullStripeBatches == 5)
+        // Batches: four writes of one unit (row 0) and four of two (row 1). The stripe of row 0's
+        // unit 0 reads data index 0's block (reconstruct-write) and writes the other two and P.
+        let io = dataAndParityIO(h, since: before)
+        #expect(io.filter(\.isWrite).map(\.byteCount).sorted() == Array(repeating: 4096, count: 7) + Array(repeating: 8192, count: 4))
+        #expect(io.filter { !$0.isWrite }.map(\.byteCount) == [4096])
+        let r = h.submit(.read(offsetBytes: 0, length: 3 * row))
+        h.settle()
+        #expect(h.data(r) == Array(old[0..<4096]) + data + Array(old[(2 * row)...]))
+        h.set("sync_action", "check")
+        h.settle()
+        #expect(h.core.mismatchCount == 0)
+    }
+
+    /// A batch owns its units until its writes land: a later write to one of them waits for a
+    /// stripe (as for a full cache) and lands after it.
+    @Test func aStripeForAUnitOfABatchInFlightWaitsForIt() throws {
+        let h = try Harness.raid5()
+        let row = h.core.geometry.chunkBytes * 3
+        h.submit(.write(offsetBytes: UInt64(3 * row), data: buf(512, 1), fua: false))
+        h.settle()  // the array is dirty on disk: the next writes go straight to their members
+        let first = bytes(row, 2)
+        let w1 = h.submit(.write(offsetBytes: 0, data: IOBuffer(first), fua: false))
+        #expect(h.core.counters.fullStripeBatches == 1)
+        let pendingBefore = h.pendingIO.count
+        let w2 = h.submit(.write(offsetBytes: 512, data: buf(512, 3), fua: false))
+        #expect(h.core.parkedForStripe == 1, "the write to a unit of the batch in flight did not wait")
+        #expect(h.core.stripeCacheActive == 0)
+        #expect(h.pendingIO.count == pendingBefore)
+        h.settle()
+        #expect(h.clientResults[w1] == .done && h.clientResults[w2] == .done)
+        let r = h.submit(.read(offsetBytes: 0, length: row))
+        h.settle()
+        #expect(h.data(r) == Array(first[0..<512]) + bytes(512, 3) + Array(first[1024...]))
+    }
+}

@@ -41,6 +41,17 @@ let seedChunks: [ClosedRange<UInt64>] = stride(from: 1, through: seedsPerScenari
         #expect(result.stats["parity verifications cut short by a member failure", default: 0] == 1)
     }
 
+    /// Seeds that caught full-stripe batches claiming their units too late: the first write of a
+    /// read-auto, dirty array started the resync before the batch was registered, a sync stripe
+    /// took a unit the batch then wrote under it, and a read after the write returned what was
+    /// there before (or a check found parity stale). Each failed before the claim moved ahead of
+    /// `beginWrite`.
+    @Test(arguments: [(UInt64(853), "latency"), (1407, "all"), (1607, "all"), (1779, "all")])
+    func fullStripeBatchClaimsItsUnitsBeforeTheFirstWriteStartsAResync(seed: UInt64, faults: String) {
+        let result = SimRunner.run(seed: seed, scenario: "crash", faults: FaultProfile.named(faults)!)
+        #expect(result.failure == nil, "seed \(seed): \(result.failure!)")
+    }
+
     @Test func oneSeedReplaysExactly() {
         let a = SimRunner.run(seed: 7, scenario: "random", faults: .all, checkDeterminism: false)
         let b = SimRunner.run(seed: 7, scenario: "random", faults: .all, checkDeterminism: false)

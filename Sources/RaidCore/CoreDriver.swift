@@ -121,7 +121,7 @@ public final class CoreDriver<Shell: CoreShell> {
         let id = RequestID(nextRequestID)
         nextRequestID += 1
         _pendingClients[id] = PendingClient(request: request, since: now, context: context)
-        feed(core.handle(.client(id, request), now: now))
+        feedEvent(.client(id, request), now: now)
         return id
     }
 
@@ -133,7 +133,7 @@ public final class CoreDriver<Shell: CoreShell> {
         let id = RequestID(nextRequestID)
         nextRequestID += 1
         _pendingControls[id] = PendingControl(command: command, since: now, context: context)
-        feed(core.handle(.control(id, command), now: now))
+        feedEvent(.control(id, command), now: now)
         return id
     }
 
@@ -147,7 +147,7 @@ public final class CoreDriver<Shell: CoreShell> {
         precondition(_memberIOBytesInFlight >= io.byteCount, "member I/O byte accounting would go below zero")
         _memberIOBytesInFlight -= io.byteCount
         advance(to: now)
-        feed(core.handle(.memberIOCompleted(id, result), now: now))
+        feedEvent(.memberIOCompleted(id, result), now: now)
     }
 
     /// A timer the shell armed has fired. Returns false (and does nothing) when a later arm
@@ -158,7 +158,7 @@ public final class CoreDriver<Shell: CoreShell> {
         guard !_isAbandoned, let armed = _timers[timer], armed.token == token else { return false }
         _timers[timer] = nil
         advance(to: now)
-        feed(core.handle(.timerFired(timer), now: now))
+        feedEvent(.timerFired(timer), now: now)
         return true
     }
 
@@ -186,8 +186,19 @@ public final class CoreDriver<Shell: CoreShell> {
     }
 
     @inlinable
+    func feedEvent(_ event: CoreEvent, now: Nanoseconds) {
+        core.handle(event, now: now, appendingTo: &queue)
+        dispatchQueued()
+    }
+
+    @inlinable
     func feed(_ actions: [CoreAction]) {
         queue.append(contentsOf: actions)
+        dispatchQueued()
+    }
+
+    @inlinable
+    func dispatchQueued() {
         guard !dispatching else { return }
         dispatching = true
         defer { dispatching = false }

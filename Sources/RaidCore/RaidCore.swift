@@ -95,6 +95,11 @@ public final class RaidCore {
     /// Stripes parked until the superblock is dirty on disk or bitmap bits are written.
     @exclusivity(unchecked) var metadataWaiters: [Stripe] = []
     @exclusivity(unchecked) var metadataBatchWaiters: [FullStripeBatch] = []
+    /// Stripes whose write batch's reads are in flight (md's preread_active_stripes), and those
+    /// waiting for them to end (md's delayed_list; each stripe at most once, so bounded by the
+    /// cache). See `delayIfPreReadsAreActive`.
+    @exclusivity(unchecked) var preReadActiveStripes = 0
+    @exclusivity(unchecked) var delayedStripes: [Stripe] = []
     /// Stripes the broken variant left unhandled while a superblock change was pending.
     @exclusivity(unchecked) var frozenStripes: [Stripe] = []
     /// When the safe-mode timer is due (a later arm replaces an earlier one).
@@ -186,6 +191,20 @@ public final class RaidCore {
     }
 
     public func handle(_ event: CoreEvent, now: Nanoseconds) -> [CoreAction] {
+        process(event, now: now)
+        return takeActions()
+    }
+
+    /// As `handle`, appending the actions to the driver's queue: the core's action buffer stays
+    /// its own, so an event costs no array of its own.
+    @usableFromInline
+    func handle(_ event: CoreEvent, now: Nanoseconds, appendingTo actions: inout Deque<CoreAction>) {
+        process(event, now: now)
+        actions.append(contentsOf: out)
+        out.removeAll(keepingCapacity: true)
+    }
+
+    func process(_ event: CoreEvent, now: Nanoseconds) {
         precondition(now >= self.now, "time went backwards")
         self.now = now
         switch event {
@@ -196,7 +215,6 @@ public final class RaidCore {
         }
         runReadyStripes()
         progressStop()
-        return takeActions()
     }
 
     func takeActions() -> [CoreAction] {
@@ -239,6 +257,9 @@ public final class RaidCore {
             precondition(turns <= bound, "stripe handling does not settle: \(turns) turns in one event")
             runStripe(s)
         }
+        // Paired with `endPreRead`: delayed stripes wait only while some stripe is pre-reading
+        // (whose end sets them going), so none can be left waiting on nothing.
+        precondition(preReadActiveStripes > 0 || !delayedStripes.contains { $0.delayed }, "delayed stripes with no pre-read to wait for")
     }
 
     // MARK: - geometry helpers

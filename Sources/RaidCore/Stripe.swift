@@ -132,9 +132,19 @@ final class Stripe {
     @exclusivity(unchecked) var writeBatch: [Piece] = []
     @exclusivity(unchecked) var writeMode: WriteMode = .reconstructWrite
     /// The write batch's coverage, once computed.
-    @exclusivity(unchecked) var coverage: (written: [Int], full: [Bool])?
+    @exclusivity(unchecked) var coverage: (written: [Int], full: [Bool])? {
+        didSet { writeNeedsCache = nil }
+    }
+    /// The roles the planned write needs, once computed (`writeNeeds`; planning again clears it).
+    @exclusivity(unchecked) var writeNeedsCache: [Int]?
     @exclusivity(unchecked) var syncUnit: SyncUnit?
     @exclusivity(unchecked) var waitingForMetadata = false
+    /// On the delayed list: its write batch needs reads while other stripes' are in flight.
+    @exclusivity(unchecked) var delayed = false
+    /// Taken off the delayed list: it reads now even if other stripes started reading since.
+    @exclusivity(unchecked) var delayActivated = false
+    /// Its write batch's reads are in flight or about to be (counted in preReadActiveStripes).
+    @exclusivity(unchecked) var preReadActive = false
     /// On the core's ready queue (md's handle_list): each stripe is there at most once.
     @exclusivity(unchecked) var isQueuedForHandling = false
 
@@ -201,6 +211,8 @@ final class Stripe {
         writeBatch.removeAll()
         syncUnit = nil
         waitingForMetadata = false
+        precondition(!delayed && !preReadActive, "an idle stripe still delayed or pre-reading")
+        delayActivated = false
     }
 }
 

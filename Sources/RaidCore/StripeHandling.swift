@@ -55,8 +55,7 @@ extension RaidCore {
                     s.phase = .idle
                     continue
                 }
-                let needed = Set(s.readBatch.map(\.disk))
-                switch fetch(s, needed: needed) {
+                switch fetch(s, needed: readNeeds(s)) {
                 case .waiting: return
                 case .lost:
                     failBatch(&s.readBatch, error: .io)
@@ -72,17 +71,22 @@ extension RaidCore {
                 s.phase = .idle
             case .preparingWrite:
                 if isBroken {
+                    s.delayed = false
+                    endPreRead(s)
                     failBatch(&s.writeBatch, error: .io)
                     s.phase = .idle
                     continue
                 }
+                if delayIfPreReadsAreActive(s) { return }
                 switch fetch(s, needed: writeNeeds(s)) {
                 case .waiting: return
                 case .lost:
+                    endPreRead(s)
                     failBatch(&s.writeBatch, error: .io)
                     s.phase = .idle
                 case .ready:
                     if startRepairs(s) { return }
+                    endPreRead(s)
                     s.phase = .waitingForMetadata
                 }
             case .waitingForMetadata:
@@ -117,6 +121,60 @@ extension RaidCore {
         }
     }
 
+    // MARK: - delayed writes (md's STRIPE_DELAYED and STRIPE_PREREAD_ACTIVE)
+
+    /// md's rule for writes that must read first: while other stripes' pre-reads are in flight, a
+    /// stripe whose write batch needs reads waits on the delayed list instead of reading, and
+    /// the writes that arrive meanwhile join its batch (a sequential stream fills the rest of the
+    /// row and the reads are not needed at all). When the last pre-read ends, every delayed
+    /// stripe goes at once (`raid5_activate_delayed`, IO_THRESHOLD of 1). Returns true when `s`
+    /// now waits on the delayed list.
+    func delayIfPreReadsAreActive(_ s: Stripe) -> Bool {
+        if s.preReadActive { return false }
+        if s.delayed {
+            // Activated: take the writes queued meanwhile and plan again.
+            s.delayed = false
+            var joined = false
+            while case .write(let p)? = s.head {
+                s.writeBatch.append(p)
+                s.popHead()
+                joined = true
+            }
+            if joined {
+                s.coverage = nil
+                planWrite(s)
+            }
+        }
+        let needed = writeNeeds(s)
+        guard needed.contains(where: { !s.valid[$0] }) else { return false }
+        if preReadActiveStripes > 0 && !s.delayActivated {
+            s.delayed = true
+            delayedStripes.append(s)
+            return true
+        }
+        s.delayActivated = false
+        s.preReadActive = true
+        preReadActiveStripes += 1
+        return false
+    }
+
+    /// The stripe's pre-reads are over (its blocks are ready, or the batch failed): when it was the
+    /// last stripe reading, the delayed ones go.
+    func endPreRead(_ s: Stripe) {
+        s.delayActivated = false
+        guard s.preReadActive else { return }
+        s.preReadActive = false
+        precondition(preReadActiveStripes > 0, "pre-read-active stripes would go below zero")
+        preReadActiveStripes -= 1
+        guard preReadActiveStripes == 0 else { return }
+        let delayed = delayedStripes
+        delayedStripes.removeAll(keepingCapacity: true)
+        for d in delayed where d.delayed {
+            d.delayActivated = true
+            handleStripe(d)
+        }
+    }
+
     func failBatch(_ batch: inout [Piece], error: ClientError) {
         for p in batch { finishPieces(p.op, count: 1, error: error) }
         batch.removeAll()
@@ -124,21 +182,22 @@ extension RaidCore {
 
     /// Makes the blocks of `needed` roles up to date: read them from their members, or, when a
     /// member cannot serve its block, read all the others and rebuild it from parity.
-    func fetch(_ s: Stripe, needed: Set<Int>) -> FetchResult {
-        var unreadable: [Int] = []
+    /// `needed`: roles in increasing order, each once.
+    func fetch(_ s: Stripe, needed: [Int]) -> FetchResult {
+        var unreadable = false
         var issued = false
-        for role in needed.sorted() where !s.valid[role] {
+        for role in needed where !s.valid[role] {
             if s.reading[role] {
                 issued = true
             } else if roleReadable(role, unit: s.unit) && !s.readFailed[role] {
                 issueStripeRead(s, role: role)
                 issued = true
             } else {
-                unreadable.append(role)
+                unreadable = true
             }
         }
         if issued { return .waiting }
-        if unreadable.isEmpty { return .ready }
+        if !unreadable { return .ready }
         // Rebuild: every other block must be read first.
         var missing: [Int] = []
         for role in 0..<geometry.raidDisks where !s.valid[role] {
@@ -215,37 +274,49 @@ extension RaidCore {
     func planWrite(_ s: Stripe) {
         let row = s.row!
         let (written, full) = writeCoverage(s)
+        s.writeNeedsCache = nil
         let everyRoleReadable = (0..<geometry.raidDisks).allSatisfy { roleReadable($0, unit: s.unit) && !s.readFailed[$0] }
         if !everyRoleReadable {
             s.writeMode = .degraded
-            counters.degradedWrites += 1
             return
         }
-        let parityRoles = [row.pDisk] + (row.qDisk.map { [$0] } ?? [])
-        let rcwNeeds = (0..<dataDisks).filter { !full[$0] }.map { row.dataDisk[$0] }
-        let rmwNeeds = written.map { row.dataDisk[$0] } + parityRoles
-        let rcwReads = rcwNeeds.filter { !s.valid[$0] }.count
-        let rmwReads = rmwNeeds.filter { !s.valid[$0] }.count
-        if !parityKnownGood(unit: s.unit) || rcwReads <= rmwReads {
-            s.writeMode = .reconstructWrite
-            counters.reconstructWrites += 1
-        } else {
-            s.writeMode = .readModifyWrite
-            counters.readModifyWrites += 1
-        }
+        // Blocks each way would read: reconstruct-write reads the data blocks not overwritten,
+        // read-modify-write the written ones and parity.
+        var rcwReads = 0
+        for dd in 0..<dataDisks where !full[dd] && !s.valid[row.dataDisk[dd]] { rcwReads += 1 }
+        var rmwReads = s.valid[row.pDisk] ? 0 : 1
+        if let q = row.qDisk, !s.valid[q] { rmwReads += 1 }
+        for dd in written where !s.valid[row.dataDisk[dd]] { rmwReads += 1 }
+        s.writeMode = !parityKnownGood(unit: s.unit) || rcwReads <= rmwReads ? .reconstructWrite : .readModifyWrite
     }
 
-    func writeNeeds(_ s: Stripe) -> Set<Int> {
+    /// The roles whose blocks the planned write needs up to date, in increasing order (computed
+    /// once per plan).
+    func writeNeeds(_ s: Stripe) -> [Int] {
+        if let cached = s.writeNeedsCache { return cached }
         let row = s.row!
         let (written, full) = writeCoverage(s)
+        var needs = [Bool](repeating: false, count: geometry.raidDisks)
         switch s.writeMode {
         case .degraded:
-            return Set(0..<geometry.raidDisks)
+            needs = [Bool](repeating: true, count: geometry.raidDisks)
         case .reconstructWrite:
-            return Set((0..<dataDisks).filter { !full[$0] }.map { row.dataDisk[$0] })
+            for dd in 0..<dataDisks where !full[dd] { needs[row.dataDisk[dd]] = true }
         case .readModifyWrite:
-            return Set(written.map { row.dataDisk[$0] } + [row.pDisk] + (row.qDisk.map { [$0] } ?? []))
+            for dd in written { needs[row.dataDisk[dd]] = true }
+            needs[row.pDisk] = true
+            if let q = row.qDisk { needs[q] = true }
         }
+        let roles = needs.indices.filter { needs[$0] }
+        s.writeNeedsCache = roles
+        return roles
+    }
+
+    /// The roles a read batch needs, in increasing order.
+    func readNeeds(_ s: Stripe) -> [Int] {
+        var needs = [Bool](repeating: false, count: geometry.raidDisks)
+        for p in s.readBatch { needs[p.disk] = true }
+        return needs.indices.filter { needs[$0] }
     }
 
     /// Where parity may be stale (a resync has not passed it, or its bitmap region is dirty
@@ -301,6 +372,11 @@ extension RaidCore {
         let (written, full) = writeCoverage(s)
         let partial = written.contains { !full[$0] }
         let skipParity = variant.contains(.skipParityOnPartialWrite) && partial
+        switch s.writeMode {
+        case .degraded: counters.degradedWrites += 1
+        case .reconstructWrite: counters.reconstructWrites += 1
+        case .readModifyWrite: counters.readModifyWrites += 1
+        }
         if s.writeMode == .readModifyWrite {
             // Per written block: new = old + pieces (in scratch A), delta = old ^ new (scratch B);
             // P ^= delta, Q ^= g^slot · delta, then the block takes its new content.

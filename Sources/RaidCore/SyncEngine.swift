@@ -246,7 +246,7 @@ extension RaidCore {
             syncUnitDone(unit, abandoned: true)
             return true
         }
-        switch fetch(s, needed: Set(0..<geometry.raidDisks)) {
+        switch fetch(s, needed: Array(0..<geometry.raidDisks)) {
         case .waiting: return false
         case .lost:
             s.syncUnit = nil

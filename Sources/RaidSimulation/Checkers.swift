@@ -76,17 +76,18 @@ public final class DataChecker: SimChecker {
     let sectorCount: Int
     /// Per sector: the acknowledged content.
     var committed: [SectorValue]
-    /// Every write's bytes by key (nil: zeroes; trims are `unknown` per sector).
-    var writeData: [Int: IOBuffer] = [:]
-    var writeIsTrim: [Int: Bool] = [:]
-    var nextWriteKey = 0
+    /// Every write by key (keys are 0, 1, 2, ... in submission order, so arrays, not hashes: the
+    /// checker looks one up per sector read). `writeData` nil: zeroes; trims are `unknown`.
+    var writeData: [IOBuffer?] = []
+    var writeIsTrim: [Bool] = []
+    var writeStart: [Int] = []
+    var writeCount: [Int] = []
+    var nextWriteKey: Int { writeData.count }
     var writesInFlight: [RequestID: InFlightWrite] = [:]
     var readsInFlight: [RequestID: InFlightRead] = [:]
     /// Durability, per sector: the value known durable and the writes since.
     var durableValue: [SectorValue]
     var sinceDurable: [[Int]]
-    var writeStart: [Int: Int] = [:]
-    var writeCount: [Int: Int] = [:]
     /// Writes acknowledged and not yet covered by a flush (keys, in order).
     var ackedNotDurable: [Int] = []
     var flushesInFlight: [RequestID: [Int]] = [:]
@@ -126,7 +127,7 @@ public final class DataChecker: SimChecker {
 
     /// The value sector `i` of write `key` stands for.
     func value(ofWrite key: Int, sector i: Int) -> SectorValue {
-        if writeIsTrim[key] == true { return .unknown }
+        if writeIsTrim[key] { return .unknown }
         return writeData[key] == nil ? .zero : .write(key, i)
     }
 
@@ -135,8 +136,7 @@ public final class DataChecker: SimChecker {
         switch v.key {
         case -2: return true
         case -1:
-            for i in 0..<512 where bytes[at + i] != 0 { return false }
-            return true
+            return bufferIsZero(bytes.baseAddress! + at, byteCount: 512)
         default:
             return memcmp(bytes.baseAddress! + at, writeData[v.key]!.baseAddress + v.index * 512, 512) == 0
         }
@@ -160,13 +160,18 @@ public final class DataChecker: SimChecker {
         }
     }
 
+    /// Records a write and returns its key.
+    @discardableResult
+    func addWrite(data: IOBuffer?, isTrim: Bool, start: Int, count: Int) -> Int {
+        writeData.append(data)
+        writeIsTrim.append(isTrim)
+        writeStart.append(start)
+        writeCount.append(count)
+        return writeData.count - 1
+    }
+
     func beginWrite(_ id: RequestID, start: Int, count: Int, data: IOBuffer?, isTrim: Bool) {
-        let key = nextWriteKey
-        nextWriteKey += 1
-        writeData[key] = data
-        if isTrim { writeIsTrim[key] = true }
-        writeStart[key] = start
-        writeCount[key] = count
+        let key = addWrite(data: data, isTrim: isTrim, start: start, count: count)
         let w = InFlightWrite(key: key, start: start, count: count)
         writesInFlight[id] = w
         for i in 0..<count { sinceDurable[start + i].append(key) }
@@ -219,8 +224,8 @@ public final class DataChecker: SimChecker {
     func makeDurable(_ keys: [Int]) {
         let set = Set(keys)
         for key in keys {
-            let start = writeStart[key]!
-            let count = writeCount[key]!
+            let start = writeStart[key]
+            let count = writeCount[key]
             for i in 0..<count {
                 let s = start + i
                 guard let index = sinceDurable[s].firstIndex(of: key) else { continue }
@@ -246,14 +251,11 @@ public final class DataChecker: SimChecker {
     /// After restart: every sector must hold its durable value or a later write's; the model then
     /// takes what is actually there.
     public func verifyAfterRestart(_ sim: Simulation, content: [UInt8]) {
-        let key = nextWriteKey
-        nextWriteKey += 1
-        writeData[key] = IOBuffer(content)
-        writeStart[key] = 0
+        let key = addWrite(data: IOBuffer(content), isTrim: false, start: 0, count: sectorCount)
         content.withUnsafeBytes { raw in
             for s in 0..<sectorCount {
                 var options = [durableValue[s]]
-                for k in sinceDurable[s] { options.append(value(ofWrite: k, sector: s - writeStart[k]!)) }
+                for k in sinceDurable[s] { options.append(value(ofWrite: k, sector: s - writeStart[k])) }
                 if !options.contains(where: { matches($0, raw, at: s * 512) }) {
                     let got = Array(content[(s * 512)..<((s + 1) * 512)])
                     sim.fail(.durability, "after the crash, array sector \(s) holds \(describe(got)); durable value was \(describe(durableValue[s])) with \(sinceDurable[s].count) later writes")

@@ -76,7 +76,7 @@ public final class SimMember: MemberDevice {
     @discardableResult
     public func write(offset: Int, data: [UInt8], fua: Bool) -> Bool {
         guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
-        current.replaceSubrange(offset..<(offset + data.count), with: data)
+        SimMember.copy(data, into: &current, at: offset)
         if !badSectors.isEmpty {
             for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
         }
@@ -91,8 +91,19 @@ public final class SimMember: MemberDevice {
                 unflushedIndex[sector] = Int32(i)
             }
         }
-        if fua { durable.replaceSubrange(offset..<(offset + data.count), with: data) }
+        if fua { SimMember.copy(data, into: &durable, at: offset) }
         return true
+    }
+
+    /// `bytes[at...]` = `data`, with one memcpy (`replaceSubrange` goes element by element).
+    static func copy(_ data: [UInt8], into bytes: inout [UInt8], at offset: Int) {
+        precondition(offset >= 0 && offset + data.count <= bytes.count, "copy past the end of the member")
+        bytes.withUnsafeMutableBytes { to in
+            data.withUnsafeBytes { from in
+                guard let source = from.baseAddress else { return }
+                (to.baseAddress! + offset).copyMemory(from: source, byteCount: from.count)
+            }
+        }
     }
 
     /// Everything completed so far becomes durable.
@@ -100,10 +111,13 @@ public final class SimMember: MemberDevice {
     public func flush() -> Bool {
         guard !dead else { return false }
         // Copy only what changed: sharing `current` would make the next write copy the device.
-        for sector in unflushedSectors where unflushedWrite[sector] >= 0 {
-            let range = (sector * 512)..<((sector + 1) * 512)
-            durable.replaceSubrange(range, with: current[range])
-            unflushedWrite[sector] = -1
+        current.withUnsafeBytes { from in
+            durable.withUnsafeMutableBytes { to in
+                for sector in unflushedSectors where unflushedWrite[sector] >= 0 {
+                    (to.baseAddress! + sector * 512).copyMemory(from: from.baseAddress! + sector * 512, byteCount: 512)
+                    unflushedWrite[sector] = -1
+                }
+            }
         }
         unflushedSectors.removeAll()
         unflushedWrites.removeAll()

@@ -492,3 +492,33 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
         #expect(h.data(r) == Array(first[0..<512]) + bytes(512, 3) + Array(first[1024...]))
     }
 }
+
+/// md's delayed stripes (STRIPE_DELAYED, preread_active_stripes, raid5_activate_delayed).
+@Suite struct DelayedWriteTests {
+    /// Row 0's two units get a write of data indices 0 and 1 (each needs data index 2's block
+    /// read); then a write of data index 2 arrives. Unit 0 reads at once; unit 1 waits on the
+    /// delayed list, takes the second write into its batch, and needs no read at all.
+    @Test func aWriteThatMustReadWaitsWhileAnotherStripeReadsAndJoinsTheWritesThatFollow() throws {
+        let h = try Harness.raid5()
+        let chunk = h.core.geometry.chunkBytes
+        h.submit(.write(offsetBytes: UInt64(6 * chunk), data: buf(512, 1), fua: false))
+        h.settle()  // the array is dirty on disk: the next writes go straight to their members
+        let before = h.issued.count
+        let first = bytes(2 * chunk, 2)
+        let second = bytes(chunk, 3)
+        let w1 = h.submit(.write(offsetBytes: 0, data: IOBuffer(first), fua: false))
+        #expect(h.core.delayedStripes.count == 1, "unit 1 did not wait for unit 0's read")
+        let w2 = h.submit(.write(offsetBytes: UInt64(2 * chunk), data: IOBuffer(second), fua: false))
+        h.settle()
+        #expect(h.clientResults[w1] == .done && h.clientResults[w2] == .done)
+        let reads = h.issued[before...].filter { !$0.isWrite && $0.purpose == .data }
+        #expect(reads.count == 1, "unit 1 read data index 2's block too")
+        #expect(h.core.preReadActiveStripes == 0 && h.core.delayedStripes.isEmpty)
+        let r = h.submit(.read(offsetBytes: 0, length: 3 * chunk))
+        h.settle()
+        #expect(h.data(r) == first + second)
+        h.set("sync_action", "check")
+        h.settle()
+        #expect(h.core.mismatchCount == 0)
+    }
+}

@@ -21,6 +21,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     var handshake: NBDHandshake
     var session: NBDSession?
     var context: ChannelHandlerContext?
+    /// Bytes received and not parsed yet.
     var cumulation: ByteBuffer?
     var inFlight = 0
     var inFlightBytes = 0
@@ -113,11 +114,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
-        if cumulation == nil {
-            cumulation = incoming
-        } else {
-            cumulation!.writeBuffer(&incoming)
-        }
+        appendReceived(&cumulation, &incoming)
         process(context)
     }
 
@@ -365,4 +362,20 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         context.flush()
         close(context)
     }
+}
+
+/// Appends received bytes to what waits to be parsed, dropping what was parsed first. A stream
+/// that leaves a few bytes of the next message after each read (TCP cuts anywhere) would
+/// otherwise grow one buffer without end: the parsed bytes ahead of the reader index are never
+/// reused, and each append past the capacity doubles it. The bytes moved are at most what one
+/// read brought (a connection at its bound stops reading).
+func appendReceived(_ cumulation: inout ByteBuffer?, _ incoming: inout ByteBuffer) {
+    guard var buffer = cumulation else {
+        cumulation = incoming
+        return
+    }
+    cumulation = nil  // the storage is now referenced once, and is moved in place
+    buffer.discardReadBytes()
+    buffer.writeBuffer(&incoming)
+    cumulation = buffer
 }

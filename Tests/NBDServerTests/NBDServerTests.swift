@@ -2,7 +2,8 @@ import DiskIO
 import Foundation
 import MDOffline
 import NBDProtocol
-import NBDServer
+@testable import NBDServer
+import NIOCore
 import RaidCore
 import TestSupport
 import Testing
@@ -397,4 +398,22 @@ final class FinishedCount: @unchecked Sendable {
     private var count = 0
     func add() { lock.withLock { count += 1 } }
     var value: Int { lock.withLock { count } }
+}
+
+/// The connection's receive buffer, fed as TCP feeds it: every read ends a few bytes into the
+/// next message, which stay unparsed until the next read.
+@Suite struct ReceiveBufferTests {
+    @Test func bytesLeftUnparsedAfterEveryReadDoNotGrowTheBuffer() {
+        var cumulation: ByteBuffer?
+        var largest = 0
+        for _ in 0..<2000 {
+            var incoming = ByteBuffer(repeating: 7, count: 64 << 10)
+            appendReceived(&cumulation, &incoming)
+            // Everything parsed but a partial 28-byte request header.
+            cumulation!.moveReaderIndex(forwardBy: cumulation!.readableBytes - 10)
+            largest = max(largest, cumulation!.capacity)
+        }
+        #expect(cumulation!.readableBytes == 10)
+        #expect(largest <= 256 << 10, "the receive buffer grew to \(largest) bytes")
+    }
 }

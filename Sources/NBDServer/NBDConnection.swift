@@ -24,7 +24,12 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// Bytes received and not parsed yet.
     var cumulation: ByteBuffer?
     var inFlight = 0
-    var inFlightBytes = 0
+    /// Bytes of this connection's requests in flight; the registry counts every connection's.
+    var inFlightBytes = 0 {
+        didSet { inFlightBytes > oldValue ? registry.take(inFlightBytes - oldValue) : registry.give(oldValue - inFlightBytes) }
+    }
+    /// On the registry's list of connections waiting for the server's byte bound to lift.
+    var waitingForServerBytes = false
     /// A write whose data is still arriving.
     var receiving: (cookie: UInt64, request: NBDValidRequest, buffer: IOBuffer, filled: Int)?
     /// Bytes of a refused write's data still to drop.
@@ -77,6 +82,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         closed = true
         handshakeTimer?.cancel()
         registry.remove(context.channel)
+        registry.stopWaiting(self)
         context.fireChannelInactive()
     }
 
@@ -96,8 +102,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     func finishIfInputEnded(_ context: ChannelHandlerContext) {
         guard inputEnded, !closed, !disconnecting, !processing else { return }
         guard session != nil else { return close(context) }
-        // Complete requests still wait for the bound to lift: a completion parses them.
-        if atBound { return }
+        // Complete requests still wait for the bound to lift: a completion parses them (or the
+        // server's bound lifting, for one with nothing of its own in flight).
+        if atBound { return waitIfAtServerBound() }
         if let cut = receiving {
             receiving = nil
             inFlight -= 1
@@ -120,11 +127,23 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelReadComplete(context: ChannelHandlerContext) {
         context.flush()
-        if wantsMoreInput { context.read() }
+        if wantsMoreInput { context.read() } else { waitIfAtServerBound() }
     }
 
-    /// Below the bounds, not disconnecting: keep reading the socket.
-    var wantsMoreInput: Bool { !closed && !disconnecting && !inputEnded && !atBound }
+    /// Stopped by the server's byte bound alone (not this connection's own): ask to be woken
+    /// when it lifts, as nothing of this connection's own may finish to wake it.
+    func waitIfAtServerBound() {
+        guard !closed, !disconnecting, registry.atByteBound, let context else { return }
+        registry.waitForBytes(self, on: context.eventLoop)
+    }
+
+    /// Below the bounds, not disconnecting: keep reading the socket. The data of a write already
+    /// taken (or of a refused one being dropped) is read whatever the bounds: they hold back new
+    /// requests, and a write larger than the connection's byte bound would otherwise wait for
+    /// the very bytes the connection stopped reading.
+    var wantsMoreInput: Bool {
+        !closed && !disconnecting && !inputEnded && (receiving != nil || discardRemaining > 0 || !atBound)
+    }
 
     /// At a bound: too many requests or bytes in flight, or replies waiting to be sent past the
     /// channel's high-water mark. Answered requests leave the in-flight count when their reply
@@ -133,7 +152,13 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// socket drains.
     var atBound: Bool {
         outboundBlocked || inFlight >= options.maxRequestsPerConnection
-            || (inFlight > 0 && inFlightBytes >= options.maxBytesPerConnection)
+            || (inFlight > 0 && inFlightBytes >= options.maxBytesPerConnection) || registry.atByteBound
+    }
+
+    /// The server's byte bound lifted (see `ConnectionRegistry.give`).
+    func resumeAfterServerBound() {
+        guard let context else { return }
+        resumeIfBelowBound(context)
     }
 
     /// Replies queued beyond the channel's write-buffer high-water mark (NIO's writability).
@@ -149,9 +174,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// Below every bound again: parse what waited and read the socket again (unless this comes
     /// while parsing, which then simply goes on).
     func resumeIfBelowBound(_ context: ChannelHandlerContext) {
-        guard !closed, !atBound, !processing else { return }
+        guard !closed, !processing else { return }
+        guard !atBound else { return waitIfAtServerBound() }
         process(context)
-        if wantsMoreInput { context.read() }
+        if wantsMoreInput { context.read() } else { waitIfAtServerBound() }
     }
 
     func close(_ context: ChannelHandlerContext) {
@@ -329,10 +355,14 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         switch result {
         case .data(let data):
             guard case .read(let offset, _) = request else { preconditionFailure("data for a request that is not a read") }
-            var buffer = context.channel.allocator.buffer(capacity: 32 + data.count)
+            var buffer = registry.replyBuffer(capacity: 32 + data.count, allocator: context.channel.allocator)
             buffer.writeBytes(NBDReply.readHeader(cookie: cookie, offset: offset, length: data.count, structured: structured))
             _ = data.withUnsafeBytes { buffer.writeBytes($0) }
-            context.write(wrapOutboundOut(buffer), promise: nil)
+            // Once the socket took it, the buffer serves a later reply (see `replyBuffer`).
+            let promise = context.eventLoop.makePromise(of: Void.self)
+            context.write(wrapOutboundOut(buffer), promise: promise)
+            let registry = self.registry
+            promise.futureResult.whenSuccess { registry.keepReplyBuffer(buffer) }
         case .done:
             send(context, NBDReply.done(cookie: cookie))
         case .failed(let error):

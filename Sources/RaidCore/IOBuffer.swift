@@ -1,5 +1,38 @@
 import Synchronization
 
+#if canImport(Glibc)
+import Glibc
+#elseif canImport(Darwin)
+import Darwin
+#endif
+
+/// Page-aligned memory for I/O buffers. From `mmap` at 128 KiB and above, given back with
+/// `munmap`: aligned blocks of a few hundred KiB carved from glibc's heaps, freed and asked for
+/// again, fragment them until the daemon's RSS is several times what it holds (measured: 195 to
+/// 299 MiB over four 1 GiB reads by four connections, against 70 MiB with these outside the
+/// heap). Smaller ones come from the allocator.
+enum IOMemory {
+    static let mapThresholdBytes = 128 << 10
+
+    static func allocate(_ byteCount: Int) -> UnsafeMutableRawPointer {
+        precondition(byteCount > 0, "an empty I/O buffer")
+        if byteCount >= mapThresholdBytes {
+            let p = mmap(nil, byteCount, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0)
+            guard let p, p != MAP_FAILED else { fatalError("out of memory: mmap of \(byteCount) bytes failed (errno \(errno))") }
+            return p
+        }
+        return .allocate(byteCount: byteCount, alignment: IOBufferStorage.alignment)
+    }
+
+    static func deallocate(_ pointer: UnsafeMutableRawPointer, _ byteCount: Int) {
+        if byteCount >= mapThresholdBytes {
+            precondition(munmap(pointer, byteCount) == 0, "munmap of an I/O buffer failed")
+        } else {
+            pointer.deallocate()
+        }
+    }
+}
+
 /// Memory that member I/O reads into and writes from, aligned for O_DIRECT, shared by reference:
 /// the core hands a stripe's block or a client's buffer to its shell as an `IOBuffer` and the
 /// shell gives the kernel that very memory (no copy into a fresh array per I/O).
@@ -27,7 +60,7 @@ public final class IOBufferStorage: @unchecked Sendable {
             base = IOBufferPool.shared.take(sizeClass)
         } else {
             self.sizeClass = nil
-            base = .allocate(byteCount: max(capacity, 1), alignment: IOBufferStorage.alignment)
+            base = IOMemory.allocate(max(capacity, 1))
         }
     }
 
@@ -35,7 +68,7 @@ public final class IOBufferStorage: @unchecked Sendable {
         if let sizeClass {
             IOBufferPool.shared.give(base, sizeClass)
         } else {
-            base.deallocate()
+            IOMemory.deallocate(base, max(capacity, 1))
         }
     }
 }
@@ -75,7 +108,7 @@ public final class IOBufferPool: Sendable {
     public let maxIdleBytes: Int
     private let idle: Mutex<Idle>
 
-    public static let shared = IOBufferPool(maxIdleBytes: 16 << 20)
+    public static let shared = IOBufferPool(maxIdleBytes: 8 << 20)
 
     init(maxIdleBytes: Int) {
         self.maxIdleBytes = maxIdleBytes
@@ -93,7 +126,7 @@ public final class IOBufferPool: Sendable {
             return address
         }
         if let reused, let pointer = UnsafeMutableRawPointer(bitPattern: reused) { return pointer }
-        return .allocate(byteCount: sizeClass.byteCount, alignment: IOBufferStorage.alignment)
+        return IOMemory.allocate(sizeClass.byteCount)
     }
 
     func give(_ pointer: UnsafeMutableRawPointer, _ sizeClass: SizeClass) {
@@ -104,7 +137,7 @@ public final class IOBufferPool: Sendable {
             idle.bytes += sizeClass.byteCount
             return true
         }
-        if !kept { pointer.deallocate() }
+        if !kept { IOMemory.deallocate(pointer, sizeClass.byteCount) }
     }
 }
 

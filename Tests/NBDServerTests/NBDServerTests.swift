@@ -74,6 +74,30 @@ import Testing
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
     }
 
+    /// A write larger than the connection's byte bound (32 MiB against 16): the connection takes
+    /// no new request while it is in flight, but its own data must keep arriving. Before, the
+    /// connection stopped reading the very data the write waited for, and nbdcopy hung.
+    @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
+    func aWriteLargerThanTheConnectionBoundIsReceivedWhole() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 40, chunkKiB: 512)
+        let input = array.dir.file("in.bin")
+        let output = array.dir.file("out.bin")
+        let size = 64 << 20
+        let file = try OutputFile(path: input)
+        for i in 0..<(size >> 20) { try DataPattern.bytes(count: 1 << 20, seed: UInt64(i)).withUnsafeBytes { try file.write($0) } }
+        try file.finish()
+        file.close()
+        // `timeout`: a hang fails the test instead of holding the run.
+        let copyIn = try client("timeout", ["60", which("nbdcopy")!, "--request-size=33554432", "--flush", input, array.uri])
+        #expect(copyIn.status == 0, "nbdcopy with 32 MiB writes: status \(copyIn.status) \(copyIn.stderr)")
+        let copyOut = try client("timeout", ["60", which("nbdcopy")!, array.uri, output])
+        await array.stop()
+        #expect(copyOut.status == 0, "\(copyOut.stderr)")
+        let back = try Data(contentsOf: URL(fileURLWithPath: output))
+        let sent = try Data(contentsOf: URL(fileURLWithPath: input))
+        #expect(back.prefix(size) == sent)
+    }
+
     @Test(.enabled(if: haveQemuIO, "qemu-io (qemu-utils) not installed; .ci/run installs it"))
     func fourWritersAndAFifthReader() async throws {
         let array = try await ServedArray.make(level: .raid6, disks: 5, memberMiB: 16)
@@ -233,6 +257,63 @@ import Testing
     /// Before that bound the server answered everything it was sent and held the replies (here
     /// 8000 of 64 KiB, 512 MiB), whatever the client read. Checked after every reply the client
     /// takes: requests answered never run ahead of replies read by more than the bounds allow.
+    /// Four clients each ask for 16 MiB at once (64 reads of 256 KiB, their connection's whole
+    /// bound): with a server-wide bound of 2 MiB, at most that plus one request is in flight at
+    /// any time, and every request is still answered (the connections that waited are woken).
+    @Test func theServerBoundsBytesInFlightAcrossConnections() async throws {
+        var options = NBDServerOptions()
+        options.maxBytesInFlight = 2 << 20
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, serverOptions: options)
+        let readBytes = 256 << 10
+        var clients: [RawClient] = []
+        for _ in 0..<4 {
+            let raw = try RawClient(port: array.port)
+            _ = try raw.negotiate(export: "served")
+            clients.append(raw)
+        }
+        // Each client on a thread of its own: send every request, then read every reply.
+        let answered = await withTaskGroup(of: Int.self) { group in
+            for (c, raw) in clients.enumerated() {
+                let fd = raw.fd
+                group.addTask {
+                    await withCheckedContinuation { continuation in
+                        Thread {
+                            var requests: [UInt8] = []
+                            for i in 0..<64 {
+                                requests += NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: UInt64(c * 64 + i), offset: UInt64(i * readBytes), length: UInt32(readBytes)).encoded()
+                            }
+                            var sent = 0
+                            while sent < requests.count {
+                                let n = requests[sent...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
+                                if n <= 0 { break }
+                                sent += n
+                            }
+                            var reply = [UInt8](repeating: 0, count: 16 + readBytes)
+                            var replies = 0
+                            receiving: for _ in 0..<64 {
+                                var got = 0
+                                while got < reply.count {
+                                    let n = reply[got...].withUnsafeMutableBytes { recv(fd, $0.baseAddress, $0.count, 0) }
+                                    if n <= 0 { break receiving }
+                                    got += n
+                                }
+                                replies += 1
+                            }
+                            continuation.resume(returning: replies)
+                        }.start()
+                    }
+                }
+            }
+            return await group.reduce(0, +)
+        }
+        #expect(answered == 4 * 64)
+        let server = array.server
+        let peak = try await array.engine.eventLoop.submit { server.connections.peakBytesInFlight }.get()
+        #expect(peak <= options.maxBytesInFlight + readBytes, "\(peak) bytes were in flight at once")
+        #expect(peak >= options.maxBytesInFlight, "the bound was never reached: the test proves nothing")
+        await array.stop()
+    }
+
     @Test func aClientThatDoesNotReadItsRepliesIsNotServedAheadOfIt() async throws {
         let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
         let raw = try RawClient(port: array.port)

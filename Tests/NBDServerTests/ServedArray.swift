@@ -20,7 +20,10 @@ final class ServedArray: @unchecked Sendable {
     var server: NBDServer
     var port: Int
 
-    static func make(level: RaidLevel = .raid6, disks: Int = 5, memberMiB: UInt64 = 16, chunkKiB: UInt64 = 64, bitmap: Bool = true, name: String = "served") async throws -> ServedArray {
+    static func make(
+        level: RaidLevel = .raid6, disks: Int = 5, memberMiB: UInt64 = 16, chunkKiB: UInt64 = 64, bitmap: Bool = true, name: String = "served",
+        serverOptions: NBDServerOptions = NBDServerOptions()
+    ) async throws -> ServedArray {
         let dir = TemporaryDirectory()
         var request = CreateRequest(
             level: level, raidDisks: disks, memberSizesSectors: [], arrayUUID: (0..<16).map { UInt8($0 * 3 + 5) },
@@ -33,7 +36,7 @@ final class ServedArray: @unchecked Sendable {
         request.homehost = "test"
         let paths = (0..<disks).map { dir.file("m\($0).img") }
         try ArrayCreator(paths: paths, request: request, options: CreateOptions()).run()
-        let (engine, server, port) = try await serve(paths)
+        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions)
         return ServedArray(dir: dir, paths: paths, engine: engine, server: server, port: port)
     }
 
@@ -45,12 +48,12 @@ final class ServedArray: @unchecked Sendable {
         self.port = port
     }
 
-    static func serve(_ paths: [String], readOnly: Bool = false) async throws -> (RaidEngine, NBDServer, Int) {
+    static func serve(_ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions()) async throws -> (RaidEngine, NBDServer, Int) {
         var options = EngineOptions()
         options.readOnly = readOnly
         options.ioThreads = 4
         let engine = try RaidEngine.assemble(paths: paths, options: options, logger: quietLogger)
-        var serverOptions = NBDServerOptions()
+        var serverOptions = serverOptions
         serverOptions.readOnly = readOnly
         let server = try await NBDServer.start(engine: engine, address: .tcp(host: "127.0.0.1", port: 0), options: serverOptions, logger: quietLogger)
         return (engine, server, server.localAddress!.port!)

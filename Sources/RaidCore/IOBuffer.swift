@@ -129,13 +129,33 @@ public final class IOBufferPool: Sendable {
         return IOMemory.allocate(sizeClass.byteCount)
     }
 
+    /// Keeps a released buffer for the next request of its class. When the idle bound is
+    /// reached, idle buffers of other classes go first (the largest classes first): the buffer
+    /// just released is the one most likely asked for again, and a pool full of another phase's
+    /// sizes would otherwise send every new request to the system (with `mmap`, a page fault
+    /// and a page of zeroes per 4 KiB).
     func give(_ pointer: UnsafeMutableRawPointer, _ sizeClass: SizeClass) {
         let address = UInt(bitPattern: pointer)
+        var evicted: [(UInt, Int)] = []
         let kept = idle.withLock { idle in
+            guard sizeClass.byteCount <= maxIdleBytes else { return false }
+            var index = SizeClass.count - 1
+            while idle.bytes + sizeClass.byteCount > maxIdleBytes && index >= 0 {
+                if index != sizeClass.index, let other = idle.free[index].popLast() {
+                    let bytes = 1 << (index + SizeClass.smallestShift)
+                    idle.bytes -= bytes
+                    evicted.append((other, bytes))
+                } else {
+                    index -= 1
+                }
+            }
             guard idle.bytes + sizeClass.byteCount <= maxIdleBytes else { return false }
             idle.free[sizeClass.index].append(address)
             idle.bytes += sizeClass.byteCount
             return true
+        }
+        for (other, bytes) in evicted {
+            if let p = UnsafeMutableRawPointer(bitPattern: other) { IOMemory.deallocate(p, bytes) }
         }
         if !kept { IOMemory.deallocate(pointer, sizeClass.byteCount) }
     }

@@ -57,10 +57,7 @@ import Testing
         let input = array.dir.file("in.bin")
         let output = array.dir.file("out.bin")
         let size = 256 << 20
-        let file = try OutputFile(path: input)
-        for i in 0..<(size >> 20) { try DataPattern.bytes(count: 1 << 20, seed: UInt64(i)).withUnsafeBytes { try file.write($0) } }
-        try file.finish()
-        file.close()
+        try writePatternFile(input, mebibytes: size >> 20)
         let copyIn = try client("nbdcopy", ["--flush", input, array.uri])
         #expect(copyIn.status == 0, "\(copyIn.stderr)")
         await array.stop()
@@ -83,10 +80,7 @@ import Testing
         let input = array.dir.file("in.bin")
         let output = array.dir.file("out.bin")
         let size = 64 << 20
-        let file = try OutputFile(path: input)
-        for i in 0..<(size >> 20) { try DataPattern.bytes(count: 1 << 20, seed: UInt64(i)).withUnsafeBytes { try file.write($0) } }
-        try file.finish()
-        file.close()
+        try writePatternFile(input, mebibytes: size >> 20)
         // `timeout`: a hang fails the test instead of holding the run.
         let copyIn = try client("timeout", ["60", which("nbdcopy")!, "--request-size=33554432", "--flush", input, array.uri])
         #expect(copyIn.status == 0, "nbdcopy with 32 MiB writes: status \(copyIn.status) \(copyIn.stderr)")
@@ -479,6 +473,14 @@ final class FinishedCount: @unchecked Sendable {
     private var count = 0
     func add() { lock.withLock { count += 1 } }
     var value: Int { lock.withLock { count } }
+}
+
+/// A file of `mebibytes` MiB of the data pattern (seed = the MiB's index), for nbdcopy to send.
+func writePatternFile(_ path: String, mebibytes: Int) throws {
+    let file = try OutputFile(path: path)
+    for i in 0..<mebibytes { try DataPattern.bytes(count: 1 << 20, seed: UInt64(i)).withUnsafeBytes { try file.write($0) } }
+    try file.finish()
+    file.close()
 }
 
 /// The connection's receive buffer, fed as TCP feeds it: every read ends a few bytes into the

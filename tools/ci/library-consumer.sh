@@ -9,7 +9,8 @@ repo="$(cd "$(dirname "$0")/../.." && pwd)"
 scratch="$(mktemp -d /tmp/swraid-consumer.XXXXXX)"
 keep=0
 [ "${1:-}" = "--keep" ] && keep=1
-cleanup() { [ "$keep" = 1 ] || rm -rf "$scratch"; }
+# SwiftPM also leaves lock files named after the package's path in /tmp ("_tmp_swraid-consumer.X_...").
+cleanup() { [ "$keep" = 1 ] || rm -rf "$scratch" /tmp/"$(echo "$scratch" | tr / _)"_*; }
 trap cleanup EXIT
 
 # The committed tree at HEAD, tagged with a version (the working tree's edits are not in it).

@@ -26,7 +26,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     var inFlight = 0
     /// Bytes of this connection's requests in flight; the registry counts every connection's.
     var inFlightBytes = 0 {
-        didSet { inFlightBytes > oldValue ? registry.take(inFlightBytes - oldValue) : registry.give(oldValue - inFlightBytes) }
+        didSet {
+            if inFlightBytes > oldValue { registry.take(inFlightBytes - oldValue) } else if inFlightBytes < oldValue { registry.give(oldValue - inFlightBytes) }
+        }
     }
     /// On the registry's list of connections waiting for the server's byte bound to lift.
     var waitingForServerBytes = false

@@ -47,6 +47,9 @@ extension RaidCore {
     /// Stripe units per chunk.
     var unitsPerChunk: UInt64 { geometry.chunkSectors / unitSectors }
 
+    /// The member sectors (relative to the data offset) of stripe units `units`.
+    func memberSectors(units: Range<UInt64>) -> Range<UInt64> { units.lowerBound * unitSectors..<units.upperBound * unitSectors }
+
     /// The runs of units a write of `[start, start + length)` array bytes overwrites on every data
     /// member, one per chunk row, that may be written as batches now: no stripe is active on
     /// them, nothing waits for a stripe, and no other batch is in flight in the row.
@@ -103,7 +106,7 @@ extension RaidCore {
     }
 
     func batchMetadataReady(_ batch: FullStripeBatch) -> Bool {
-        metadataReady(memberSectors: batch.firstUnit * unitSectors..<batch.endUnit * unitSectors)
+        metadataReady(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit))
     }
 
     /// Parity from the client's data, then one write per member for the whole run.
@@ -122,7 +125,7 @@ extension RaidCore {
         for (i, role) in parityRoles.enumerated() { blocks[role] = parity.base + i * runBytes }
         // The data is only read (the client's buffer is never written through these pointers).
         RowParity(row: row, level: geometry.level, byteCount: runBytes, zero: zeroPointer).computeParity { blocks[$0]! }
-        bitmap?.startWrite(memberSectors: batch.firstUnit * unitSectors..<batch.endUnit * unitSectors)
+        bitmap?.startWrite(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit))
         let fua = batch.op.fua
         for role in 0..<geometry.raidDisks where roleWritable(role, unit: batch.firstUnit) {
             let m = roleMember[role]!
@@ -156,7 +159,7 @@ extension RaidCore {
         precondition(batchesByChunkRow[batch.chunkRow] === batch, "finishing a full-stripe batch that is not in flight")
         batchesByChunkRow[batch.chunkRow] = nil
         batch.parity = nil
-        bitmap?.endWrite(memberSectors: batch.firstUnit * unitSectors..<batch.endUnit * unitSectors, degraded: degradedCount > 0)
+        bitmap?.endWrite(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit), degraded: degradedCount > 0)
         finishPieces(batch.op, count: batch.unitCount * dataDisks, error: isBroken ? .io : nil)
         serveStripeWaiters()
     }

@@ -103,7 +103,7 @@ extension RaidCore {
             case .writing:
                 let failed = isBroken
                 for p in s.writeBatch { finishPieces(p.op, count: 1, error: failed ? .io : nil) }
-                bitmap?.endWrite(memberSectors: s.unit * unitSectors..<(s.unit + 1) * unitSectors, degraded: degradedCount > 0)
+                bitmap?.endWrite(memberSectors: memberSectors(units: s.unit..<s.unit + 1), degraded: degradedCount > 0)
                 s.writeBatch.removeAll()
                 s.phase = .idle
             case .syncing:
@@ -330,7 +330,7 @@ extension RaidCore {
 
     /// The superblock says "dirty" on disk and the bitmap bits for this stripe are set.
     func metadataReady(for s: Stripe) -> Bool {
-        metadataReady(memberSectors: s.unit * unitSectors..<(s.unit + 1) * unitSectors)
+        metadataReady(memberSectors: memberSectors(units: s.unit..<s.unit + 1))
     }
 
     /// The superblock says "dirty" on disk and the bitmap bits of these member sectors are set.
@@ -410,7 +410,7 @@ extension RaidCore {
         var roles = written.map { row.dataDisk[$0] }
         if !skipParity { roles += [row.pDisk] + (row.qDisk.map { [$0] } ?? []) }
         let fua = s.writeBatch.contains { $0.op.fua }
-        bitmap?.startWrite(memberSectors: s.unit * unitSectors..<(s.unit + 1) * unitSectors)
+        bitmap?.startWrite(memberSectors: memberSectors(units: s.unit..<s.unit + 1))
         for role in roles.sorted() where roleWritable(role, unit: s.unit) {
             let m = roleMember[role]!
             s.ioIssued()

@@ -36,6 +36,9 @@ struct CoreBench: ParsableCommand {
         guard chunkKiB >= 4, chunkKiB <= 65536, chunkKiB & (chunkKiB - 1) == 0 else {
             throw CommandFailure(message: "--chunk-kib takes a power of two from 4 to 65536")
         }
+        guard stripeKiB >= 4, stripeKiB <= 32, stripeKiB & (stripeKiB - 1) == 0 else {
+            throw CommandFailure(message: "--stripe-kib takes a power of two from 4 to 32 (md's stripe_size)")
+        }
         #if DEBUG
         printError("warning: debug build; run `swift run -c release swraid bench core` for real figures")
         #endif

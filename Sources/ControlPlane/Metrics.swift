@@ -122,6 +122,16 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
         gauge("stripe_cache_active", "stripes", "md's stripe_cache_active: stripes in use.").set(Int64(s.stripeCacheActive))
         gauge("requests_in_flight", "requests", "Client requests inside the array.").set(Int64(s.requestsInFlight))
         gauge("bytes_in_flight", "bytes", "Client bytes inside the array.").set(Int64(s.bytesInFlight))
+        // How the core has written so far (counts since start; gauges, as the snapshot carries them).
+        let writePaths = [
+            ("read_modify_write", s.counters.readModifyWrites), ("reconstruct_write", s.counters.reconstructWrites),
+            ("full_stripe_batch", s.counters.fullStripeBatches), ("gathered_row", s.counters.gatheredRows),
+            ("gather_released", s.counters.gathersReleased),
+        ]
+        for (path, count) in writePaths {
+            gauge("write_paths", "count", "Stripe writes by how parity was made (read_modify_write, reconstruct_write), full-stripe batches, and rows of a write stream gathered into one (gathered_row) or sent to the stripes after all (gather_released).", [("path", path)])
+                .set(Int64(count))
+        }
         gauge("bitmap_dirty", "chunks", "Write-intent bitmap chunks set.").set(Int64(s.bitmapBitsSet))
         gauge("events", "count", "The superblocks' event count.").set(Int64(clamping: s.events))
         for m in s.members {

@@ -436,6 +436,7 @@ extension RaidCore {
     func stop(id: RequestID) {
         log(.info, "stopping")
         stopState = .stopping(waiters: [id], finalUpdateStarted: false)
+        releaseAllGathers()
         if sync.running != nil { interruptSync(waiter: nil) }
     }
 

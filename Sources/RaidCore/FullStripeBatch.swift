@@ -13,14 +13,17 @@ import RaidMath
 /// the item waits, as for a full cache), so a sync step or another write of those units comes
 /// strictly before or after it, as through a stripe.
 final class FullStripeBatch {
-    let op: ClientOp
     let row: StripeRow
     let chunkRow: UInt64
     /// Member stripe units `firstUnit ..< endUnit`, all in chunk row `chunkRow`.
     let firstUnit: UInt64
     let endUnit: UInt64
-    /// Where the bytes of data index `dd` at `firstUnit` sit in the request's data.
-    let requestOffsets: [Int]
+    /// The client data, ordered by data index then unit: each data index's segments cover
+    /// `firstUnit ..< endUnit` once, in order. One request gives one segment per data index; a
+    /// gathered row (`RowGather`) gives one per request and data index.
+    let segments: [BatchSegment]
+    /// Some request asked for FUA: every member write carries it.
+    let fua: Bool
     /// Member writes in flight.
     @exclusivity(unchecked) var pendingIO = 0
     @exclusivity(unchecked) var issued = false
@@ -28,19 +31,44 @@ final class FullStripeBatch {
     /// P then Q, each `unitCount` units, once the batch is issued.
     @exclusivity(unchecked) var parity: IOBufferStorage?
 
-    init(op: ClientOp, row: StripeRow, chunkRow: UInt64, firstUnit: UInt64, endUnit: UInt64, requestOffsets: [Int]) {
+    init(row: StripeRow, chunkRow: UInt64, firstUnit: UInt64, endUnit: UInt64, segments: [BatchSegment], dataDisks: Int) {
         precondition(endUnit > firstUnit, "an empty full-stripe batch")
-        self.op = op
+        // Paired with `issueFullStripeBatch`, which takes one pointer per data index for every
+        // unit of the run from these.
+        var next = [UInt64](repeating: firstUnit, count: dataDisks)
+        var lastIndex = 0
+        for segment in segments {
+            precondition(
+                segment.dataIndex >= lastIndex && segment.dataIndex < dataDisks && next[segment.dataIndex] == segment.firstUnit
+                    && segment.endUnit > segment.firstUnit,
+                "full-stripe batch segments out of order or overlapping")
+            lastIndex = segment.dataIndex
+            next[segment.dataIndex] = segment.endUnit
+        }
+        precondition(next.allSatisfy { $0 == endUnit }, "full-stripe batch segments leave a unit uncovered")
         self.row = row
         self.chunkRow = chunkRow
         self.firstUnit = firstUnit
         self.endUnit = endUnit
-        self.requestOffsets = requestOffsets
+        self.segments = segments
+        fua = segments.contains { $0.op.fua }
     }
 
     var unitCount: Int { Int(endUnit - firstUnit) }
 
     func contains(unit: UInt64) -> Bool { unit >= firstUnit && unit < endUnit }
+}
+
+/// Units `firstUnit ..< endUnit` of data index `dataIndex` in a full-stripe batch, from `op`'s
+/// data at `requestOffset` (the units follow each other in the request as on the member).
+struct BatchSegment {
+    let op: ClientOp
+    let dataIndex: Int
+    let firstUnit: UInt64
+    let endUnit: UInt64
+    let requestOffset: Int
+
+    var unitCount: Int { Int(endUnit - firstUnit) }
 }
 
 extension RaidCore {
@@ -71,15 +99,18 @@ extension RaidCore {
             let firstK = start <= rowStart ? 0 : (start - rowStart + unit - 1) / unit
             let endK = min(unitsPerChunk, (end - rowStart - lastChunkStart) / unit)
             defer { rowNumber += 1 }
-            guard endK > firstK, batchesByChunkRow[rowNumber] == nil else { continue }
+            // A gathered row comes first: this write's units there join it, or flush it.
+            guard endK > firstK, batchesByChunkRow[rowNumber] == nil, gathersByChunkRow[rowNumber] == nil else { continue }
             let row = geometry.stripeRow(rowNumber)
             // DDF layouts feed zero blocks at some syndrome slots, sized for one unit only.
             guard row.qDisk == nil || row.syndromeSlotCount == dataDisks else { continue }
             let firstUnit = rowNumber * unitsPerChunk + firstK
             let endUnit = rowNumber * unitsPerChunk + endK
             if !stripeByUnit.isEmpty, (firstUnit..<endUnit).contains(where: { stripeByUnit[$0] != nil }) { continue }
-            let offsets = (0..<dataDisks).map { dd in Int(rowStart + UInt64(dd) * chunkBytes + firstK * unit - start) }
-            batches.append(FullStripeBatch(op: op, row: row, chunkRow: rowNumber, firstUnit: firstUnit, endUnit: endUnit, requestOffsets: offsets))
+            let segments = (0..<dataDisks).map { dd in
+                BatchSegment(op: op, dataIndex: dd, firstUnit: firstUnit, endUnit: endUnit, requestOffset: Int(rowStart + UInt64(dd) * chunkBytes + firstK * unit - start))
+            }
+            batches.append(FullStripeBatch(row: row, chunkRow: rowNumber, firstUnit: firstUnit, endUnit: endUnit, segments: segments, dataDisks: dataDisks))
         }
         return batches
     }
@@ -109,39 +140,58 @@ extension RaidCore {
         metadataReady(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit))
     }
 
-    /// Parity from the client's data, then one write per member for the whole run.
+    /// Parity from the client's data, then one write per data segment and one per parity member
+    /// for the whole run.
     func issueFullStripeBatch(_ batch: FullStripeBatch) {
         precondition(!batch.issued, "full-stripe batch issued twice")
         batch.issued = true
         let runBytes = batch.unitCount * unitBytes
         let row = batch.row
-        let data = batch.op.data!
         let parityRoles = [row.pDisk] + (row.qDisk.map { [$0] } ?? [])
         let parity = IOBufferStorage(capacity: parityRoles.count * runBytes)
         batch.parity = parity
-        // Data index dd's run is at data + requestOffsets[dd]; P at parity, Q after it.
+        // Parity over sub-runs in which every data index reads from one segment: the runs between
+        // consecutive segment boundaries. One request makes a single sub-run.
+        var cuts = batch.segments.map(\.firstUnit) + [batch.endUnit]
+        cuts.sort()
+        var segmentOf = [Int](repeating: 0, count: dataDisks)  // index into segments, per data index
+        for (i, segment) in batch.segments.enumerated().reversed() { segmentOf[segment.dataIndex] = i }
         var blocks = [UnsafeMutableRawPointer?](repeating: nil, count: geometry.raidDisks)
-        for (dd, disk) in row.dataDisk.enumerated() { blocks[disk] = UnsafeMutableRawPointer(mutating: data.baseAddress) + batch.requestOffsets[dd] }
-        for (i, role) in parityRoles.enumerated() { blocks[role] = parity.base + i * runBytes }
-        // The data is only read (the client's buffer is never written through these pointers).
-        RowParity(row: row, level: geometry.level, byteCount: runBytes, zero: zeroPointer).computeParity { blocks[$0]! }
-        bitmap?.startWrite(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit))
-        let fua = batch.op.fua
-        for role in 0..<geometry.raidDisks where roleWritable(role, unit: batch.firstUnit) {
-            let m = roleMember[role]!
-            let buffer: IOBuffer
-            let purpose: MemberIOPurpose
-            if case .data(let dd) = row.content(ofDisk: role) {
-                buffer = data.slice(batch.requestOffsets[dd]..<batch.requestOffsets[dd] + runBytes)
-                purpose = .data
-            } else {
-                buffer = IOBuffer(storage: parity, offset: parityRoles.firstIndex(of: role)! * runBytes, count: runBytes)
-                purpose = .parity
+        var subStart = batch.firstUnit
+        for cut in cuts where cut > subStart {
+            let offsetInRun = Int(subStart - batch.firstUnit) * unitBytes
+            for (dd, disk) in row.dataDisk.enumerated() {
+                while batch.segments[segmentOf[dd]].endUnit <= subStart { segmentOf[dd] += 1 }
+                let segment = batch.segments[segmentOf[dd]]
+                precondition(segment.dataIndex == dd && segment.firstUnit <= subStart && segment.endUnit >= cut, "a parity sub-run crosses a segment")
+                // The data is only read (the client's buffer is never written through these pointers).
+                blocks[disk] = UnsafeMutableRawPointer(mutating: segment.op.data!.baseAddress)
+                    + segment.requestOffset + Int(subStart - segment.firstUnit) * unitBytes
             }
+            for (i, role) in parityRoles.enumerated() { blocks[role] = parity.base + i * runBytes + offsetInRun }
+            RowParity(row: row, level: geometry.level, byteCount: Int(cut - subStart) * unitBytes, zero: zeroPointer).computeParity { blocks[$0]! }
+            subStart = cut
+        }
+        precondition(subStart == batch.endUnit, "parity left part of a full-stripe batch out")
+        bitmap?.startWrite(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit))
+        for segment in batch.segments {
+            let role = row.dataDisk[segment.dataIndex]
+            guard roleWritable(role, unit: batch.firstUnit) else { continue }
+            let m = roleMember[role]!
+            let bytes = segment.unitCount * unitBytes
+            batch.pendingIO += 1
+            issue(
+                .fullStripeWrite(batch, member: m), member: m, offsetBytes: memberOffset(m, unit: segment.firstUnit),
+                kind: .write(from: segment.op.data!.slice(segment.requestOffset..<segment.requestOffset + bytes), fua: batch.fua),
+                purpose: .data)
+        }
+        for (i, role) in parityRoles.enumerated() where roleWritable(role, unit: batch.firstUnit) {
+            let m = roleMember[role]!
             batch.pendingIO += 1
             issue(
                 .fullStripeWrite(batch, member: m), member: m, offsetBytes: memberOffset(m, unit: batch.firstUnit),
-                kind: .write(from: buffer, fua: fua), purpose: purpose)
+                kind: .write(from: IOBuffer(storage: parity, offset: i * runBytes, count: runBytes), fua: batch.fua),
+                purpose: .parity)
         }
         if batch.pendingIO == 0 { finishFullStripeBatch(batch) }
     }
@@ -160,7 +210,8 @@ extension RaidCore {
         batchesByChunkRow[batch.chunkRow] = nil
         batch.parity = nil
         bitmap?.endWrite(memberSectors: memberSectors(units: batch.firstUnit..<batch.endUnit), degraded: degradedCount > 0)
-        finishPieces(batch.op, count: batch.unitCount * dataDisks, error: isBroken ? .io : nil)
+        let error: ClientError? = isBroken ? .io : nil
+        for segment in batch.segments { finishPieces(segment.op, count: segment.unitCount, error: error) }
         serveStripeWaiters()
     }
 

@@ -72,6 +72,17 @@ public final class RaidCore {
     @exclusivity(unchecked) var readyStripes = Deque<Stripe>()
     /// Full-stripe batches in flight, by chunk row (at most one per row; see `FullStripeBatch`).
     @exclusivity(unchecked) var batchesByChunkRow: [UInt64: FullStripeBatch] = [:]
+    /// Rows of a write stream held for the rest of the row (see `RowGather`): by chunk row, and
+    /// oldest first (deadlines follow that order); at most `maxGatheredRows`.
+    @exclusivity(unchecked) var gathersByChunkRow: [UInt64: RowGather] = [:]
+    @exclusivity(unchecked) var gathers: [RowGather] = []
+    /// When the gather timer is due, if armed.
+    @exclusivity(unchecked) var gatherTimerDeadline: Nanoseconds?
+    /// The last large writes' ranges (a ring), to recognise a stream.
+    @exclusivity(unchecked) var recentLargeWrites: [Range<UInt64>] = []
+    @exclusivity(unchecked) var nextRecentLargeWrite = 0
+    @exclusivity(unchecked) var gatherCredit = RaidCore.maxGatherCredit / 2
+    @exclusivity(unchecked) var gatherProbeCountdown = RaidCore.gatherProbeInterval
 
     // Requests.
     @exclusivity(unchecked) var nextIOID: UInt64 = 1
@@ -343,6 +354,7 @@ public final class RaidCore {
             out.append(.completeClient(id, .failed(.busy)))
             return
         }
+        let gather = writeLooksSequential(op)
         requestsInFlight += 1
         bytesInFlight += op.byteCount
         if case .flush = request {
@@ -359,7 +371,7 @@ public final class RaidCore {
         piecesInFlight += pieces.count + batchPieces
         if op.isWrite {
             for batch in batches { startFullStripeBatch(batch) }
-            for piece in pieces { route(piece) }
+            routeWrites(pieces, gather: gather, startRow: gather ? gatherStartRow(op) : nil)
         } else {
             routeReads(pieces)
         }
@@ -725,6 +737,7 @@ public final class RaidCore {
         case .safeMode: safeModeTimerFired()
         case .syncThrottle: sync.throttledUntil = nil; pumpSync()
         case .bitmapDaemon: bitmapDaemonFired()
+        case .writeGather: writeGatherTimerFired()
         }
     }
 }
@@ -744,6 +757,10 @@ public struct CoreCounters: Sendable, Equatable {
     public var degradedWrites = 0
     /// Runs of full-stripe units written as one batch (no stripe, no read, one write per member).
     public var fullStripeBatches = 0
+    /// Chunk rows a write stream completed while gathered (each also one full-stripe batch).
+    public var gatheredRows = 0
+    /// Gathered rows that went to the stripes instead (deadline, overlap, stop).
+    public var gathersReleased = 0
     public var bitmapWrites = 0
     public var rebuiltBlocks = 0
     /// Stripe units a resync, recovery, check or repair has finished (a bitmap-guided resync

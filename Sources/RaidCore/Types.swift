@@ -49,12 +49,15 @@ public enum TimerID: Hashable, Sendable, CaseIterable, CustomStringConvertible {
     case syncThrottle
     /// The bitmap daemon: clears bits of regions idle since the last sweep.
     case bitmapDaemon
+    /// Rows of a write stream held past `writeGatherDelayNanos` go to the stripes.
+    case writeGather
 
     public var description: String {
         switch self {
         case .safeMode: return "safe-mode"
         case .syncThrottle: return "sync-throttle"
         case .bitmapDaemon: return "bitmap-daemon"
+        case .writeGather: return "write-gather"
         }
     }
 }
@@ -240,6 +243,10 @@ public struct CoreConfig: Sendable, Equatable {
     public var stripeCacheSize = 256
     /// `stripe_size`: bytes per member in one stripe (md: 4096).
     public var stripeSizeBytes = 4096
+    /// How long the whole units a sequential write stream leaves in a chunk row wait for the
+    /// rest of the row before they go to the stripes (see `RowGather`; no md counterpart;
+    /// 0 disables).
+    public var writeGatherDelayNanos: Nanoseconds = 10 * nanosPerMilli
     /// `safe_mode_delay`: idle time before the array is marked clean (md: 200 ms; 0 disables).
     public var safeModeDelayNanos: Nanoseconds = 200 * nanosPerMilli
     /// `sync_speed_min` / `sync_speed_max` in KiB/s of the core's time.

@@ -357,6 +357,9 @@ public final class Simulation: LivenessSubject, CoreShell {
             drain()
         }
         if failure == nil { scenario.finish(self) }
+        // How often the core's write-stream gathering was exercised (the last core of the run).
+        count("gathered rows", driver.core.counters.gatheredRows)
+        count("gathered rows released to stripes", driver.core.counters.gathersReleased)
         return SimResult(
             seed: seed, scenario: scenario.name, failure: failure, traceHash: trace.value, events: eventCount, simulatedNanos: now,
             report: failure == nil ? [] : failureReport(), stats: stats)

@@ -33,10 +33,32 @@ extension SteppedArray {
     }
 
     func fireNextTimer(_ timer: TimerID) { fireTimer(timer) }
+
+    /// Reads `expected.count` bytes at `offset` back, then runs a check: the data a test wrote
+    /// is there, and parity agrees with it.
+    func expectDataAndParity(at offset: UInt64, _ expected: [UInt8], sourceLocation: SourceLocation = #_sourceLocation) {
+        let r = submit(.read(offsetBytes: offset, length: expected.count))
+        settle()
+        #expect(data(r) == expected, "the data read back differs", sourceLocation: sourceLocation)
+        set("sync_action", "check")
+        settle()
+        #expect(core.mismatchCount == 0, "check found parity mismatches", sourceLocation: sourceLocation)
+    }
 }
 
 func bytes(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ Int(seed)) } }
 func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
+/// Bytes that do not repeat from one 4 KiB unit to the next (`bytes` repeats every 256), so a
+/// block taken from the wrong unit shows.
+func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
+    var x = UInt64(seed) &* 0x9E37_79B9_7F4A_7C15 | 1
+    return (0..<n).map { _ in
+        x ^= x << 13
+        x ^= x >> 7
+        x ^= x << 17
+        return UInt8(truncatingIfNeeded: x)
+    }
+}
 
 @Suite struct ArrayStateTests {
     @Test func cleanDirtyCleanAsMdDoes() throws {
@@ -433,12 +455,7 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
             #expect(io.map(\.byteCount) == Array(repeating: g.chunkBytes, count: 2 * g.raidDisks))
             #expect(h.core.counters.fullStripeBatches == 2)
             #expect(h.core.stripeCacheActive == 0)
-            let r = h.submit(.read(offsetBytes: UInt64(row), length: 2 * row))
-            h.settle()
-            #expect(h.data(r) == data)
-            h.set("sync_action", "check")
-            h.settle()
-            #expect(h.core.mismatchCount == 0)
+            h.expectDataAndParity(at: UInt64(row), data)
         }
     }
 
@@ -462,12 +479,7 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
         let io = dataAndParityIO(h, since: before)
         #expect(io.filter(\.isWrite).map(\.byteCount).sorted() == Array(repeating: 4096, count: 7) + Array(repeating: 8192, count: 4))
         #expect(io.filter { !$0.isWrite }.map(\.byteCount) == [4096])
-        let r = h.submit(.read(offsetBytes: 0, length: 3 * row))
-        h.settle()
-        #expect(h.data(r) == Array(old[0..<4096]) + data + Array(old[(2 * row)...]))
-        h.set("sync_action", "check")
-        h.settle()
-        #expect(h.core.mismatchCount == 0)
+        h.expectDataAndParity(at: 0, Array(old[0..<4096]) + data + Array(old[(2 * row)...]))
     }
 
     /// A batch owns its units until its writes land: a later write to one of them waits for a
@@ -493,6 +505,91 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
     }
 }
 
+/// Rows of a sequential write stream gathered across requests (`RowGather`).
+@Suite struct WriteGatherTests {
+    /// A stream of half-row writes with others in flight: each row, completed by the next
+    /// write, is written as one full-stripe batch with no read, from two requests' buffers.
+    @Test func aStreamOfHalfRowWritesIsWrittenAsFullRowsWithoutReads() throws {
+        for h in [try Harness.raid5(), try Harness.raid6()] {
+            let g = h.core.geometry
+            let row = g.chunkBytes * g.dataDisks
+            h.submit(.write(offsetBytes: UInt64(6 * row), data: buf(512, 1), fua: false))
+            h.settle()  // the array is dirty on disk
+            let before = h.issued.count
+            // Half rows of whole units: 12 KiB of a 24 KiB row (RAID5 of 4), 16 of 32 (RAID6 of 6).
+            let half = row / 2
+            var written: [UInt8] = []
+            var ids: [RequestID] = []
+            for i in 0..<8 {
+                let data = noise(half, UInt8(10 + i))
+                written += data
+                ids.append(h.submit(.write(offsetBytes: UInt64(i * half), data: IOBuffer(data), fua: false)))
+            }
+            h.settle()
+            // The first write had nothing else in flight, so its row went to the stripes; the
+            // next three rows were gathered.
+            #expect(h.core.counters.gatheredRows == 3, "gathered \(h.core.counters.gatheredRows) rows")
+            let dataStart = h.superblock(0).dataOffsetSectors * 512  // the same on every member
+            let rows1to3 = h.issued[before...].filter { ($0.purpose == .data || $0.purpose == .parity) && $0.offsetBytes >= dataStart + UInt64(g.chunkBytes) }
+            #expect(rows1to3.allSatisfy { $0.isWrite }, "gathered rows read \(rows1to3.filter { !$0.isWrite }.count) blocks")
+            #expect(ids.allSatisfy { h.clientResults[$0] == .done })
+            h.expectDataAndParity(at: 0, written)
+        }
+    }
+}
+
+extension WriteGatherTests {
+    /// On RAID5 of 4 with rows of 24 KiB: half a row at row 0 (nothing recent to be near: it
+    /// goes to the stripes), then `data`, the first half of row 2, near it: held.
+    func holdHalfOfRowTwo(_ data: (Int) -> [UInt8]) throws -> (h: Harness, row: Int, held: RequestID) {
+        let h = try Harness.raid5()
+        let row = h.core.geometry.chunkBytes * h.core.geometry.dataDisks
+        h.submit(.write(offsetBytes: UInt64(6 * row), data: buf(512, 1), fua: false))
+        h.settle()
+        h.submit(.write(offsetBytes: 0, data: buf(row / 2, 2), fua: false))
+        h.settle()
+        let held = h.submit(.write(offsetBytes: UInt64(2 * row), data: IOBuffer(data(row)), fua: false))
+        h.settle()
+        #expect(h.clientResults[held] == nil, "the write was not held")
+        return (h, row, held)
+    }
+
+    /// The rest of the row never comes: at the deadline the held units go to the stripes and
+    /// the write completes, with data and parity right.
+    @Test func aRowLeftIncompleteGoesToTheStripesAtTheDeadline() throws {
+        let (h, row, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        #expect(h.pendingIO.isEmpty)
+        #expect(h.timers[.writeGather] != nil, "no deadline armed for the held row")
+        h.fireTimer(.writeGather)
+        h.settle()
+        #expect(h.clientResults[held] == .done)
+        #expect(h.core.counters.gathersReleased == 1 && h.core.counters.gatheredRows == 0)
+        h.expectDataAndParity(at: UInt64(2 * row), noise(row / 2, 5))
+    }
+
+    /// A later write over held units sends them to the stripes first, so they land in order:
+    /// the later data wins.
+    @Test func aLaterWriteOverHeldUnitsLandsAfterThem() throws {
+        let (h, row, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        let first = noise(row / 2, 5)
+        let second = noise(4096, 9)
+        let later = h.submit(.write(offsetBytes: UInt64(2 * row + 4096), data: IOBuffer(second), fua: false))
+        #expect(h.core.counters.gathersReleased == 1, "the overlapping write did not release the held row")
+        h.settle()
+        #expect(h.clientResults[held] == .done && h.clientResults[later] == .done)
+        h.expectDataAndParity(at: UInt64(2 * row), Array(first[0..<4096]) + second + Array(first[8192...]))
+    }
+
+    /// Stopping the array does not wait for the deadline: held units go to the stripes at once.
+    @Test func stoppingSendsHeldRowsToTheStripesAtOnce() throws {
+        let (h, _, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        let stop = h.control(.stop)
+        h.settle()
+        #expect(h.clientResults[held] == .done)
+        #expect(h.controlResult(stop) == .done)
+    }
+}
+
 /// md's delayed stripes (STRIPE_DELAYED, preread_active_stripes, raid5_activate_delayed).
 @Suite struct DelayedWriteTests {
     /// Row 0's two units get a write of data indices 0 and 1 (each needs data index 2's block
@@ -514,11 +611,6 @@ func buf(_ n: Int, _ seed: UInt8) -> IOBuffer { IOBuffer(bytes(n, seed)) }
         let reads = h.issued[before...].filter { !$0.isWrite && $0.purpose == .data }
         #expect(reads.count == 1, "unit 1 read data index 2's block too")
         #expect(h.core.preReadActiveStripes == 0 && h.core.delayedStripes.isEmpty)
-        let r = h.submit(.read(offsetBytes: 0, length: 3 * chunk))
-        h.settle()
-        #expect(h.data(r) == first + second)
-        h.set("sync_action", "check")
-        h.settle()
-        #expect(h.core.mismatchCount == 0)
+        h.expectDataAndParity(at: 0, first + second)
     }
 }

@@ -1,0 +1,226 @@
+import MDFormat
+
+/// The whole stripe units that writes of a sequential stream put in one chunk row, held for a
+/// moment so that the writes which follow can complete the row: a completed row is written as
+/// one full-stripe batch, with no read and no stripe, instead of a read-modify-write per 4 KiB
+/// stripe.
+///
+/// md gets its full-stripe writes from the writer's plug (a page-cache flush hands it a whole
+/// row of bios before any stripe is handled) and from its delayed list. An NBD client's stream
+/// comes as separate requests, often smaller than a row (nbdcopy sends 256 KiB or 1 MiB against
+/// a 1.5 MiB row of RAID5 of 4 with 512K chunks) and over several connections, so each request
+/// alone leaves every stripe it touches partial; the delayed list then holds stripes only
+/// while another stripe pre-reads, far shorter than the gap between requests.
+///
+/// Only writes that look like a stream are held: not FUA, at least `gatherMinimumBytes`, near a
+/// recent large write, and with other writes in flight (at queue depth 1 the next write waits
+/// for this one, so holding could only add latency). A gathered row goes to the stripes, as
+/// any write would, when `writeGatherDelayNanos` passes, when a later write overlaps it, when
+/// the row cannot be batched, or when the array stops. Reads never wait for it: a write held
+/// here has not completed, so a read that overlaps it may see the old data, as NBD allows for
+/// a read concurrent with a write.
+final class RowGather {
+    let chunkRow: UInt64
+    /// When the row goes to the stripes if it is still incomplete.
+    let deadline: Nanoseconds
+    /// The pieces held, in arrival order (each one whole stripe unit of one data member).
+    @exclusivity(unchecked) var pieces: [Piece] = []
+    /// Which units are held: `dataIndex * unitsPerChunk + unit-in-chunk`.
+    @exclusivity(unchecked) var covered: [Bool]
+    @exclusivity(unchecked) var coveredCount = 0
+
+    init(chunkRow: UInt64, deadline: Nanoseconds, slots: Int) {
+        self.chunkRow = chunkRow
+        self.deadline = deadline
+        covered = [Bool](repeating: false, count: slots)
+    }
+}
+
+extension RaidCore {
+    /// Rows gathered at once; further stream writes go to the stripes directly.
+    static let maxGatheredRows = 32
+    /// Recent large writes remembered to recognise a stream.
+    static let recentLargeWriteCount = 8
+    /// Gathering goes on while it pays: a completed row adds one to the credit, a row that
+    /// waited in vain takes two away; at zero, one stream write in `gatherProbeInterval` is
+    /// held to find out whether it pays again.
+    static let maxGatherCredit = 8
+    static let gatherProbeInterval = 256
+
+    /// The smallest write that may be held: smaller ones are not worth a wait.
+    var gatherMinimumBytes: Int { min(64 << 10, geometry.chunkBytes) }
+
+    /// Remembers a large write's range and says whether this write looks like part of a stream
+    /// whose other writes are in flight (call before `beginWrite` counts it).
+    /// The row in which `op` may start a gather: its last, when it ends inside it.
+    func gatherStartRow(_ op: ClientOp) -> UInt64? {
+        guard case .write(let start, let data, _) = op.request, data.count > 0 else { return nil }
+        let rowBytes = UInt64(geometry.chunkBytes * dataDisks)
+        let end = start + UInt64(data.count)
+        return end % rowBytes == 0 ? nil : end / rowBytes
+    }
+
+    func writeLooksSequential(_ op: ClientOp) -> Bool {
+        guard case .write(let start, let data, let fua) = op.request, data.count >= gatherMinimumBytes else { return false }
+        let end = start + UInt64(data.count)
+        // Several connections deliver a stream a few requests out of order: near a recent write
+        // counts, not only right after it.
+        let window = 4 * UInt64(geometry.chunkBytes * dataDisks)
+        let near = recentLargeWrites.contains { r in
+            (start >= r.upperBound ? start - r.upperBound : r.upperBound - start) <= window
+                || (end >= r.lowerBound ? end - r.lowerBound : r.lowerBound - end) <= window
+        }
+        if recentLargeWrites.count < Self.recentLargeWriteCount {
+            recentLargeWrites.append(start..<end)
+        } else {
+            recentLargeWrites[nextRecentLargeWrite] = start..<end
+        }
+        nextRecentLargeWrite = (nextRecentLargeWrite + 1) % Self.recentLargeWriteCount
+        guard near, !fua, config.writeGatherDelayNanos > 0 else { return false }
+        if gatherCredit > 0 { return true }
+        // Holding has not paid lately (a writer at queue depth 1 sends the rest of a row only
+        // after this write completes): try again now and then.
+        gatherProbeCountdown -= 1
+        guard gatherProbeCountdown <= 0 else { return false }
+        gatherProbeCountdown = Self.gatherProbeInterval
+        return true
+    }
+
+    /// A write-kind request's pieces (in array order): whole units of a stream write join their
+    /// row's gather, or start one in `startRow` (the write's last row, when the write ends inside
+    /// it: the rest of a forward stream comes after); everything else goes to its stripe, after
+    /// any gather it overlaps.
+    func routeWrites(_ pieces: [Piece], gather: Bool, startRow: UInt64?) {
+        var i = 0
+        while i < pieces.count {
+            // The pieces of one chunk row follow each other.
+            let chunkRow = pieces[i].unit / unitsPerChunk
+            var end = i + 1
+            while end < pieces.count && pieces[end].unit / unitsPerChunk == chunkRow { end += 1 }
+            defer { i = end }
+            if let held = gathersByChunkRow[chunkRow], pieces[i..<end].contains(where: { held.covered[gatherSlot($0)] }) {
+                // A later write of the same units: the held ones go first, through the stripes.
+                releaseGather(held)
+            }
+            guard gather else {
+                for piece in pieces[i..<end] { route(piece) }
+                continue
+            }
+            var row = gathersByChunkRow[chunkRow]
+            // A row that went to the stripes finishes there: a new gather of its other units
+            // could never complete.
+            let rowUnits = chunkRow * unitsPerChunk..<(chunkRow + 1) * unitsPerChunk
+            let rowHasStripes = row == nil && !stripeByUnit.isEmpty && rowUnits.contains { stripeByUnit[$0] != nil }
+            for piece in pieces[i..<end] {
+                guard !rowHasStripes, piece.offsetInBlock == 0 && piece.length == unitBytes && stripeByUnit[piece.unit] == nil else {
+                    route(piece)
+                    continue
+                }
+                if row == nil {
+                    guard chunkRow == startRow else {
+                        route(piece)
+                        continue
+                    }
+                    // DDF layouts feed zero blocks at some syndrome slots, sized for one unit only.
+                    let stripeRow = geometry.stripeRow(chunkRow)
+                    guard gathers.count < Self.maxGatheredRows, stripeRow.qDisk == nil || stripeRow.syndromeSlotCount == dataDisks else {
+                        route(piece)
+                        continue
+                    }
+                    row = startGather(chunkRow: chunkRow)
+                }
+                let held = row!
+                let slot = gatherSlot(piece)
+                precondition(!held.covered[slot], "a gathered unit held twice")
+                held.covered[slot] = true
+                held.coveredCount += 1
+                held.pieces.append(piece)
+            }
+            if let held = row, held.coveredCount == held.covered.count { completeGather(held) }
+        }
+    }
+
+    func gatherSlot(_ piece: Piece) -> Int { piece.dataIndex * Int(unitsPerChunk) + Int(piece.unit % unitsPerChunk) }
+
+    func startGather(chunkRow: UInt64) -> RowGather {
+        let held = RowGather(chunkRow: chunkRow, deadline: now + config.writeGatherDelayNanos, slots: dataDisks * Int(unitsPerChunk))
+        gathersByChunkRow[chunkRow] = held
+        gathers.append(held)
+        // Deadlines follow creation order: one timer, for the oldest.
+        if gatherTimerDeadline == nil {
+            gatherTimerDeadline = held.deadline
+            armTimer(.writeGather, at: held.deadline)
+        }
+        return held
+    }
+
+    func forgetGather(_ held: RowGather) {
+        precondition(gathersByChunkRow[held.chunkRow] === held, "a gather that is not held")
+        gathersByChunkRow[held.chunkRow] = nil
+        gathers.removeAll { $0 === held }
+    }
+
+    /// Every unit of the row is held: one full-stripe batch for the row when nothing else is
+    /// on its units, else the stripes.
+    func completeGather(_ held: RowGather) {
+        forgetGather(held)
+        let firstUnit = held.chunkRow * unitsPerChunk
+        let endUnit = firstUnit + unitsPerChunk
+        // An older write parked for a stripe of the row must land first: the stripes keep order.
+        let free = batchesByChunkRow[held.chunkRow] == nil
+            && (stripeByUnit.isEmpty || !(firstUnit..<endUnit).contains { stripeByUnit[$0] != nil })
+            && !(stripeWaitersHead..<stripeWaiters.count).contains { (firstUnit..<endUnit).contains(stripeWaiters[$0].unit) }
+        guard free else {
+            for piece in held.pieces { route(piece) }
+            return
+        }
+        // Segments: by data index then unit, runs of one request's consecutive units.
+        let sorted = held.pieces.sorted { ($0.dataIndex, $0.unit) < ($1.dataIndex, $1.unit) }
+        var segments: [BatchSegment] = []
+        segments.reserveCapacity(dataDisks * 2)
+        var runStart = 0
+        for k in 1...sorted.count {
+            if k < sorted.count {
+                let a = sorted[k - 1], b = sorted[k]
+                if a.op === b.op && a.dataIndex == b.dataIndex && a.unit + 1 == b.unit && a.offsetInRequest + unitBytes == b.offsetInRequest {
+                    continue
+                }
+            }
+            let first = sorted[runStart], last = sorted[k - 1]
+            segments.append(BatchSegment(op: first.op, dataIndex: first.dataIndex, firstUnit: first.unit, endUnit: last.unit + 1, requestOffset: first.offsetInRequest))
+            runStart = k
+        }
+        let batch = FullStripeBatch(
+            row: geometry.stripeRow(held.chunkRow), chunkRow: held.chunkRow, firstUnit: firstUnit, endUnit: endUnit,
+            segments: segments, dataDisks: dataDisks)
+        counters.gatheredRows += 1
+        gatherCredit = min(Self.maxGatherCredit, gatherCredit + 1)
+        claimFullStripeBatch(batch)
+        startFullStripeBatch(batch)
+    }
+
+    /// The held pieces go to their stripes, in arrival order.
+    func releaseGather(_ held: RowGather) {
+        forgetGather(held)
+        counters.gathersReleased += 1
+        for piece in held.pieces { route(piece) }
+    }
+
+    /// The gather timer: rows held past their deadline go to the stripes.
+    func writeGatherTimerFired() {
+        gatherTimerDeadline = nil
+        while let oldest = gathers.first, oldest.deadline <= now {
+            gatherCredit = max(0, gatherCredit - 2)
+            releaseGather(oldest)
+        }
+        if let oldest = gathers.first {
+            gatherTimerDeadline = oldest.deadline
+            armTimer(.writeGather, at: oldest.deadline)
+        }
+    }
+
+    /// Everything held goes to the stripes now (the array is stopping).
+    func releaseAllGathers() {
+        while let oldest = gathers.first { releaseGather(oldest) }
+    }
+}

@@ -30,6 +30,10 @@ ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t 
 #endif
 }
 
+int swraid_start_writeback(int fd, off_t offset, off_t length) {
+    return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
+}
+
 int swraid_block_device_size(int fd, uint64_t *size) {
     return ioctl(fd, BLKGETSIZE64, size);
 }

@@ -188,7 +188,19 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
             sources = [UnsafeRawBufferPointer(rebasing: b[0..<total])]
         }
         try transfer(read: false, offsetBytes, sources.map { UnsafeMutableRawBufferPointer(mutating: $0) }, dsync: fua)
+        let total = sources.reduce(0) { $0 + $1.count }
+        if !options.direct && !fua && total >= Self.writebackThresholdBytes {
+            // md's writes go to the disk as they come; through the page cache they would wait
+            // for the next flush, which then writes everything at once (a 1 GiB copy's final
+            // flush took as long as the copy). Starting large writes now keeps the page cache
+            // for reads and leaves the flush little to do. A hint: errors surface at the flush.
+            _ = swraid_start_writeback(fd.rawValue, off_t(offsetBytes), off_t(total))
+        }
     }
+
+    /// Writes this large start their writeback at once (small ones stay in the page cache, where
+    /// rewrites of the same blocks merge).
+    public static let writebackThresholdBytes = 256 << 10
 
     public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
         try checkOpen()

@@ -21,6 +21,10 @@ ssize_t swraid_pwritev_dsync(int fd, const struct iovec *iov, int iovcnt, off_t 
 /// device; -1 with errno EAGAIN when it would have to wait (or EOPNOTSUPP where unsupported).
 ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t offset);
 
+/// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writing the range's dirty pages to the
+/// device without waiting for them (a hint; durability still takes fdatasync).
+int swraid_start_writeback(int fd, off_t offset, off_t length);
+
 /// The size of the block device open on fd (BLKGETSIZE64); -1 with errno on failure.
 int swraid_block_device_size(int fd, uint64_t *size);
 

@@ -188,6 +188,24 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         context.close(promise: nil)
     }
 
+    /// A flush is due once the loop's current task is over.
+    var flushScheduled = false
+
+    /// Flushes replies once the current task is over: the completions of one batch of member
+    /// I/O go out in one write to the socket (and one wake-up of the client) instead of one
+    /// each.
+    func flushSoon(_ context: ChannelHandlerContext) {
+        guard !flushScheduled else { return }
+        flushScheduled = true
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        context.eventLoop.execute {
+            let connection = bound.value
+            connection.flushScheduled = false
+            guard !connection.closed, let context = connection.context else { return }
+            context.flush()
+        }
+    }
+
     func send(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
@@ -372,7 +390,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             if case .busy = error { logger.error("the array refused a request as busy: the server's bounds should have held it back") }
             send(context, NBDReply.error(cookie: cookie, nbd, message: "\(error)", structured: structured))
         }
-        context.flush()
+        flushSoon(context)
         if disconnecting {
             if inFlight == 0 { finishDisconnect(context) }
             return

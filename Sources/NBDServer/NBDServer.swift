@@ -32,7 +32,7 @@ public struct NBDServerOptions: Sendable {
     public var maxBytesInFlight = 12 << 20
     /// Reply bytes queued on one connection, not yet taken by the socket, past which it stops
     /// taking requests (the high mark) and below which it takes them again (the low one).
-    public var replyWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 256 << 10, high: 1 << 20)
+    public var replyWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 1 << 20, high: 2 << 20)
     /// A connection still negotiating after this long is closed.
     public var handshakeTimeout: TimeAmount = .seconds(10)
     public var readOnly = false

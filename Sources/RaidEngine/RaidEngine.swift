@@ -248,8 +248,14 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         }
     }
 
-    /// Merges the I/O collected since the last unplug and hands it to the pool. A read the page
-    /// cache can serve whole is done here on the loop instead (preadv2 with RWF_NOWAIT, which
+    /// Reads up to this size are tried from the page cache on the loop. Larger ones go to the
+    /// pool even when cached: their copy is most of their cost, and the loop, which also copies
+    /// every reply into its socket, is what a sequential read waits for (nbdcopy 1 GiB from
+    /// RAID5x4: the loop's CPU fell from 1.03 to 0.70 s with them on the pool).
+    static let inlineReadMaxBytes = 128 << 10
+
+    /// Merges the I/O collected since the last unplug and hands it to the pool. A small read the
+    /// page cache can serve whole is done here on the loop instead (preadv2 with RWF_NOWAIT, which
     /// never waits for the device): two thread hand-offs cost more than the copy, and a cached
     /// 4 KiB read at queue depth 1 is mostly hand-offs. Its result still arrives through the
     /// mailbox, on a later turn of the loop, as the pool's do: the driver is dispatching now.
@@ -260,7 +266,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         var served: [(MemberIOID, MemberIOResult)] = []
         for merged in plug.merge(batch) {
             let device = devices[merged.member.rawValue]
-            if merged.kind == .read, device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets) {
+            if merged.kind == .read, merged.byteCount <= Self.inlineReadMaxBytes,
+                device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets)
+            {
                 readsServedFromCache += 1
                 served += merged.requests.map { ($0.id, .success) }
                 continue

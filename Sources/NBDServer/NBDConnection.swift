@@ -41,6 +41,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     var inputEnded = false
     var closed = false
     var handshakeTimer: Scheduled<Void>?
+    /// Watches a write whose data is arriving (see `watchWriteData`).
+    var writeDataTimer: Scheduled<Void>?
+    /// Bytes received since the connection opened (the write-data watch compares them).
+    var receivedBytes = 0
     /// `process` is running: a completion that arrives meanwhile (the engine can answer at once)
     /// leaves the parsing to it rather than starting over on the same bytes.
     var processing = false
@@ -83,6 +87,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     func channelInactive(context: ChannelHandlerContext) {
         closed = true
         handshakeTimer?.cancel()
+        writeDataTimer?.cancel()
+        // A write cut off by the connection closing gives its bytes back to the server's bound.
+        dropCutWrite()
         registry.remove(context.channel)
         registry.stopWaiting(self)
         context.fireChannelInactive()
@@ -106,14 +113,39 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         guard session != nil else { return close(context) }
         // Complete requests still wait for the bound to lift: a completion parses them (or the
         // server's bound lifting, for one with nothing of its own in flight).
+        // Its data will never come: dropped first, as its bytes may be what holds the server at
+        // its bound (waiting for the bound to lift would then wait for ever).
+        dropCutWrite()
         if atBound { return waitIfAtServerBound() }
-        if let cut = receiving {
-            receiving = nil
-            inFlight -= 1
-            inFlightBytes -= cut.buffer.count
-        }
         disconnecting = true
         if inFlight == 0 { finishDisconnect(context) }
+    }
+
+    /// A write whose data stopped coming: nothing of it reaches the array, and its bytes go back.
+    func dropCutWrite() {
+        guard let cut = receiving else { return }
+        receiving = nil
+        inFlight -= 1
+        inFlightBytes -= cut.buffer.count
+    }
+
+    /// While a write's data is arriving, checks every `writeDataTimeout` that some came: a
+    /// connection that sent none for a whole period is closed (its write dropped).
+    func watchWriteData(_ context: ChannelHandlerContext) {
+        guard writeDataTimer == nil, receiving != nil, !closed else { return }
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let receivedAtStart = receivedBytes
+        writeDataTimer = context.eventLoop.scheduleTask(in: options.writeDataTimeout) {
+            let me = bound.value
+            me.writeDataTimer = nil
+            guard let r = me.receiving, !me.closed, let context = me.context else { return }
+            if me.receivedBytes == receivedAtStart {
+                me.logger.notice("closed a connection whose write data stopped arriving (\(r.filled) of \(r.buffer.count) bytes)")
+                me.close(context)
+            } else {
+                me.watchWriteData(context)
+            }
+        }
     }
 
     func errorCaught(context: ChannelHandlerContext, error: Error) {
@@ -123,12 +155,14 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     func channelRead(context: ChannelHandlerContext, data: NIOAny) {
         var incoming = unwrapInboundIn(data)
+        receivedBytes += incoming.readableBytes
         appendReceived(&cumulation, &incoming)
         process(context)
     }
 
     func channelReadComplete(context: ChannelHandlerContext) {
         context.flush()
+        if receiving != nil { watchWriteData(context) }
         if wantsMoreInput { context.read() } else { waitIfAtServerBound() }
     }
 

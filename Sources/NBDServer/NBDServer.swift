@@ -35,6 +35,10 @@ public struct NBDServerOptions: Sendable {
     public var replyWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 1 << 20, high: 2 << 20)
     /// A connection still negotiating after this long is closed.
     public var handshakeTimeout: TimeAmount = .seconds(10)
+    /// A connection whose write data stops arriving for this long is closed. The write's bytes
+    /// count against `maxBytesInFlight` from its header on, so a client stalled in the middle of
+    /// a large write would otherwise hold up every other connection.
+    public var writeDataTimeout: TimeAmount = .seconds(30)
     public var readOnly = false
 
     public init() {}

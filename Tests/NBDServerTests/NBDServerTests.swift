@@ -308,6 +308,53 @@ import Testing
         await array.stop()
     }
 
+    /// Runs blocking socket work on a thread of its own (not on one of the few threads Swift's
+    /// concurrency runs every test's tasks on).
+    func onThread<T: Sendable>(_ body: @escaping @Sendable () -> T) async -> T {
+        await withCheckedContinuation { continuation in Thread { continuation.resume(returning: body()) }.start() }
+    }
+
+    /// Serves a RAID5 whose server-wide bound is 2 MiB, where a first client announces a 4 MiB
+    /// write and sends 64 KiB of it: the server is at its bound. Then `cut` does what it does
+    /// to that client, and a second client's 4 KiB read must be answered (a read past its
+    /// 10 s receive timeout fails the test).
+    func secondClientIsServedAfterAStalledWrite(_ options: NBDServerOptions, cut: @escaping @Sendable (RawClient) -> Void) async throws {
+        var options = options
+        options.maxBytesInFlight = 2 << 20
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, serverOptions: options)
+        let server = array.server
+        let stalled = try RawClient(port: array.port)
+        _ = try stalled.negotiate(export: "served")
+        stalled.request(.write, cookie: 1, offset: 0, length: 4 << 20, payload: [UInt8](repeating: 7, count: 64 << 10))
+        let other = try RawClient(port: array.port)
+        _ = try other.negotiate(export: "served")
+        let held = try await array.engine.eventLoop.submit { server.connections.bytesInFlight }.get()
+        #expect(held >= options.maxBytesInFlight, "the stalled write did not hold the bound: the test proves nothing")
+        cut(stalled)
+        let answered = await onThread {
+            other.request(.read, cookie: 2, offset: 0, length: 4096)
+            return other.simpleReply(dataBytes: 4096)?.error == 0
+        }
+        #expect(answered, "the second client was not served")
+        let left = try await array.engine.eventLoop.submit { server.connections.bytesInFlight }.get()
+        #expect(left == 0, "\(left) bytes still counted in flight")
+        await array.stop()
+    }
+
+    /// A client that stops sending in the middle of a write is closed once no data came for
+    /// `writeDataTimeout`, and its bytes go back: the other clients go on.
+    @Test func aClientStalledInTheMiddleOfAWriteIsClosedAndTheOthersGoOn() async throws {
+        var options = NBDServerOptions()
+        options.writeDataTimeout = .milliseconds(200)
+        try await secondClientIsServedAfterAStalledWrite(options) { _ in }
+    }
+
+    /// A client that shuts its sending side in the middle of a write: the write is dropped and
+    /// its bytes go back at once (they held the very bound its connection waited on).
+    @Test func aWriteCutByTheClientsEndOfInputGivesItsBytesBack() async throws {
+        try await secondClientIsServedAfterAStalledWrite(NBDServerOptions()) { $0.finishSending() }
+    }
+
     @Test func aClientThatDoesNotReadItsRepliesIsNotServedAheadOfIt() async throws {
         let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
         let raw = try RawClient(port: array.port)

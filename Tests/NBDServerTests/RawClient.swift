@@ -6,7 +6,7 @@ import Glibc
 #endif
 
 /// A blocking TCP client that speaks NBD byte by byte, for sending what no real client would.
-final class RawClient {
+final class RawClient: @unchecked Sendable {  // used by one thread at a time
     let fd: Int32
 
     init(port: Int) throws {

@@ -227,8 +227,13 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Flushes replies once the current task is over: the completions of one batch of member
     /// I/O go out in one write to the socket (and one wake-up of the client) instead of one
-    /// each.
+    /// each. The last reply the connection owes goes at once (at queue depth 1 the hop would
+    /// only add latency).
     func flushSoon(_ context: ChannelHandlerContext) {
+        if inFlight == 0 && !flushScheduled {
+            context.flush()
+            return
+        }
         guard !flushScheduled else { return }
         flushScheduled = true
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)

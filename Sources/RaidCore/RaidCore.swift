@@ -63,9 +63,11 @@ public final class RaidCore {
     @exclusivity(unchecked) var stripes: [Stripe] = []
     @exclusivity(unchecked) var freeStripes: [Stripe] = []
     @exclusivity(unchecked) var stripeByUnit: [UInt64: Stripe] = [:]
-    /// Items waiting for a free stripe, oldest first (a state, never a blocking wait).
-    @exclusivity(unchecked) var stripeWaiters: [StripeItem] = []
-    @exclusivity(unchecked) var stripeWaitersHead = 0
+    /// Items waiting for a free stripe, oldest first (a state, never a blocking wait). A deque:
+    /// an item taken from it drops its reference at once. (An array read from a head index kept
+    /// every item taken until the queue ran empty, and under a steady stream of parked writes it
+    /// never did: the pieces kept their requests' data alive, 150 MiB of it on a 12 MiB bound.)
+    @exclusivity(unchecked) var stripeWaiters = Deque<StripeItem>()
     /// Stripes with something to do (md's handle_list), drained by one loop at the end of each
     /// event: handling one stripe never calls into handling another, so no path a client can
     /// drive recurses, however many requests are parked.
@@ -493,7 +495,7 @@ public final class RaidCore {
         flushRun()
     }
 
-    var hasStripeWaiters: Bool { stripeWaitersHead < stripeWaiters.count }
+    var hasStripeWaiters: Bool { !stripeWaiters.isEmpty }
 
     /// Gives the item a stripe now, or parks it until one frees (strictly in arrival order).
     func enqueueForStripe(_ item: StripeItem) {
@@ -533,23 +535,15 @@ public final class RaidCore {
     /// Hands freed stripes to parked items, oldest first.
     func serveStripeWaiters() {
         while hasStripeWaiters {
-            let item = stripeWaiters[stripeWaitersHead]
+            let item = stripeWaiters[0]
             guard let stripe = stripeFor(unit: item.unit) else { return }
-            popStripeWaiter()
+            stripeWaiters.removeFirst()
             stripe.enqueue(item)
             handleStripe(stripe)
         }
     }
 
-    func popStripeWaiter() {
-        stripeWaitersHead += 1
-        if stripeWaitersHead == stripeWaiters.count {
-            stripeWaiters.removeAll(keepingCapacity: true)
-            stripeWaitersHead = 0
-        }
-    }
-
-    public var parkedForStripe: Int { stripeWaiters.count - stripeWaitersHead }
+    public var parkedForStripe: Int { stripeWaiters.count }
 
     // MARK: - completion of client work
 
@@ -719,9 +713,7 @@ public final class RaidCore {
     /// Beyond redundancy nothing can be read or written correctly: fail what waits.
     func failEverythingQueued() {
         for stripe in stripes where stripeByUnit[stripe.unit] === stripe { handleStripe(stripe) }
-        while hasStripeWaiters {
-            let item = stripeWaiters[stripeWaitersHead]
-            popStripeWaiter()
+        while let item = stripeWaiters.popFirst() {
             switch item {
             case .read(let p), .write(let p): finishPieces(p.op, count: 1, error: .io)
             case .sync(let u): syncUnitDone(u, abandoned: true)

@@ -1,3 +1,4 @@
+import DequeModule
 import MDFormat
 import RaidMath
 
@@ -420,16 +421,15 @@ extension RaidCore {
         // Sync units parked for a stripe will never be needed. (md 5.4's sync thread could not be
         // pulled out of its wait for a stripe; the broken variant keeps that too.)
         if hasStripeWaiters && !variant.contains(.deferSuperblockWhileStopPending) {
-            var kept: [StripeItem] = []
-            for i in stripeWaitersHead..<stripeWaiters.count {
-                if case .sync(let u) = stripeWaiters[i], u.generation == run.generation {
+            var kept = Deque<StripeItem>()
+            for item in stripeWaiters {
+                if case .sync(let u) = item, u.generation == run.generation {
                     precondition(sync.running!.inFlight.remove(u.unit) != nil, "parked sync unit \(u.unit) was not in flight")
                 } else {
-                    kept.append(stripeWaiters[i])
+                    kept.append(item)
                 }
             }
             stripeWaiters = kept
-            stripeWaitersHead = 0
         }
         pumpSync()
     }

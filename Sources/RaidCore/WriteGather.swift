@@ -169,7 +169,7 @@ extension RaidCore {
         // An older write parked for a stripe of the row must land first: the stripes keep order.
         let free = batchesByChunkRow[held.chunkRow] == nil
             && (stripeByUnit.isEmpty || !(firstUnit..<endUnit).contains { stripeByUnit[$0] != nil })
-            && !(stripeWaitersHead..<stripeWaiters.count).contains { (firstUnit..<endUnit).contains(stripeWaiters[$0].unit) }
+            && !stripeWaiters.contains { (firstUnit..<endUnit).contains($0.unit) }
         guard free else {
             for piece in held.pieces { route(piece) }
             return

@@ -49,6 +49,18 @@ public final class IOBufferStorage: @unchecked Sendable {
     /// Alignment of every buffer: the page size, enough for O_DIRECT on any Linux device.
     public static let alignment = 4096
 
+    /// Bytes of I/O buffers alive now, process-wide (what the memory bounds are meant to hold;
+    /// the metrics show it beside the pool's idle bytes), and the most ever alive at once.
+    public static var liveBytes: Int { live.load(ordering: .relaxed) }
+    public static var peakLiveBytes: Int { peak.load(ordering: .relaxed) }
+    private static let live = Atomic<Int>(0)
+    private static let peak = Atomic<Int>(0)
+
+    private static func count(_ bytes: Int) {
+        let now = live.add(bytes, ordering: .relaxed).newValue
+        if bytes > 0 { _ = peak.max(now, ordering: .relaxed) }
+    }
+
     /// Memory for `capacity` bytes, not initialised: it may have held another buffer before.
     /// `pooled: false` for memory kept a long time (a stripe's blocks), which gains nothing from
     /// the pool and would waste its rounding up.
@@ -62,9 +74,11 @@ public final class IOBufferStorage: @unchecked Sendable {
             self.sizeClass = nil
             base = IOMemory.allocate(max(capacity, 1))
         }
+        Self.count(capacity)
     }
 
     deinit {
+        Self.count(-capacity)
         if let sizeClass {
             IOBufferPool.shared.give(base, sizeClass)
         } else {

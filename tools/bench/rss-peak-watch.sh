@@ -20,6 +20,22 @@ while true; do
                 cat /proc/"$pid"/task/*/comm | sort | uniq -c
                 echo "# largest mappings (Rss kB, mapping)"
                 awk '/^[0-9a-f]/ {name=$0} /^Rss:/ {if ($2 > 2000) print $2, name}' "/proc/$pid/smaps" | sort -rn | head -16
+                echo "# resident anonymous memory by mapping size (count, mapping kB, resident kB)"
+                python3 - "/proc/$pid/smaps" <<'PY'
+import collections, sys
+count, resident = collections.Counter(), collections.Counter()
+size = None
+for line in open(sys.argv[1]):
+    fields = line.split()
+    if "-" in fields[0] and len(fields) >= 5:
+        lo, hi = (int(x, 16) for x in fields[0].split("-"))
+        size = (hi - lo) // 1024 if len(fields) == 5 else None  # anonymous: no path
+    elif fields[0] == "Rss:" and size is not None and int(fields[1]) > 0:
+        count[size] += 1
+        resident[size] += int(fields[1])
+for s, r in sorted(resident.items(), key=lambda kv: -kv[1])[:12]:
+    print(count[s], s, r)
+PY
                 echo "# status"
                 cat "/proc/$pid/status"
             } > "$out"

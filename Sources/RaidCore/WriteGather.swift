@@ -12,11 +12,13 @@ import MDFormat
 /// alone leaves every stripe it touches partial; the delayed list then holds stripes only
 /// while another stripe pre-reads, far shorter than the gap between requests.
 ///
-/// Only writes that look like a stream are held: not FUA, at least `gatherMinimumBytes`, near a
-/// recent large write, and with other writes in flight (at queue depth 1 the next write waits
-/// for this one, so holding could only add latency). A gathered row goes to the stripes, as
-/// any write would, when `writeGatherDelayNanos` passes, when a later write overlaps it, when
-/// the row cannot be batched, or when the array stops. Reads never wait for it: a write held
+/// Only the units of a write's last row are held, when the write ends inside it (a forward
+/// stream fills the rest next), and only for writes that look like a stream: not FUA, at least
+/// `gatherMinimumBytes`, near a recent large write, and while holding pays (at queue depth 1
+/// the next write waits for this one, so a hold only adds latency: rows that waited in vain
+/// use up the credit, and then only an occasional probe is held). A gathered row goes to the
+/// stripes, as any write would, when `writeGatherDelayNanos` passes, when a later write
+/// overlaps it, when the row cannot be batched, or when the array stops. Reads never wait for it: a write held
 /// here has not completed, so a read that overlaps it may see the old data, as NBD allows for
 /// a read concurrent with a write.
 final class RowGather {

@@ -132,12 +132,11 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
             gauge("write_paths", "count", "Stripe writes by how parity was made (read_modify_write, reconstruct_write), full-stripe batches, and rows of a write stream gathered into one (gathered_row) or sent to the stripes after all (gather_released).", [("path", path)])
                 .set(Int64(count))
         }
-        gauge("io_buffers", "bytes", "I/O buffer memory, process-wide: in use (client data, stripes, parity), its peak, and idle in the pool.", [("state", "in_use")])
-            .set(Int64(IOBufferStorage.liveBytes))
-        gauge("io_buffers", "bytes", "I/O buffer memory, process-wide: in use (client data, stripes, parity), its peak, and idle in the pool.", [("state", "peak_in_use")])
-            .set(Int64(IOBufferStorage.peakLiveBytes))
-        gauge("io_buffers", "bytes", "I/O buffer memory, process-wide: in use (client data, stripes, parity), its peak, and idle in the pool.", [("state", "idle")])
-            .set(Int64(IOBufferPool.shared.idleBytes))
+        let ioBuffers = [("in_use", IOBufferStorage.liveBytes), ("peak_in_use", IOBufferStorage.peakLiveBytes), ("idle", IOBufferPool.shared.idleBytes)]
+        for (state, bytes) in ioBuffers {
+            gauge("io_buffers", "bytes", "I/O buffer memory, process-wide: in use (client data, stripes, parity), its peak, and idle in the pool.", [("state", state)])
+                .set(Int64(bytes))
+        }
         gauge("bitmap_dirty", "chunks", "Write-intent bitmap chunks set.").set(Int64(s.bitmapBitsSet))
         gauge("events", "count", "The superblocks' event count.").set(Int64(clamping: s.events))
         for m in s.members {

@@ -112,7 +112,9 @@ extension RaidCore {
             // A row that went to the stripes finishes there: a new gather of its other units
             // could never complete.
             let rowUnits = chunkRow * unitsPerChunk..<(chunkRow + 1) * unitsPerChunk
-            let rowHasStripes = row == nil && !stripeByUnit.isEmpty && rowUnits.contains { stripeByUnit[$0] != nil }
+            // (Looked up only for the row a gather may start in: every other row without one
+            // goes to the stripes anyway.)
+            let rowHasStripes = row == nil && chunkRow == startRow && !stripeByUnit.isEmpty && rowUnits.contains { stripeByUnit[$0] != nil }
             for piece in pieces[i..<end] {
                 guard !rowHasStripes, piece.offsetInBlock == 0 && piece.length == unitBytes && stripeByUnit[piece.unit] == nil else {
                     route(piece)

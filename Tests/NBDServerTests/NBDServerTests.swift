@@ -51,13 +51,25 @@ import Testing
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
     }
 
+    /// A pattern file of `bytes` to copy into the array, and the path a copy back goes to.
+    func copyFiles(_ array: ServedArray, bytes: Int) throws -> (input: String, output: String) {
+        let input = array.dir.file("in.bin")
+        try writePatternFile(input, mebibytes: bytes >> 20)
+        return (input, array.dir.file("out.bin"))
+    }
+
+    /// The first `bytes` copied back out of the array are those copied in.
+    func expectCopiedBack(_ output: String, from input: String, bytes: Int, sourceLocation: SourceLocation = #_sourceLocation) throws {
+        let back = try Data(contentsOf: URL(fileURLWithPath: output))
+        let sent = try Data(contentsOf: URL(fileURLWithPath: input))
+        #expect(back.prefix(bytes) == sent, "the data copied back differs", sourceLocation: sourceLocation)
+    }
+
     @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
     func nbdcopyRoundTripSurvivesAStopAndARestart() async throws {
         let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 96, chunkKiB: 512)
-        let input = array.dir.file("in.bin")
-        let output = array.dir.file("out.bin")
         let size = 256 << 20
-        try writePatternFile(input, mebibytes: size >> 20)
+        let (input, output) = try copyFiles(array, bytes: size)
         let copyIn = try client("nbdcopy", ["--flush", input, array.uri])
         #expect(copyIn.status == 0, "\(copyIn.stderr)")
         await array.stop()
@@ -65,9 +77,7 @@ import Testing
         let copyOut = try client("nbdcopy", [array.uri, output])
         await array.stop()
         #expect(copyOut.status == 0, "\(copyOut.stderr)")
-        let back = try Data(contentsOf: URL(fileURLWithPath: output))
-        let sent = try Data(contentsOf: URL(fileURLWithPath: input))
-        #expect(back.prefix(size) == sent)
+        try expectCopiedBack(output, from: input, bytes: size)
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
     }
 
@@ -77,19 +87,15 @@ import Testing
     @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
     func aWriteLargerThanTheConnectionBoundIsReceivedWhole() async throws {
         let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 40, chunkKiB: 512)
-        let input = array.dir.file("in.bin")
-        let output = array.dir.file("out.bin")
         let size = 64 << 20
-        try writePatternFile(input, mebibytes: size >> 20)
+        let (input, output) = try copyFiles(array, bytes: size)
         // `timeout`: a hang fails the test instead of holding the run.
         let copyIn = try client("timeout", ["60", which("nbdcopy")!, "--request-size=33554432", "--flush", input, array.uri])
         #expect(copyIn.status == 0, "nbdcopy with 32 MiB writes: status \(copyIn.status) \(copyIn.stderr)")
         let copyOut = try client("timeout", ["60", which("nbdcopy")!, array.uri, output])
         await array.stop()
         #expect(copyOut.status == 0, "\(copyOut.stderr)")
-        let back = try Data(contentsOf: URL(fileURLWithPath: output))
-        let sent = try Data(contentsOf: URL(fileURLWithPath: input))
-        #expect(back.prefix(size) == sent)
+        try expectCopiedBack(output, from: input, bytes: size)
     }
 
     @Test(.enabled(if: haveQemuIO, "qemu-io (qemu-utils) not installed; .ci/run installs it"))

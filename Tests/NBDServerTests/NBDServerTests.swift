@@ -323,7 +323,7 @@ import Testing
     /// Serves a RAID5 whose server-wide bound is 2 MiB, where a first client announces a 4 MiB
     /// write and sends 64 KiB of it: the server is at its bound. Then `cut` does what it does
     /// to that client, and a second client's 4 KiB read must be answered (a read past its
-    /// 10 s receive timeout fails the test).
+    /// 60 s receive timeout fails the test).
     func secondClientIsServedAfterAStalledWrite(_ options: NBDServerOptions, cut: @escaping @Sendable (RawClient) -> Void) async throws {
         var options = options
         options.maxBytesInFlight = 2 << 20

@@ -19,7 +19,10 @@ final class RawClient: @unchecked Sendable {  // used by one thread at a time
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard rc == 0 else { throw POSIXError(.ECONNREFUSED) }
-        var timeout = timeval(tv_sec: 10, tv_usec: 0)
+        // A guard against a hang, not a timing check: a test fails after this rather than waiting
+        // for ever. 10 s was too short on a loaded 2-core CI run (a metrics scrape beside the
+        // qemu interop test went unanswered that long once).
+        var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }
 

@@ -371,7 +371,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         let finish: @Sendable (ClientResult) -> Void = { result in bound.value.complete(cookie, request, bytes: bytes, result) }
         switch request {
         case .read(let offset, let length):
-            engine.submit(.read(offsetBytes: offset, length: length), completion: finish)
+            let reply = ReadReply(cookie: cookie, offset: offset, length: length, structured: session?.structuredReplies ?? false, registry: registry, allocator: context.channel.allocator)
+            engine.submit(.read(offsetBytes: offset, length: length, into: reply.destination)) { result in
+                bound.value.complete(cookie, request, bytes: bytes, result, reply: reply)
+            }
         case .write(let offset, _, let fua):
             engine.submit(.write(offsetBytes: offset, data: data!, fua: fua), completion: finish)
         case .flush:
@@ -404,8 +407,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         step(offset)
     }
 
-    /// The engine answered: the reply goes out, the bounds loosen, reading resumes.
-    func complete(_ cookie: UInt64, _ request: NBDValidRequest, bytes: Int, _ result: ClientResult) {
+    /// The engine answered: the reply goes out, the bounds loosen, reading resumes. A read's
+    /// reply was prepared before it was submitted, and its data landed there.
+    func complete(_ cookie: UInt64, _ request: NBDValidRequest, bytes: Int, _ result: ClientResult, reply: ReadReply? = nil) {
         precondition(inFlight > 0 && inFlightBytes >= bytes, "connection in-flight accounting would go below zero")
         inFlight -= 1
         inFlightBytes -= bytes
@@ -414,9 +418,16 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         switch result {
         case .data(let data):
             guard case .read(let offset, _) = request else { preconditionFailure("data for a request that is not a read") }
-            var buffer = registry.replyBuffer(capacity: 32 + data.count, allocator: context.channel.allocator)
-            buffer.writeBytes(NBDReply.readHeader(cookie: cookie, offset: offset, length: data.count, structured: structured))
-            _ = data.withUnsafeBytes { buffer.writeBytes($0) }
+            let buffer: ByteBuffer
+            if let reply, reply.holds(data) {
+                buffer = reply.buffer
+            } else {
+                // Not where it was asked to land (the core answered from memory of its own).
+                var copy = registry.replyBuffer(capacity: 32 + data.count, allocator: context.channel.allocator)
+                copy.writeBytes(NBDReply.readHeader(cookie: cookie, offset: offset, length: data.count, structured: structured))
+                _ = data.withUnsafeBytes { copy.writeBytes($0) }
+                buffer = copy
+            }
             // Once the socket took it, the buffer serves a later reply (see `replyBuffer`).
             let promise = context.eventLoop.makePromise(of: Void.self)
             context.write(wrapOutboundOut(buffer), promise: promise)
@@ -467,4 +478,39 @@ func appendReceived(_ cumulation: inout ByteBuffer?, _ incoming: inout ByteBuffe
     buffer.discardReadBytes()
     buffer.writeBuffer(&incoming)
     cumulation = buffer
+}
+
+/// A read's reply, made before the read is submitted: the header, then room for the data, in
+/// one buffer the read lands in (`destination`), so that the data goes from the members to the
+/// socket with no copy in between. The room is uninitialised until the read fills it; only the
+/// engine touches it until the read completes, and the buffer is not changed after `init` (a
+/// change would copy SwiftNIO's storage away from the memory the read writes to).
+final class ReadReply: Sendable {
+    /// The whole reply, header and data.
+    let buffer: ByteBuffer
+    /// The data's bytes inside `buffer`, as the engine's reads take them.
+    let destination: IOBuffer
+
+    init(cookie: UInt64, offset: UInt64, length: Int, structured: Bool, registry: ConnectionRegistry, allocator: ByteBufferAllocator) {
+        let header = NBDReply.readHeader(cookie: cookie, offset: offset, length: length, structured: structured)
+        var buffer = registry.replyBuffer(capacity: header.count + length, allocator: allocator)
+        buffer.writeBytes(header)
+        // The buffer is this function's alone here, so the pointer is into the storage that
+        // `self.buffer` keeps alive and that no write will move (nothing writes to it again).
+        let dataStart = buffer.withUnsafeMutableWritableBytes { UnsafeMutableRawPointer($0.baseAddress!) }
+        buffer.moveWriterIndex(forwardBy: length)
+        self.buffer = buffer
+        destination = IOBuffer(storage: IOBufferStorage(borrowing: dataStart, capacity: length, owner: ReplyStorageOwner(buffer)), offset: 0, count: length)
+    }
+
+    /// Whether `data` is the reply's own room (the read landed where it was asked to).
+    func holds(_ data: IOBuffer) -> Bool {
+        data.storage === destination.storage && data.offset == 0 && data.count == destination.count
+    }
+}
+
+/// Keeps a reply buffer's storage alive for as long as an `IOBuffer` points into it.
+final class ReplyStorageOwner: Sendable {
+    let buffer: ByteBuffer
+    init(_ buffer: ByteBuffer) { self.buffer = buffer }
 }

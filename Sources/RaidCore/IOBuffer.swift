@@ -45,6 +45,8 @@ public final class IOBufferStorage: @unchecked Sendable {
     public let capacity: Int
     /// The pool size class the memory came from, or nil when it was allocated outside the pool.
     let sizeClass: IOBufferPool.SizeClass?
+    /// Whose memory this is when it is not this storage's own (see `init(borrowing:)`).
+    let owner: (any AnyObject & Sendable)?
 
     /// Alignment of every buffer: the page size, enough for O_DIRECT on any Linux device.
     public static let alignment = 4096
@@ -67,6 +69,7 @@ public final class IOBufferStorage: @unchecked Sendable {
     public init(capacity: Int, pooled: Bool = true) {
         precondition(capacity >= 0, "negative buffer size")
         self.capacity = capacity
+        owner = nil
         if pooled, let sizeClass = IOBufferPool.SizeClass(fitting: capacity) {
             self.sizeClass = sizeClass
             base = IOBufferPool.shared.take(sizeClass)
@@ -77,8 +80,22 @@ public final class IOBufferStorage: @unchecked Sendable {
         Self.count(capacity)
     }
 
+    /// `capacity` bytes at `base` that belong to `owner`, which this storage keeps alive and
+    /// never frees: a server's reply buffer, so that a read lands where its reply goes out
+    /// from. The memory need not be page-aligned (an O_DIRECT member reads through a bounce
+    /// buffer then).
+    public init(borrowing base: UnsafeMutableRawPointer, capacity: Int, owner: any AnyObject & Sendable) {
+        precondition(capacity >= 0, "negative buffer size")
+        self.base = base
+        self.capacity = capacity
+        self.owner = owner
+        sizeClass = nil
+        Self.count(capacity)
+    }
+
     deinit {
         Self.count(-capacity)
+        if owner != nil { return }
         if let sizeClass {
             IOBufferPool.shared.give(base, sizeClass)
         } else {

@@ -392,7 +392,10 @@ public final class RaidCore {
             return nil
         }
         switch request {
-        case .read(let o, let l), .trim(let o, let l), .writeZeroes(let o, let l, _): return check(o, l)
+        case .read(let o, let l, let into):
+            if let into, into.count != l { return "the read's destination holds \(into.count) bytes, not \(l)" }
+            return check(o, l)
+        case .trim(let o, let l), .writeZeroes(let o, let l, _): return check(o, l)
         case .write(let o, let d, _): return check(o, d.count)
         case .flush: return nil
         }
@@ -405,7 +408,7 @@ public final class RaidCore {
         let length: Int
         var wholeUnitsOnly = false
         switch op.request {
-        case .read(let o, let l): start = o; length = l
+        case .read(let o, let l, _): start = o; length = l
         case .write(let o, let d, _): start = o; length = d.count
         case .writeZeroes(let o, let l, _): start = o; length = l
         case .trim(let o, let l): start = o; length = l; wholeUnitsOnly = true

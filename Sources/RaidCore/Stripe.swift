@@ -23,10 +23,12 @@ final class ClientOp {
         byteCount = request.byteCount
         isWrite = request.isWrite
         switch request {
-        case .read(_, let length):
+        case .read(_, let length, let into):
             fua = false
             data = nil
-            buffer = IOBuffer(uninitializedCount: length)
+            // `validate` refused a destination of any other size.
+            precondition(into == nil || into!.count == length, "a read's destination is not its length")
+            buffer = into ?? IOBuffer(uninitializedCount: length)
         case .write(_, let bytes, let f):
             fua = f
             data = bytes

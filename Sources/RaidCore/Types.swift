@@ -65,7 +65,10 @@ public enum TimerID: Hashable, Sendable, CaseIterable, CustomStringConvertible {
 /// What a client (an NBD connection, a test) asks of the array. Offsets and lengths in bytes,
 /// multiples of 512.
 public enum ClientRequest: Sendable, CustomStringConvertible {
-    case read(offsetBytes: UInt64, length: Int)
+    /// `into`, when given, is where the data lands (exactly `length` bytes): a server reads
+    /// straight into the memory its reply goes out from, instead of copying the result there.
+    /// Nothing else may touch those bytes until the request completes.
+    case read(offsetBytes: UInt64, length: Int, into: IOBuffer? = nil)
     /// The core copies what it needs out of `data` before it completes the request; the caller
     /// must not change the bytes until then.
     case write(offsetBytes: UInt64, data: IOBuffer, fua: Bool)
@@ -77,7 +80,7 @@ public enum ClientRequest: Sendable, CustomStringConvertible {
 
     public var description: String {
         switch self {
-        case .read(let o, let l): return "read \(o)+\(l)"
+        case .read(let o, let l, _): return "read \(o)+\(l)"
         case .write(let o, let d, let fua): return "write \(o)+\(d.count)\(fua ? " fua" : "")"
         case .flush: return "flush"
         case .trim(let o, let l): return "trim \(o)+\(l)"
@@ -88,7 +91,7 @@ public enum ClientRequest: Sendable, CustomStringConvertible {
     /// Bytes the request moves (what the in-flight byte bound counts).
     public var byteCount: Int {
         switch self {
-        case .read(_, let l), .trim(_, let l), .writeZeroes(_, let l, _): return l
+        case .read(_, let l, _), .trim(_, let l), .writeZeroes(_, let l, _): return l
         case .write(_, let d, _): return d.count
         case .flush: return 0
         }

@@ -34,7 +34,7 @@ extension ClientRequest {
     /// Bytes the request names (0 for a flush).
     public var byteCount: Int {
         switch self {
-        case .read(_, let length), .trim(_, let length), .writeZeroes(_, let length, _): return length
+        case .read(_, let length, _), .trim(_, let length), .writeZeroes(_, let length, _): return length
         case .write(_, let data, _): return data.count
         case .flush: return 0
         }

@@ -144,7 +144,7 @@ public final class DataChecker: SimChecker {
 
     public func clientSubmitted(_ sim: Simulation, id: RequestID, request: ClientRequest) {
         switch request {
-        case .read(let offset, let length):
+        case .read(let offset, let length, _):
             let start = Int(offset / 512)
             let count = length / 512
             let overlapping = writesInFlight.values.filter { $0.start < start + count && start < $0.start + $0.count }

@@ -253,6 +253,46 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(reads(chunk + 512, 1024) == [1024])
     }
 
+    /// A read given its destination (an NBD reply's buffer) lands there and answers with it,
+    /// healthy (member reads straight into it), degraded (rebuilt through stripes, then copied
+    /// into it) and around a read error; the bytes around the window are not touched. A
+    /// destination of the wrong size is refused and left alone.
+    @Test func aReadLandsInTheBufferItIsGivenAndNowhereElse() throws {
+        let h = try Harness.raid5()
+        let chunk = h.core.geometry.chunkBytes
+        let data = noise(3 * chunk, 3)
+        h.submit(.write(offsetBytes: 0, data: IOBuffer(data), fua: false))
+        h.settle()
+        let length = 2 * chunk + 4096
+        let margin = 512
+        func readInto(_ what: String, sourceLocation: SourceLocation = #_sourceLocation) {
+            let whole = IOBuffer([UInt8](repeating: 0xEE, count: length + 2 * margin))
+            let window = whole.slice(margin..<(margin + length))
+            let r = h.submit(.read(offsetBytes: 2048, length: length, into: window))
+            h.settle()
+            guard case .data(let got)? = h.clientResults[r] else {
+                Issue.record("\(what): \(String(describing: h.clientResults[r]))", sourceLocation: sourceLocation)
+                return
+            }
+            #expect(got.storage === whole.storage && got.offset == margin && got.count == length, "\(what): answered from other memory", sourceLocation: sourceLocation)
+            #expect(window == IOBuffer(Array(data[2048..<(2048 + length)])), "\(what): not the data", sourceLocation: sourceLocation)
+            let untouched = IOBuffer([UInt8](repeating: 0xEE, count: margin))
+            #expect(whole.slice(0..<margin) == untouched && whole.slice((margin + length)..<whole.count) == untouched, "\(what): wrote outside its window", sourceLocation: sourceLocation)
+        }
+        readInto("healthy")
+        h.members[1].badSectors.insert(48 + 1)
+        readInto("with a read error")
+        #expect(h.core.counters.correctedReadErrors == 1)
+        h.control(.fail(MemberIndex(0)))
+        h.settle()
+        #expect(h.core.degradedCount == 1)
+        readInto("degraded")
+        let small = IOBuffer([UInt8](repeating: 0xEE, count: 4096))
+        let bad = h.submit(.read(offsetBytes: 0, length: 8192, into: small))
+        guard case .failed(.invalid)? = h.clientResults[bad] else { Issue.record("a destination of the wrong size was taken"); return }
+        #expect(small == IOBuffer([UInt8](repeating: 0xEE, count: 4096)))
+    }
+
     /// md's raid5_end_read_request: a read error with no redundancy left cannot be repaired, so
     /// the member is failed and the array is broken; nothing is served around the hole.
     @Test func readErrorWithNoRedundancyLeftFailsTheMemberAndBreaksTheArray() throws {

@@ -81,6 +81,32 @@ import Testing
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
     }
 
+    /// Served over a Unix socket: nbdcopy's copy in and back out round-trips, and a connection's
+    /// kernel send buffer is the one asked for (`unixSendBufferBytes`, doubled by Linux and capped
+    /// at `net.core.wmem_max`), large enough for a whole read reply in one write.
+    @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
+    func aUnixSocketServesTheArrayWithASendBufferForAWholeReply() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 24, chunkKiB: 512, overUnixSocket: true)
+        let size = 64 << 20
+        let (input, output) = try copyFiles(array, bytes: size)
+        let copyIn = try client("timeout", ["60", which("nbdcopy")!, "--flush", input, array.uri])
+        #expect(copyIn.status == 0, "\(copyIn.stderr)")
+        let copyOut = try client("timeout", ["60", which("nbdcopy")!, array.uri, output])
+        #expect(copyOut.status == 0, "\(copyOut.stderr)")
+        try expectCopiedBack(output, from: input, bytes: size)
+
+        let raw = try RawClient(unixPath: array.socketPath!)
+        #expect(raw.receive(18) != nil, "no greeting")
+        let server = array.server
+        let sendBuffers = try await server.engine.eventLoop.submit {
+            try server.connections.open.values.map { try $0.syncOptions!.getOption(.socketOption(.so_sndbuf)) }
+        }.get()
+        let wmemMax = Int(try String(contentsOfFile: "/proc/sys/net/core/wmem_max", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        let asked = NBDServerOptions().unixSendBufferBytes!
+        #expect(sendBuffers == [SocketOptionValue(2 * min(asked, wmemMax))])
+        await array.stop()
+    }
+
     /// A write larger than the connection's byte bound (32 MiB against 16): the connection takes
     /// no new request while it is in flight, but its own data must keep arriving. Before, the
     /// connection stopped reading the very data the write waited for, and nbdcopy hung.

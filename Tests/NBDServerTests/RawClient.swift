@@ -19,9 +19,31 @@ final class RawClient: @unchecked Sendable {  // used by one thread at a time
             p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
         }
         guard rc == 0 else { throw POSIXError(.ECONNREFUSED) }
-        // A guard against a hang, not a timing check: a test fails after this rather than waiting
-        // for ever. 10 s was too short on a loaded 2-core CI run (a metrics scrape beside the
-        // qemu interop test went unanswered that long once).
+        guardAgainstAHang()
+    }
+
+    /// Connected to the Unix socket at `path`.
+    init(unixPath path: String) throws {
+        fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue), 0)
+        var addr = sockaddr_un()
+        addr.sun_family = sa_family_t(AF_UNIX)
+        let bytes = Array(path.utf8)
+        guard bytes.count < MemoryLayout.size(ofValue: addr.sun_path) else { throw POSIXError(.ENAMETOOLONG) }
+        withUnsafeMutableBytes(of: &addr.sun_path) { raw in
+            raw.copyBytes(from: bytes)
+            raw[bytes.count] = 0
+        }
+        let rc = withUnsafePointer(to: &addr) { p in
+            p.withMemoryRebound(to: sockaddr.self, capacity: 1) { connect(fd, $0, socklen_t(MemoryLayout<sockaddr_un>.size)) }
+        }
+        guard rc == 0 else { throw POSIXError(.ECONNREFUSED) }
+        guardAgainstAHang()
+    }
+
+    /// A guard against a hang, not a timing check: a test fails after this rather than waiting
+    /// for ever. 10 s was too short on a loaded 2-core CI run (a metrics scrape beside the qemu
+    /// interop test went unanswered that long once).
+    private func guardAgainstAHang() {
         var timeout = timeval(tv_sec: 60, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &timeout, socklen_t(MemoryLayout<timeval>.size))
     }

@@ -19,10 +19,12 @@ final class ServedArray: @unchecked Sendable {
     var engine: RaidEngine
     var server: NBDServer
     var port: Int
+    /// The Unix socket served on instead of TCP, if any.
+    let socketPath: String?
 
     static func make(
         level: RaidLevel = .raid6, disks: Int = 5, memberMiB: UInt64 = 16, chunkKiB: UInt64 = 64, bitmap: Bool = true, name: String = "served",
-        serverOptions: NBDServerOptions = NBDServerOptions()
+        serverOptions: NBDServerOptions = NBDServerOptions(), overUnixSocket: Bool = false
     ) async throws -> ServedArray {
         let dir = TemporaryDirectory()
         var request = CreateRequest(
@@ -36,11 +38,13 @@ final class ServedArray: @unchecked Sendable {
         request.homehost = "test"
         let paths = (0..<disks).map { dir.file("m\($0).img") }
         try ArrayCreator(paths: paths, request: request, options: CreateOptions()).run()
-        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions)
-        return ServedArray(dir: dir, paths: paths, engine: engine, server: server, port: port)
+        let socketPath = overUnixSocket ? dir.file("nbd.sock") : nil
+        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions, socketPath: socketPath)
+        return ServedArray(dir: dir, paths: paths, engine: engine, server: server, port: port, socketPath: socketPath)
     }
 
-    init(dir: TemporaryDirectory, paths: [String], engine: RaidEngine, server: NBDServer, port: Int) {
+    init(dir: TemporaryDirectory, paths: [String], engine: RaidEngine, server: NBDServer, port: Int, socketPath: String?) {
+        self.socketPath = socketPath
         self.dir = dir
         self.paths = paths
         self.engine = engine
@@ -48,18 +52,22 @@ final class ServedArray: @unchecked Sendable {
         self.port = port
     }
 
-    static func serve(_ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions()) async throws -> (RaidEngine, NBDServer, Int) {
+    static func serve(_ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions(), socketPath: String? = nil) async throws -> (RaidEngine, NBDServer, Int) {
         var options = EngineOptions()
         options.readOnly = readOnly
         options.ioThreads = 4
         let engine = try RaidEngine.assemble(paths: paths, options: options, logger: quietLogger)
         var serverOptions = serverOptions
         serverOptions.readOnly = readOnly
-        let server = try await NBDServer.start(engine: engine, address: .tcp(host: "127.0.0.1", port: 0), options: serverOptions, logger: quietLogger)
-        return (engine, server, server.localAddress!.port!)
+        let address: NBDListenAddress = socketPath.map { .unix(path: $0) } ?? .tcp(host: "127.0.0.1", port: 0)
+        let server = try await NBDServer.start(engine: engine, address: address, options: serverOptions, logger: quietLogger)
+        return (engine, server, server.localAddress?.port ?? 0)
     }
 
-    var uri: String { "nbd://127.0.0.1:\(port)/\(server.export.name)" }
+    var uri: String {
+        if let socketPath { return "nbd+unix:///\(server.export.name)?socket=\(socketPath)" }
+        return "nbd://127.0.0.1:\(port)/\(server.export.name)"
+    }
 
     /// Stops the server and the array (cleanly), as SIGTERM does.
     func stop() async {
@@ -69,7 +77,7 @@ final class ServedArray: @unchecked Sendable {
 
     /// Assembles and serves the same members again (after `stop`).
     func restart(readOnly: Bool = false) async throws {
-        (engine, server, port) = try await Self.serve(paths, readOnly: readOnly)
+        (engine, server, port) = try await Self.serve(paths, readOnly: readOnly, socketPath: socketPath)
     }
 }
 

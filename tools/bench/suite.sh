@@ -80,9 +80,10 @@ cpu_seconds() { # pid: user + system CPU seconds so far
 }
 peak_rss_mib() { awk '/VmHWM/ { printf "%.1f", $2 / 1024 }' "/proc/$1/status"; }
 
+pin=()  # a command fio runs under (taskset), none by default
 fio_job() { # uri rw bs qd field -> value (iops | bw MB/s | lat us)
     local out
-    out=$(fio --name=t --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$arrayBytes" \
+    out=$("${pin[@]}" fio --name=t --ioengine=nbd --uri="$1" --rw="$2" --bs="$3" --iodepth="$4" --size="$arrayBytes" \
         --time_based --runtime="$runtime" --output-format=json 2>/dev/null | sed -n '/^{/,$p')
     python3 -c '
 import json, sys
@@ -91,27 +92,56 @@ x = j["read"] if j["read"]["io_bytes"] else j["write"]
 print({"iops": x["iops"], "bw": x["bw_bytes"] / 1e6, "lat": x["lat_ns"]["mean"] / 1e3}[sys.argv[2]])' "$out" "$5"
 }
 
-nbd_load() { # label uri pid
-    local label=$1 uri=$2 pid=$3 v t0 t1 cpu0
-    cpu0=$(cpu_seconds "$pid")
-    v=""; for _ in $(seq "$reps"); do
-        t0=$(now); nbdcopy -C 4 --flush "$src" "$uri"; t1=$(now)
-        v="$v $(python3 -c "print($arrayBytes / ($t1 - $t0) / 1e6)")"
-    done; record "$label nbdcopy write" "$(median $v)" MB/s
-    v=""; for _ in $(seq "$reps"); do
-        t0=$(now); nbdcopy -C 4 "$uri" null:; t1=$(now)
-        v="$v $(python3 -c "print($arrayBytes / ($t1 - $t0) / 1e6)")"
-    done; record "$label nbdcopy read" "$(median $v)" MB/s
-    for rw in randread randwrite; do for qd in 1 32; do
-        v=""; for _ in $(seq "$reps"); do v="$v $(fio_job "$uri" $rw 4k $qd iops)"; done
-        record "$label 4K $rw QD$qd" "$(median $v)" IOPS
-    done; done
-    v=""; for _ in $(seq "$reps"); do v="$v $(fio_job "$uri" randread 4k 1 lat)"; done
-    record "$label 4K randread QD1 latency" "$(median $v)" us
-    v=""; for _ in $(seq "$reps"); do v="$v $(fio_job "$uri" read 1m 8 bw)"; done
-    record "$label 1M read QD8" "$(median $v)" MB/s
-    record "$label CPU seconds" "$(python3 -c "print($(cpu_seconds "$pid") - $cpu0)")" s
-    record "$label peak RSS" "$(peak_rss_mib "$pid")" MiB
+# Every figure is measured on the three servers of a transport in turn, repetition by
+# repetition (nbdkit, RAID5, RAID6, nbdkit, ...), all three running: on this noisy machine the
+# disk and the page cache change from minute to minute, and measuring one server after the
+# other gave one of them all the bad minutes. A write starts with no dirty data left by the one
+# before it (`sync`, outside the timing), whoever wrote it.
+measure() { # what uri -> value
+    local t0 t1
+    case "$1" in
+        write) sync; t0=$(now); nbdcopy -C 4 --flush "$src" "$2"; t1=$(now)
+               python3 -c "print($arrayBytes / ($t1 - $t0) / 1e6)" ;;
+        read) t0=$(now); nbdcopy -C 4 "$2" null:; t1=$(now)
+              python3 -c "print($arrayBytes / ($t1 - $t0) / 1e6)" ;;
+        randread-1|randread-32|randwrite-1|randwrite-32) fio_job "$2" "${1%-*}" 4k "${1#*-}" iops ;;
+        latency) fio_job "$2" randread 4k 1 lat ;;
+        read-1m) fio_job "$2" read 1m 8 bw ;;
+    esac
+}
+nbd_load() { # transport; labels, uris and spids hold the servers
+    local transport=$1 what i v cpu0=() rep
+    local -A values
+    for i in "${!spids[@]}"; do cpu0+=("$(cpu_seconds "${spids[$i]}")"); done
+    measures=(write read randread-1 randread-32 randwrite-1 randwrite-32 latency read-1m)
+    # The same QD1 latency with each server and fio on one CPU: on this VM a wake-up across
+    # CPUs (the request waking the server, the reply waking the client) costs more than the
+    # work; this row shows each server's own cost without it. Last: the servers stay pinned.
+    command -v taskset >/dev/null && measures+=(latency-one-cpu)
+    for what in "${measures[@]}"; do
+        echo "#   $what" >&2
+        if [ "$what" = latency-one-cpu ]; then
+            for i in "${!spids[@]}"; do taskset -a -p -c 0 "${spids[$i]}" >/dev/null; done
+            pin=(taskset -c 0)
+        fi
+        for rep in $(seq "$reps"); do
+            for i in "${!uris[@]}"; do values[$i,$what]+=" $(measure "${what/-one-cpu/}" "${uris[$i]}")"; done
+        done
+        pin=()
+    done
+    for i in "${!labels[@]}"; do
+        local label="${labels[$i]}"
+        record "$label nbdcopy write" "$(median ${values[$i,write]})" MB/s
+        record "$label nbdcopy read" "$(median ${values[$i,read]})" MB/s
+        for rw in randread randwrite; do for qd in 1 32; do
+            record "$label 4K $rw QD$qd" "$(median ${values[$i,$rw-$qd]})" IOPS
+        done; done
+        record "$label 4K randread QD1 latency" "$(median ${values[$i,latency]})" us
+        record "$label 1M read QD8" "$(median ${values[$i,read-1m]})" MB/s
+        [ -n "${values[$i,latency-one-cpu]:-}" ] && record "$label 4K randread QD1 latency, one CPU" "$(median ${values[$i,latency-one-cpu]})" us
+        record "$label CPU seconds" "$(python3 -c "print($(cpu_seconds "${spids[$i]}") - ${cpu0[$i]})")" s
+        record "$label peak RSS" "$(peak_rss_mib "${spids[$i]}")" MiB
+    done
 }
 
 # The serve_ functions start a server in the background, push its pid on `pids` and set `uri`
@@ -141,11 +171,11 @@ serve_swraid() { # transport level members...
     local transport=$1 level=$2; shift 2
     local control="$dir/control-$level.sock"
     if [ "$transport" = unix ]; then
-        "$bin" run --socket "$dir/swraid.sock" --control "$control" "$@" >>"$dir/run-$level.log" 2>&1 & pids+=($!)
-        uri="nbd+unix:///bench$level?socket=$dir/swraid.sock"
+        "$bin" run --socket "$dir/swraid-$level.sock" --control "$control" "$@" >>"$dir/run-$level.log" 2>&1 & pids+=($!)
+        uri="nbd+unix:///bench$level?socket=$dir/swraid-$level.sock"
     else
-        "$bin" run --listen 127.0.0.1:10932 --control "$control" "$@" >>"$dir/run-$level.log" 2>&1 & pids+=($!)
-        uri="nbd://127.0.0.1:10932/bench$level"
+        "$bin" run --listen 127.0.0.1:$((10927 + level)) --control "$control" "$@" >>"$dir/run-$level.log" 2>&1 & pids+=($!)
+        uri="nbd://127.0.0.1:$((10927 + level))/bench$level"
     fi
 }
 
@@ -158,13 +188,16 @@ stop_last() {
 r5=($(make_array 5 4))
 r6=($(make_array 6 5))
 for transport in unix tcp; do
-    echo "# NBD over $transport: nbdkit file, swraid RAID5x4, swraid RAID6x5" >&2
+    echo "# NBD over $transport: nbdkit file, swraid RAID5x4, swraid RAID6x5, in turn" >&2
+    labels=() uris=() spids=()
     serve_nbdkit $transport; wait_up "$uri"
-    nbd_load "nbdkit-file $transport" "$uri" "${pids[-1]}"; stop_last
+    labels+=("nbdkit-file $transport") uris+=("$uri") spids+=("${pids[-1]}")
     serve_swraid $transport 5 "${r5[@]}"; wait_up "$uri"
-    nbd_load "swraid RAID5x4 $transport" "$uri" "${pids[-1]}"; stop_last
+    labels+=("swraid RAID5x4 $transport") uris+=("$uri") spids+=("${pids[-1]}")
     serve_swraid $transport 6 "${r6[@]}"; wait_up "$uri"
-    nbd_load "swraid RAID6x5 $transport" "$uri" "${pids[-1]}"; stop_last
+    labels+=("swraid RAID6x5 $transport") uris+=("$uri") spids+=("${pids[-1]}")
+    nbd_load $transport
+    stop_last; stop_last; stop_last
 done
 
 # --- 4. check and rebuild against a plain sequential read of the members -----------------------
@@ -261,6 +294,7 @@ for transport in ("unix", "tcp"):
         show(f"{me} 4K randread QD1", f"{peer} 4K randread QD1")
         show(f"{me} 4K randwrite QD1", f"{peer} 4K randwrite QD1")
         show(f"{me} 4K randread QD1 latency", f"{peer} 4K randread QD1 latency", 1.2, ceiling=True)
+        show(f"{me} 4K randread QD1 latency, one CPU", f"{peer} 4K randread QD1 latency, one CPU", 1.2, ceiling=True)
         show(f"{me} CPU seconds", f"{peer} CPU seconds")
         show(f"{me} peak RSS", f"{peer} peak RSS")
 for level in ("5", "6"):

@@ -33,13 +33,15 @@ public struct NBDServerOptions: Sendable {
     /// Reply bytes queued on one connection, not yet taken by the socket, past which it stops
     /// taking requests (the high mark) and below which it takes them again (the low one).
     public var replyWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 1 << 20, high: 2 << 20)
-    /// The kernel's send buffer of a Unix-socket connection (`SO_SNDBUF`, which Linux doubles and
-    /// caps at `net.core.wmem_max`), nil for the system's default. The default, 208 KiB, is
+    /// The kernel's send buffer of each connection (`SO_SNDBUF`, which Linux doubles and caps at
+    /// `net.core.wmem_max`), nil for the system's default. A Unix socket's default, 208 KiB, is
     /// smaller than one 256 KiB read reply: each went out in two writes with a loop turn between,
     /// waiting for the socket to say it could take more. With 512 KiB, RAID5 of 4 served 1 GiB
-    /// to nbdcopy at 2.4-2.8 GB/s with 225 ticks of CPU, against 1.7-2.3 GB/s and 270-380 (the
-    /// README's Performance section). TCP tunes its own buffers, so it is left alone.
-    public var unixSendBufferBytes: Int? = 512 << 10
+    /// to nbdcopy at 2.4-2.8 GB/s with 225 ticks of CPU, against 1.7-2.3 GB/s and 270-380, and
+    /// over TCP loopback at 1.9-2.3 GB/s against 1.4-2.0 (TCP's own tuning starts small and
+    /// grows; a fixed buffer turns it off, so a link whose bandwidth times round trip is well
+    /// over 1 MiB wants nil: `swraid run --send-buffer-kib 0`).
+    public var sendBufferBytes: Int? = 512 << 10
     /// A connection still negotiating after this long is closed.
     public var handshakeTimeout: TimeAmount = .seconds(10)
     /// A connection whose write data stops arriving for this long is closed. The write's bytes
@@ -99,8 +101,7 @@ public final class NBDServer: @unchecked Sendable {
         let export = Self.export(for: engine, readOnly: options.readOnly || engine.readOnly)
         let log = logger ?? engine.logger
         let registry = ConnectionRegistry(limit: options.maxConnections, maxBytesInFlight: options.maxBytesInFlight)
-        var sendBufferBytes: Int?
-        if case .unix = address { sendBufferBytes = options.unixSendBufferBytes }
+        let sendBufferBytes = options.sendBufferBytes
         let bootstrap = ServerBootstrap(group: engine.eventLoop)
             .serverChannelOption(.backlog, value: 64)
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)

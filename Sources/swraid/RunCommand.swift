@@ -29,6 +29,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Serve Prometheus metrics over HTTP on HOST:PORT (GET /metrics).")
     var metrics: String?
 
+    @Option(help: "Each connection's kernel send buffer in KiB (SO_SNDBUF); 0 keeps the system's default (TCP then tunes its own).")
+    var sendBufferKib: Int = 512
+
     @Flag(help: "Serve read-only: nothing is written to the members.")
     var readonly = false
 
@@ -56,7 +59,11 @@ struct Run: AsyncParsableCommand {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "swraid")
         logger.logLevel = .info
-        let serverOptions = NBDServerOptions()
+        guard sendBufferKib >= 0, sendBufferKib <= 1 << 20 else {
+            throw ValidationError("--send-buffer-kib takes 0 (the system's default) to 1048576")
+        }
+        var serverOptions = NBDServerOptions()
+        serverOptions.sendBufferBytes = sendBufferKib == 0 ? nil : sendBufferKib << 10
         var options = EngineOptions()
         options.readOnly = readonly
         options.force = force

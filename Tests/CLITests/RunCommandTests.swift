@@ -121,4 +121,17 @@ import Testing
         #expect(create.stderr.contains("in use"), "\(create.stderr)")
         #expect(members.map { fileBytes($0) } == before)
     }
+
+    /// A send buffer out of range is refused before anything is opened.
+    @Test func aSendBufferOutOfRangeIsRefused() throws {
+        let dir = TemporaryDirectory()
+        let members = try makeArray(dir)
+        let before = members.map { fileBytes($0) }
+        for bad in ["-1", "2000000"] {
+            // `timeout`: a run that took the value would serve until stopped.
+            let run = try runProcess(which("timeout")!, ["30", swraidExecutable, "run", "--listen", "127.0.0.1:0", "--control", dir.file("cli.sock"), "--send-buffer-kib=\(bad)"] + members)
+            #expect(run.status != 0 && run.stderr.contains("--send-buffer-kib takes 0"), "\(bad): \(run.status) \(run.stderr)")
+        }
+        #expect(members.map { fileBytes($0) } == before)
+    }
 }

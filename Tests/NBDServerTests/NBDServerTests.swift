@@ -81,11 +81,12 @@ import Testing
         #expect(try OfflineArray(paths: array.paths).check().mismatchSectors == 0)
     }
 
-    /// Served over a Unix socket: nbdcopy's copy in and back out round-trips, and a connection's
-    /// kernel send buffer is the one asked for (`unixSendBufferBytes`, doubled by Linux and capped
-    /// at `net.core.wmem_max`), large enough for a whole read reply in one write.
+    /// Served over a Unix socket: nbdcopy's copy in and back out round-trips. Over a Unix socket
+    /// and over TCP, a connection's kernel send buffer is the one asked for (`sendBufferBytes`,
+    /// doubled by Linux and capped at `net.core.wmem_max`), large enough for a whole read reply
+    /// in one write.
     @Test(.enabled(if: haveNBDTools, "nbdcopy (libnbd-bin) not installed; .ci/run installs it"))
-    func aUnixSocketServesTheArrayWithASendBufferForAWholeReply() async throws {
+    func aConnectionGetsASendBufferForAWholeReplyOverUnixAndTCP() async throws {
         let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 24, chunkKiB: 512, overUnixSocket: true)
         let size = 64 << 20
         let (input, output) = try copyFiles(array, bytes: size)
@@ -95,16 +96,24 @@ import Testing
         #expect(copyOut.status == 0, "\(copyOut.stderr)")
         try expectCopiedBack(output, from: input, bytes: size)
 
-        let raw = try RawClient(unixPath: array.socketPath!)
+        let wmemMax = Int(try String(contentsOfFile: "/proc/sys/net/core/wmem_max", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
+        let expected = [SocketOptionValue(2 * min(NBDServerOptions().sendBufferBytes!, wmemMax))]
+        let overUnix = try RawClient(unixPath: array.socketPath!)
+        #expect(try await sendBuffers(array.server, after: overUnix) == expected, "over a Unix socket")
+        await array.stop()
+        let overTCPArray = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
+        let overTCP = try RawClient(port: overTCPArray.port)
+        #expect(try await sendBuffers(overTCPArray.server, after: overTCP) == expected, "over TCP")
+        await overTCPArray.stop()
+    }
+
+    /// The send buffer of each open connection, once `raw` has its greeting (its connection is
+    /// open and set up by then).
+    func sendBuffers(_ server: NBDServer, after raw: RawClient) async throws -> [SocketOptionValue] {
         #expect(raw.receive(18) != nil, "no greeting")
-        let server = array.server
-        let sendBuffers = try await server.engine.eventLoop.submit {
+        return try await server.engine.eventLoop.submit {
             try server.connections.open.values.map { try $0.syncOptions!.getOption(.socketOption(.so_sndbuf)) }
         }.get()
-        let wmemMax = Int(try String(contentsOfFile: "/proc/sys/net/core/wmem_max", encoding: .utf8).trimmingCharacters(in: .whitespacesAndNewlines))!
-        let asked = NBDServerOptions().unixSendBufferBytes!
-        #expect(sendBuffers == [SocketOptionValue(2 * min(asked, wmemMax))])
-        await array.stop()
     }
 
     /// A write larger than the connection's byte bound (32 MiB against 16): the connection takes

@@ -126,10 +126,10 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
         let writePaths = [
             ("read_modify_write", s.counters.readModifyWrites), ("reconstruct_write", s.counters.reconstructWrites),
             ("full_stripe_batch", s.counters.fullStripeBatches), ("gathered_row", s.counters.gatheredRows),
-            ("gather_released", s.counters.gathersReleased),
+            ("gather_released", s.counters.gathersReleased), ("gather_late", s.counters.gathersLate),
         ]
         for (path, count) in writePaths {
-            gauge("write_paths", "count", "Stripe writes by how parity was made (read_modify_write, reconstruct_write), full-stripe batches, and rows of a write stream gathered into one (gathered_row) or sent to the stripes after all (gather_released).", [("path", path)])
+            gauge("write_paths", "count", "Stripe writes by how parity was made (read_modify_write, reconstruct_write), full-stripe batches, and rows of a write stream gathered into one (gathered_row) or sent to the stripes after all (gather_released), and stream writes that continued a row released at its deadline, lengthening the wait (gather_late).", [("path", path)])
                 .set(Int64(count))
         }
         let ioBuffers = [("in_use", IOBufferStorage.liveBytes), ("peak_in_use", IOBufferStorage.peakLiveBytes), ("idle", IOBufferPool.shared.idleBytes)]

@@ -85,6 +85,12 @@ public final class RaidCore {
     @exclusivity(unchecked) var nextRecentLargeWrite = 0
     @exclusivity(unchecked) var gatherCredit = RaidCore.maxGatherCredit / 2
     @exclusivity(unchecked) var gatherProbeCountdown = RaidCore.gatherProbeInterval
+    /// Rows released at their deadline lately, oldest first, to see a slow stream continue them.
+    @exclusivity(unchecked) var rowsReleasedAtDeadline: [UInt64] = []
+    /// How many times `writeGatherDelayNanos` a gathered row waits now (1 to
+    /// `maxGatherDelayFactor`), and the rows completed at that wait.
+    @exclusivity(unchecked) var gatherDelayFactor: UInt64 = 1
+    @exclusivity(unchecked) var rowsCompletedAtDelayFactor = 0
 
     // Requests.
     @exclusivity(unchecked) var nextIOID: UInt64 = 1
@@ -756,6 +762,8 @@ public struct CoreCounters: Sendable, Equatable {
     public var gatheredRows = 0
     /// Gathered rows that went to the stripes instead (deadline, overlap, stop).
     public var gathersReleased = 0
+    /// Stream writes that continued a row released at its deadline (the wait was then lengthened).
+    public var gathersLate = 0
     public var bitmapWrites = 0
     public var rebuiltBlocks = 0
     /// Stripe units a resync, recovery, check or repair has finished (a bitmap-guided resync

@@ -360,6 +360,7 @@ public final class Simulation: LivenessSubject, CoreShell {
         // How often the core's write-stream gathering was exercised (the last core of the run).
         count("gathered rows", driver.core.counters.gatheredRows)
         count("gathered rows released to stripes", driver.core.counters.gathersReleased)
+        count("gathered rows continued late", driver.core.counters.gathersLate)
         return SimResult(
             seed: seed, scenario: scenario.name, failure: failure, traceHash: trace.value, events: eventCount, simulatedNanos: now,
             report: failure == nil ? [] : failureReport(), stats: stats)

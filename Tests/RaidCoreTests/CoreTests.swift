@@ -620,6 +620,46 @@ extension WriteGatherTests {
         h.expectDataAndParity(at: UInt64(2 * row), Array(first[0..<4096]) + second + Array(first[8192...]))
     }
 
+    /// A stream slower than the deadline: two rows released at their deadlines take the credit
+    /// to zero, and then the stream comes back for both. Each return gives the credit back and
+    /// doubles the wait, so the next row is held again (for four times the delay) and written
+    /// whole. Before, the credit stayed at zero and every row went to the stripes.
+    @Test func aStreamSlowerThanTheDeadlineWinsBackItsCreditAndALongerWait() throws {
+        let h = try Harness.raid5()
+        let row = h.core.geometry.chunkBytes * h.core.geometry.dataDisks
+        let half = row / 2
+        h.submit(.write(offsetBytes: UInt64(6 * row), data: buf(512, 1), fua: false))
+        h.settle()
+        h.submit(.write(offsetBytes: 0, data: buf(half, 2), fua: false))  // a recent large write
+        h.settle()
+        var written = [UInt8](repeating: 0, count: 3 * row)  // rows 1 to 3
+        func write(row r: Int, second: Bool) -> RequestID {
+            let data = noise(half, UInt8(20 + 2 * r + (second ? 1 : 0)))
+            let at = r * row + (second ? half : 0)
+            written.replaceSubrange((at - row)..<(at - row + half), with: data)
+            return h.submit(.write(offsetBytes: UInt64(at), data: IOBuffer(data), fua: false))
+        }
+        for r in [1, 2] {
+            _ = write(row: r, second: false)
+            #expect(h.pendingIO.isEmpty && h.timers[.writeGather] != nil, "row \(r) was not held")
+            h.fireTimer(.writeGather)
+            h.settle()
+        }
+        #expect(h.core.counters.gathersReleased == 2)
+        _ = write(row: 1, second: true)
+        _ = write(row: 2, second: true)
+        h.settle()
+        #expect(h.core.counters.gathersLate == 2)
+        let held = write(row: 3, second: false)
+        #expect(h.pendingIO.isEmpty && h.clientResults[held] == nil, "row 3 was not held: the credit did not come back")
+        #expect(h.timers[.writeGather]?.at == h.now + 4 * CoreConfig().writeGatherDelayNanos, "the wait was not lengthened")
+        _ = write(row: 3, second: true)
+        h.settle()
+        #expect(h.core.counters.gatheredRows == 1)
+        #expect(h.clientResults[held] == .done)
+        h.expectDataAndParity(at: UInt64(row), written)
+    }
+
     /// Stopping the array does not wait for the deadline: held units go to the stripes at once.
     @Test func stoppingSendsHeldRowsToTheStripesAtOnce() throws {
         let (h, _, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }

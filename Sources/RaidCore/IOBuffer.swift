@@ -48,7 +48,8 @@ public final class IOBufferStorage: @unchecked Sendable {
     /// Whose memory this is when it is not this storage's own (see `init(borrowing:)`).
     let owner: (any AnyObject & Sendable)?
 
-    /// Alignment of every buffer: the page size, enough for O_DIRECT on any Linux device.
+    /// Alignment of every buffer this type allocates: the page size, enough for O_DIRECT on any
+    /// Linux device (memory borrowed with `init(borrowing:)` has its owner's alignment).
     public static let alignment = 4096
 
     /// Bytes of I/O buffers alive now, process-wide (what the memory bounds are meant to hold;

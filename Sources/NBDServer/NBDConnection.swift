@@ -417,17 +417,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         let structured = session.structuredReplies
         switch result {
         case .data(let data):
-            guard case .read(let offset, _) = request else { preconditionFailure("data for a request that is not a read") }
-            let buffer: ByteBuffer
-            if let reply, reply.holds(data) {
-                buffer = reply.buffer
-            } else {
-                // Not where it was asked to land (the core answered from memory of its own).
-                var copy = registry.replyBuffer(capacity: 32 + data.count, allocator: context.channel.allocator)
-                copy.writeBytes(NBDReply.readHeader(cookie: cookie, offset: offset, length: data.count, structured: structured))
-                _ = data.withUnsafeBytes { copy.writeBytes($0) }
-                buffer = copy
-            }
+            // The core answers a read with the destination it was given (`ClientOp.buffer`).
+            guard let reply, reply.holds(data) else { preconditionFailure("a read answered with memory other than its reply's") }
+            let buffer = reply.buffer
             // Once the socket took it, the buffer serves a later reply (see `replyBuffer`).
             let promise = context.eventLoop.makePromise(of: Void.self)
             context.write(wrapOutboundOut(buffer), promise: promise)
@@ -485,7 +477,7 @@ func appendReceived(_ cumulation: inout ByteBuffer?, _ incoming: inout ByteBuffe
 /// socket with no copy in between. The room is uninitialised until the read fills it; only the
 /// engine touches it until the read completes, and the buffer is not changed after `init` (a
 /// change would copy SwiftNIO's storage away from the memory the read writes to).
-final class ReadReply: Sendable {
+struct ReadReply: Sendable {
     /// The whole reply, header and data.
     let buffer: ByteBuffer
     /// The data's bytes inside `buffer`, as the engine's reads take them.

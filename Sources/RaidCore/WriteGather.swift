@@ -51,9 +51,13 @@ extension RaidCore {
     /// A stream slower than `writeGatherDelayNanos` (a busy array whose in-flight bound holds
     /// back the request that would complete the row) gets a longer wait, doubled each time it
     /// continues a row released at its deadline, up to this many times the configured delay;
-    /// `maxGatherCredit` rows completed in a row halve it again.
+    /// `rowsToHalveGatherDelay` rows completed in time halve it again.
     static let maxGatherDelayFactor: UInt64 = 8
+    static let rowsToHalveGatherDelay = 8
     static let rowsReleasedAtDeadlineKept = 8
+
+    /// Bytes of data in one chunk row (a stripe row of whole chunks).
+    var rowDataBytes: UInt64 { geometry.rowDataSectors * 512 }
 
     /// The smallest write that may be held: smaller ones are not worth a wait.
     var gatherMinimumBytes: Int { min(64 << 10, geometry.chunkBytes) }
@@ -63,9 +67,8 @@ extension RaidCore {
     /// The row in which `op` may start a gather: its last, when it ends inside it.
     func gatherStartRow(_ op: ClientOp) -> UInt64? {
         guard case .write(let start, let data, _) = op.request, data.count > 0 else { return nil }
-        let rowBytes = UInt64(geometry.chunkBytes * dataDisks)
         let end = start + UInt64(data.count)
-        return end % rowBytes == 0 ? nil : end / rowBytes
+        return end % rowDataBytes == 0 ? nil : end / rowDataBytes
     }
 
     func writeLooksSequential(_ op: ClientOp) -> Bool {
@@ -73,7 +76,7 @@ extension RaidCore {
         let end = start + UInt64(data.count)
         // Several connections deliver a stream a few requests out of order: near a recent write
         // counts, not only right after it.
-        let window = 4 * UInt64(geometry.chunkBytes * dataDisks)
+        let window = 4 * rowDataBytes
         let near = recentLargeWrites.contains { r in
             (start >= r.upperBound ? start - r.upperBound : r.upperBound - start) <= window
                 || (end >= r.lowerBound ? end - r.lowerBound : r.lowerBound - end) <= window
@@ -85,8 +88,7 @@ extension RaidCore {
         }
         nextRecentLargeWrite = (nextRecentLargeWrite + 1) % Self.recentLargeWriteCount
         guard near, !fua, config.writeGatherDelayNanos > 0 else { return false }
-        let rowBytes = UInt64(geometry.chunkBytes * dataDisks)
-        if start % rowBytes != 0, let k = rowsReleasedAtDeadline.firstIndex(of: start / rowBytes) {
+        if start % rowDataBytes != 0, let k = rowsReleasedAtDeadline.firstIndex(of: start / rowDataBytes) {
             // The stream came back for a row it was not given time to complete: holding would
             // have paid with a longer wait. Without this, a stream slowed down once (a slow
             // disk at its start) lost its credit for good: its rows went to the stripes, each a
@@ -221,7 +223,7 @@ extension RaidCore {
         gatherCredit = min(Self.maxGatherCredit, gatherCredit + 1)
         if gatherDelayFactor > 1 {
             rowsCompletedAtDelayFactor += 1
-            if rowsCompletedAtDelayFactor >= Self.maxGatherCredit {
+            if rowsCompletedAtDelayFactor >= Self.rowsToHalveGatherDelay {
                 gatherDelayFactor /= 2
                 rowsCompletedAtDelayFactor = 0
             }

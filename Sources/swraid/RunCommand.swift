@@ -46,6 +46,12 @@ struct Run: AsyncParsableCommand {
     @Argument(help: "Member files or block devices.")
     var members: [String]
 
+    func validate() throws {
+        guard sendBufferKib >= 0, sendBufferKib <= 1 << 20 else {
+            throw ValidationError("--send-buffer-kib takes 0 (the system's default) to 1048576")
+        }
+    }
+
     func run() async throws {
         let address: NBDListenAddress
         if let socket {
@@ -59,9 +65,6 @@ struct Run: AsyncParsableCommand {
         LoggingSystem.bootstrap { StreamLogHandler.standardError(label: $0) }
         var logger = Logger(label: "swraid")
         logger.logLevel = .info
-        guard sendBufferKib >= 0, sendBufferKib <= 1 << 20 else {
-            throw ValidationError("--send-buffer-kib takes 0 (the system's default) to 1048576")
-        }
         var serverOptions = NBDServerOptions()
         serverOptions.sendBufferBytes = sendBufferKib == 0 ? nil : sendBufferKib << 10
         var options = EngineOptions()

@@ -64,12 +64,12 @@ public final class CoreDriver<Shell: CoreShell> {
         }
     }
 
-    public var pendingClients: [RequestID: PendingClient] { _pendingClients }
-    @exclusivity(unchecked) @usableFromInline var _pendingClients: [RequestID: PendingClient] = [:]
-    public var pendingControls: [RequestID: PendingControl] { _pendingControls }
-    @exclusivity(unchecked) @usableFromInline var _pendingControls: [RequestID: PendingControl] = [:]
-    public var memberIOsInFlight: [MemberIOID: MemberIORequest] { _memberIOsInFlight }
-    @exclusivity(unchecked) @usableFromInline var _memberIOsInFlight: [MemberIOID: MemberIORequest] = [:]
+    public var pendingClients: IDTable<RequestID, PendingClient> { _pendingClients }
+    @exclusivity(unchecked) @usableFromInline var _pendingClients = IDTable<RequestID, PendingClient>()
+    public var pendingControls: IDTable<RequestID, PendingControl> { _pendingControls }
+    @exclusivity(unchecked) @usableFromInline var _pendingControls = IDTable<RequestID, PendingControl>()
+    public var memberIOsInFlight: IDTable<MemberIOID, MemberIORequest> { _memberIOsInFlight }
+    @exclusivity(unchecked) @usableFromInline var _memberIOsInFlight = IDTable<MemberIOID, MemberIORequest>()
     /// Bytes of member I/O in flight (reads and writes).
     public var memberIOBytesInFlight: Int { _memberIOBytesInFlight }
     @exclusivity(unchecked) @usableFromInline var _memberIOBytesInFlight: Int = 0
@@ -171,12 +171,21 @@ public final class CoreDriver<Shell: CoreShell> {
     }
 
     /// Member I/Os in flight, oldest first.
-    public var inFlightMemberIOs: [MemberIORequest] { _memberIOsInFlight.values.sorted { $0.id < $1.id } }
+    public var inFlightMemberIOs: [MemberIORequest] { _memberIOsInFlight.sortedByKey().map(\.value) }
+
+    /// When the longest-waiting request or command came, or nil when none waits (cheap: the
+    /// liveness checker asks after every event, and describing each request cost 3 % of a run).
+    public var oldestUnansweredSince: Nanoseconds? {
+        var oldest: Nanoseconds?
+        _pendingClients.forEachValue { oldest = min(oldest ?? $0.since, $0.since) }
+        _pendingControls.forEachValue { oldest = min(oldest ?? $0.since, $0.since) }
+        return oldest
+    }
 
     /// Requests and commands not answered yet, oldest first: a description and when each came.
     public var unanswered: [(String, Nanoseconds)] {
-        _pendingClients.sorted { $0.key < $1.key }.map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
-            + _pendingControls.sorted { $0.key < $1.key }.map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
+        _pendingClients.sortedByKey().map { ("client request \($0.key) (\($0.value.request))", $0.value.since) }
+            + _pendingControls.sortedByKey().map { ("control command \($0.key) ('\($0.value.command)')", $0.value.since) }
     }
 
     @inlinable

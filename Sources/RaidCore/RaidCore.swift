@@ -62,7 +62,7 @@ public final class RaidCore {
     // Stripe cache.
     @exclusivity(unchecked) var stripes: [Stripe] = []
     @exclusivity(unchecked) var freeStripes: [Stripe] = []
-    @exclusivity(unchecked) var stripeByUnit: [UInt64: Stripe] = [:]
+    @exclusivity(unchecked) var stripeByUnit = IDTable<UInt64, Stripe>()
     /// Items waiting for a free stripe, oldest first (a state, never a blocking wait). A deque:
     /// an item taken from it drops its reference at once. (An array read from a head index kept
     /// every item taken until the queue ran empty, and under a steady stream of parked writes it
@@ -94,7 +94,7 @@ public final class RaidCore {
 
     // Requests.
     @exclusivity(unchecked) var nextIOID: UInt64 = 1
-    @exclusivity(unchecked) var ioContexts: [MemberIOID: IOContext] = [:]
+    @exclusivity(unchecked) var ioContexts = IDTable<MemberIOID, IOContext>()
     @exclusivity(unchecked) var requestsInFlight = 0
     /// Bytes of the requests in flight (read results held, write data pinned).
     @exclusivity(unchecked) var bytesInFlight = 0

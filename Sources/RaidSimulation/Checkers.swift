@@ -14,7 +14,13 @@ public protocol LivenessSubject: AnyObject {
     var writePendingNow: Bool { get }
     /// Requests not answered yet: a description and when each was made.
     var unansweredRequests: [(String, Nanoseconds)] { get }
+    /// When the oldest of them was made (without describing them all).
+    var oldestUnansweredSince: Nanoseconds? { get }
     func fail(_ kind: SimFailure.Kind, _ message: String)
+}
+
+extension LivenessSubject {
+    public var oldestUnansweredSince: Nanoseconds? { unansweredRequests.map(\.1).min() }
 }
 
 /// Liveness (design.md §5): every client request and control command is answered within a
@@ -50,6 +56,7 @@ public final class LivenessChecker: SimChecker {
         // Scan the (bounded) pending tables every simulated 10 ms.
         guard now >= checkedAt + 10 * nanosPerMilli else { return }
         checkedAt = now
+        guard let oldest = subject.oldestUnansweredSince, now - oldest > requestBound else { return }
         for (what, since) in subject.unansweredRequests where now - since > requestBound {
             subject.fail(.liveness, "\(what) unanswered for \(formatTime(now - since))")
             return

@@ -12,16 +12,13 @@ public final class SimMember: MemberDevice {
     public private(set) var current: [UInt8]
     /// Bytes that survive a crash.
     public private(set) var durable: [UInt8]
-    /// Per sector: index into `unflushedWrites` of its latest unflushed write, or -1. A volatile
-    /// cache holds the newest data for a sector, so an older write can never reappear over a
-    /// newer one.
-    private var unflushedWrite: [Int32]
-    /// Per sector: which sector of that write it is.
-    private var unflushedIndex: [Int32]
-    /// Sectors with an unflushed write (each once).
+    /// Per sector: written since the last flush (and not by a FUA write since). A volatile cache
+    /// holds the newest data for a sector, which is what `current` holds, so a crash chooses per
+    /// sector between `durable` and `current`: an older write can never reappear over a newer
+    /// one, and no write's data need be kept apart.
+    private var unflushed: [Bool]
+    /// Sectors with `unflushed` set (each once).
     private var unflushedSectors: [Int] = []
-    /// Data of the writes `unflushedWrite` points into.
-    private var unflushedWrites: [[UInt8]] = []
     /// The device is dead: every I/O fails.
     public var dead = false
     /// Sectors that fail to read until rewritten (latent bad sectors).
@@ -31,8 +28,7 @@ public final class SimMember: MemberDevice {
         self.name = name
         current = image
         durable = image
-        unflushedWrite = [Int32](repeating: -1, count: image.count / 512)
-        unflushedIndex = [Int32](repeating: 0, count: image.count / 512)
+        unflushed = [Bool](repeating: false, count: image.count / 512)
     }
 
     public var sizeInBytes: Int { current.count }
@@ -42,26 +38,37 @@ public final class SimMember: MemberDevice {
     public func sizeBytes() throws(MemberIOError) -> UInt64 { UInt64(current.count) }
 
     public func read(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer], purpose: MemberIOPurpose) throws(MemberIOError) {
-        let length = buffers.reduce(0) { $0 + $1.count }
-        let offset = Int(offsetBytes)
+        var at = Int(offsetBytes)
+        for b in buffers {
+            try read(at: at, into: b)
+            at += b.count
+        }
+    }
+
+    /// One buffer's read (the simulator's I/Os have one; no array of buffers to allocate).
+    func read(at offset: Int, into buffer: UnsafeMutableRawBufferPointer) throws(MemberIOError) {
+        let length = buffer.count
         guard !dead else { throw MemberIOError.io }
         guard offset >= 0, offset + length <= current.count else { throw MemberIOError(errno: 5, message: "read past the end") }
         if !badSectors.isEmpty {
             for sector in (offset / 512)..<((offset + length + 511) / 512) where badSectors.contains(sector) { throw MemberIOError.io }
         }
+        guard length > 0 else { return }
         current.withUnsafeBytes { raw in
-            var at = offset
-            for b in buffers where b.count > 0 {
-                b.baseAddress!.copyMemory(from: raw.baseAddress! + at, byteCount: b.count)
-                at += b.count
-            }
+            buffer.baseAddress!.copyMemory(from: raw.baseAddress! + offset, byteCount: length)
         }
     }
 
     public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
-        var data: [UInt8] = []
-        for b in buffers { data.append(contentsOf: b) }
-        guard write(offset: Int(offsetBytes), data: data, fua: fua) else { throw MemberIOError.io }
+        let length = buffers.reduce(0) { $0 + $1.count }
+        let offset = Int(offsetBytes)
+        // All or nothing: a write that cannot be done changes no byte.
+        guard !dead, offset >= 0, offset + length <= current.count else { throw MemberIOError.io }
+        var at = offset
+        for b in buffers {
+            guard write(offset: at, from: b, fua: fua) else { throw MemberIOError.io }
+            at += b.count
+        }
     }
 
     public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
@@ -75,35 +82,34 @@ public final class SimMember: MemberDevice {
     /// Applies a completed write; with `fua` it is durable at once.
     @discardableResult
     public func write(offset: Int, data: [UInt8], fua: Bool) -> Bool {
+        data.withUnsafeBytes { write(offset: offset, from: $0, fua: fua) }
+    }
+
+    /// Applies a completed write from one buffer (copied once, into `current`).
+    func write(offset: Int, from data: UnsafeRawBufferPointer, fua: Bool) -> Bool {
         guard !dead, offset >= 0, offset + data.count <= current.count else { return false }
-        SimMember.copy(data, into: &current, at: offset)
+        guard data.count > 0 else { return true }
+        current.withUnsafeMutableBytes { to in
+            (to.baseAddress! + offset).copyMemory(from: data.baseAddress!, byteCount: data.count)
+        }
         if !badSectors.isEmpty {
             for sector in (offset / 512)..<((offset + data.count) / 512) { badSectors.remove(sector) }
         }
-        if !fua { unflushedWrites.append(data) }
-        for i in 0..<(data.count / 512) {
-            let sector = offset / 512 + i
-            if fua {
-                unflushedWrite[sector] = -1
-            } else {
-                if unflushedWrite[sector] < 0 { unflushedSectors.append(sector) }
-                unflushedWrite[sector] = Int32(unflushedWrites.count - 1)
-                unflushedIndex[sector] = Int32(i)
+        let sectors = (offset / 512)..<((offset + data.count) / 512)
+        if fua {
+            for sector in sectors { unflushed[sector] = false }
+            current.withUnsafeBytes { from in
+                durable.withUnsafeMutableBytes { to in
+                    (to.baseAddress! + offset).copyMemory(from: from.baseAddress! + offset, byteCount: data.count)
+                }
+            }
+        } else {
+            for sector in sectors where !unflushed[sector] {
+                unflushed[sector] = true
+                unflushedSectors.append(sector)
             }
         }
-        if fua { SimMember.copy(data, into: &durable, at: offset) }
         return true
-    }
-
-    /// `bytes[at...]` = `data`, with one memcpy (`replaceSubrange` goes element by element).
-    static func copy(_ data: [UInt8], into bytes: inout [UInt8], at offset: Int) {
-        precondition(offset >= 0 && offset + data.count <= bytes.count, "copy past the end of the member")
-        bytes.withUnsafeMutableBytes { to in
-            data.withUnsafeBytes { from in
-                guard let source = from.baseAddress else { return }
-                (to.baseAddress! + offset).copyMemory(from: source, byteCount: from.count)
-            }
-        }
     }
 
     /// Everything completed so far becomes durable.
@@ -113,14 +119,13 @@ public final class SimMember: MemberDevice {
         // Copy only what changed: sharing `current` would make the next write copy the device.
         current.withUnsafeBytes { from in
             durable.withUnsafeMutableBytes { to in
-                for sector in unflushedSectors where unflushedWrite[sector] >= 0 {
+                for sector in unflushedSectors where unflushed[sector] {
                     (to.baseAddress! + sector * 512).copyMemory(from: from.baseAddress! + sector * 512, byteCount: 512)
-                    unflushedWrite[sector] = -1
+                    unflushed[sector] = false
                 }
             }
         }
-        unflushedSectors.removeAll()
-        unflushedWrites.removeAll()
+        unflushedSectors.removeAll(keepingCapacity: true)
         return true
     }
 
@@ -128,12 +133,10 @@ public final class SimMember: MemberDevice {
     /// flight, given here) independently keeps its new content or loses it.
     public func crash(inFlightWrites: [(offset: Int, data: [UInt8])], random: inout SimRandom) {
         var image = durable
-        for sector in unflushedSectors.sorted() where unflushedWrite[sector] >= 0 {
-            let w = Int(unflushedWrite[sector])
-            let i = Int(unflushedIndex[sector])
-            unflushedWrite[sector] = -1
+        for sector in unflushedSectors.sorted() where unflushed[sector] {
+            unflushed[sector] = false
             guard random.chance(0.6) else { continue }
-            image.replaceSubrange((sector * 512)..<((sector + 1) * 512), with: unflushedWrites[w][(i * 512)..<((i + 1) * 512)])
+            image.replaceSubrange((sector * 512)..<((sector + 1) * 512), with: current[(sector * 512)..<((sector + 1) * 512)])
         }
         for w in inFlightWrites {
             for i in 0..<(w.data.count / 512) where random.chance(0.5) {
@@ -144,7 +147,6 @@ public final class SimMember: MemberDevice {
         durable = image
         current = image
         unflushedSectors.removeAll()
-        unflushedWrites.removeAll()
     }
 
     /// Direct corruption for checker tests (bypasses the array).
@@ -176,4 +178,24 @@ func perform(_ io: MemberIORequest, on device: MemberDevice) -> MemberIOResult {
     } catch {
         return .failure(error)
     }
+}
+
+/// The same on a simulated member, without the device protocol's array of buffers per I/O
+/// (the simulator performs hundreds of thousands of these per second).
+func perform(_ io: MemberIORequest, on member: SimMember) -> MemberIOResult {
+    switch io.kind {
+    case .read(let buffer):
+        do throws(MemberIOError) {
+            try member.read(at: Int(io.offsetBytes), into: UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count))
+        } catch {
+            return .failure(error)
+        }
+    case .write(let buffer, let fua):
+        guard member.write(offset: Int(io.offsetBytes), from: UnsafeRawBufferPointer(start: buffer.baseAddress, count: buffer.count), fua: fua) else {
+            return .failure(.io)
+        }
+    case .flush:
+        guard member.flush() else { return .failure(.io) }
+    }
+    return .success
 }

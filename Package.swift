@@ -102,7 +102,7 @@ let package = Package(
         .executableTarget(
             name: "swraid",
             dependencies: [
-                "RaidMath", "MDFormat", "DiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol", "NBDClient", "ControlPlane", "ControlProtocol",
+                "RaidMath", "MDFormat", "DiskIO", "CDiskIO", "MDOffline", "RaidCore", "RaidSimulation", "RaidEngine", "NBDServer", "NBDProtocol", "NBDClient", "ControlPlane", "ControlProtocol",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "ServiceLifecycle", package: "swift-service-lifecycle"),

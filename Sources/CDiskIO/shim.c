@@ -4,6 +4,7 @@
 #include <errno.h>
 #include <fcntl.h>
 #include <limits.h>
+#include <malloc.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
 #include <sys/uio.h>
@@ -36,4 +37,9 @@ int swraid_start_writeback(int fd, off_t offset, off_t length) {
 
 int swraid_block_device_size(int fd, uint64_t *size) {
     return ioctl(fd, BLKGETSIZE64, size);
+}
+
+void swraid_keep_heap(int mmap_threshold, int trim_threshold) {
+    mallopt(M_MMAP_THRESHOLD, mmap_threshold);
+    mallopt(M_TRIM_THRESHOLD, trim_threshold);
 }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import CDiskIO
 import Dispatch
 import Foundation
 import RaidCore
@@ -11,6 +12,18 @@ final class SimTally: @unchecked Sendable {
     private(set) var failures = 0
     private(set) var events = 0
     private(set) var failed: [(UInt64, String, SimResult, String)] = []
+    private var nextIndex: UInt64 = 0
+
+    /// The next seed (as an index into the range) for a worker that is free, or nil when all are
+    /// taken. Handed out one at a time: a fixed split gave one worker the seeds whose fault
+    /// profiles stall (the profile is the seed mod 4), and the other sat idle at the end.
+    func claim(below count: UInt64) -> UInt64? {
+        lock.lock()
+        defer { lock.unlock() }
+        guard nextIndex < count else { return nil }
+        defer { nextIndex += 1 }
+        return nextIndex
+    }
 
     func add(_ result: SimResult, seed: UInt64, scenario: String, profile: String, verbose: Bool, single: Bool) -> Int {
         lock.lock()
@@ -113,6 +126,10 @@ struct Sim: ParsableCommand {
             } else {
                 broken = []
             }
+            // Each run allocates and frees its members' images (up to a few MiB): keep them in
+            // malloc's heap rather than a fresh mmap each time, whose pages fault in one by one
+            // and whose munmap interrupts the other worker's CPU to flush its TLB.
+            swraid_keep_heap(64 << 20, 256 << 20)
             let start = monotonicSeconds()
             let total = UInt64(range.count) * UInt64(scenarios.count)
             let bar = range.count > 1 ? ProgressBar(action: "sim", countsSectors: false, items: "runs") : nil
@@ -124,9 +141,8 @@ struct Sim: ParsableCommand {
             let (verboseOutput, traceOn, replay, faultsName) = (verbose, trace, !noDeterminism, faults)
             let barLock = NSLock()
             nonisolated(unsafe) let progressBar = bar
-            DispatchQueue.concurrentPerform(iterations: workers) { worker in
-                var index = UInt64(worker)
-                while index < count {
+            DispatchQueue.concurrentPerform(iterations: workers) { _ in
+                while let index = tally.claim(below: count) {
                     let s = lower + index
                     for name in scenarios {
                         let profile = faultsName.flatMap(FaultProfile.named) ?? SimVariants.defaultProfile(seed: s)
@@ -138,7 +154,6 @@ struct Sim: ParsableCommand {
                         progressBar?.update(done: UInt64(done), total: total)
                         barLock.unlock()
                     }
-                    index += UInt64(workers)
                 }
             }
             let runs = tally.runs

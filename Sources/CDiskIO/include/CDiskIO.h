@@ -28,4 +28,8 @@ int swraid_start_writeback(int fd, off_t offset, off_t length);
 /// The size of the block device open on fd (BLKGETSIZE64); -1 with errno on failure.
 int swraid_block_device_size(int fd, uint64_t *size);
 
+/// mallopt(3): allocations up to `mmap_threshold` bytes come from malloc's heap (not a fresh
+/// mmap each), and up to `trim_threshold` bytes of free heap are kept rather than given back.
+void swraid_keep_heap(int mmap_threshold, int trim_threshold);
+
 #endif

@@ -120,6 +120,28 @@ public func gfCombineKernel(
     }
 }
 
+/// The same with two outputs and nothing allocated: `rows` holds row A's coefficients (one per
+/// source), then row B's; `outputA = sum of rowA[s] · sources[s]`, `outputB` likewise.
+public func gfCombineTwoRows(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, rows: UnsafeBufferPointer<UInt8>,
+    outputA: UnsafeMutableRawPointer, outputB: UnsafeMutableRawPointer, byteCount: Int, tier: ParityKernelTier = .best
+) {
+    precondition(!sources.isEmpty && byteCount >= 0)
+    precondition(rows.count == 2 * sources.count, "a coefficient per source in each of the two rows")
+    precondition(tier.isSupported, "the \(tier) parity kernels need a CPU that has them")
+    withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: 2) { outputs in
+        outputs[0] = outputA
+        outputs[1] = outputB
+        #if arch(x86_64)
+        if tier == .avx512 {
+            swraid_gf_combine_avx512(cSources(sources), sources.count, rows.baseAddress!, 2, outputs.baseAddress!, byteCount)
+            return
+        }
+        #endif
+        swraid_gf_combine_baseline(cSources(sources), sources.count, rows.baseAddress!, 2, outputs.baseAddress!, byteCount)
+    }
+}
+
 /// True when the two buffers hold the same bytes.
 public func buffersEqual(_ a: UnsafeRawPointer, _ b: UnsafeRawPointer, byteCount: Int) -> Bool {
     precondition(byteCount >= 0)

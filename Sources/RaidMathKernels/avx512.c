@@ -105,12 +105,7 @@ SWRAID_AVX512 void swraid_gf_combine_avx512(const void *const *sources, long cou
     if (tables == NULL) abort();
     for (long r = 0; r < rows; r++) {
         for (long s = 0; s < count; s++) {
-            uint8_t c = coefficients[r * count + s];
-            uint8_t *t = tables + (r * count + s) * 32;
-            for (int i = 0; i < 16; i++) {
-                t[i] = swraid_gf_mul_byte(c, (uint8_t)i);
-                t[16 + i] = swraid_gf_mul_byte(c, (uint8_t)(i << 4));
-            }
+            swraid_gf_nibble_tables(coefficients[r * count + s], tables + (r * count + s) * 32);
         }
     }
     const __m512i low = _mm512_set1_epi8(0x0F);

@@ -17,6 +17,23 @@ static inline uint8_t swraid_gf_mul_byte(uint8_t a, uint8_t b) {
     return product;
 }
 
+// The two 16-entry tables of a nibble-split multiply by c: t[i] = c*i and t[16 + i] = c*(i << 4)
+// for i in 0..<16. Multiplication by c is linear over XOR, so each entry is an earlier entry
+// XOR c times its lowest set bit: seven doublings and 30 XORs per coefficient, instead of 32
+// shift-and-add products of eight steps each (tables are built on every recovery call).
+static inline void swraid_gf_nibble_tables(uint8_t c, uint8_t *t) {
+    uint8_t bit[8];
+    bit[0] = c;
+    for (int k = 1; k < 8; k++) bit[k] = swraid_mul2_byte(bit[k - 1]);
+    t[0] = 0;
+    t[16] = 0;
+    for (int i = 1; i < 16; i++) {
+        int lowest = __builtin_ctz((unsigned)i);
+        t[i] = (uint8_t)(t[i & (i - 1)] ^ bit[lowest]);
+        t[16 + i] = (uint8_t)(t[16 + (i & (i - 1))] ^ bit[4 + lowest]);
+    }
+}
+
 // dst = XOR of the sources, bytes [from, to).
 static inline void swraid_xor_bytes(const void *const *sources, long count, void *dst, long from, long to) {
     for (long off = from; off < to; off++) {

@@ -32,6 +32,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Each connection's kernel send buffer in KiB (SO_SNDBUF); 0 keeps the system's default (TCP then tunes its own).")
     var sendBufferKib: Int = 512
 
+    @Option(name: .customLong("io-threads"), help: "Threads running member system calls (1 to 64; default: two per member, at most one per CPU, at least 2).")
+    var ioThreads: Int?
+
     @Flag(help: "Serve read-only: nothing is written to the members.")
     var readonly = false
 
@@ -49,6 +52,9 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         guard sendBufferKib >= 0, sendBufferKib <= 1 << 20 else {
             throw ValidationError("--send-buffer-kib takes 0 (the system's default) to 1048576")
+        }
+        if let ioThreads, !(1...64).contains(ioThreads) {
+            throw ValidationError("--io-threads takes 1 to 64")
         }
     }
 
@@ -70,6 +76,7 @@ struct Run: AsyncParsableCommand {
         var options = EngineOptions()
         options.readOnly = readonly
         options.force = force
+        options.ioThreads = ioThreads
         let bounds = serverOptions.coreBounds(maxBlockBytes: 32 << 20)
         options.config.maxRequestsInFlight = max(options.config.maxRequestsInFlight, bounds.requests)
         options.config.maxBytesInFlight = max(options.config.maxBytesInFlight, bounds.bytes)

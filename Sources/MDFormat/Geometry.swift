@@ -140,6 +140,24 @@ public struct RaidGeometry: Equatable, Sendable {
     public let chunkSectors: UInt64
     /// Sectors of each member used for data (sb.size), a multiple of the chunk.
     public let memberDataSectors: UInt64
+    /// Every layout repeats after n·(n-1) rows (its rotations go by the row mod n, or mod n-1):
+    /// the placements of one period, computed once, so that looking a row up allocates nothing
+    /// (the core asks for one per stripe and per piece of every request). Nil past 1024 rows
+    /// of pattern (over 32 disks), where each is computed when asked.
+    private var rowPatterns: RowPatterns? = nil
+
+    /// Immutable once built; a class so that copies of the geometry share it.
+    private final class RowPatterns: Sendable {
+        let rows: [StripeRow]
+        init(_ rows: [StripeRow]) { self.rows = rows }
+    }
+
+    static let maxPatternRows = 1024
+
+    public static func == (a: RaidGeometry, b: RaidGeometry) -> Bool {
+        a.level == b.level && a.layout == b.layout && a.raidDisks == b.raidDisks && a.chunkSectors == b.chunkSectors
+            && a.memberDataSectors == b.memberDataSectors
+    }
 
     public init(level: RaidLevel, layout: RaidLayout, raidDisks: Int, chunkSectors: UInt64, memberDataSectors: UInt64) throws {
         guard RaidLayout.valid(for: level).contains(layout) || level == .raid4 else {
@@ -160,6 +178,10 @@ public struct RaidGeometry: Equatable, Sendable {
         self.raidDisks = raidDisks
         self.chunkSectors = chunkSectors
         self.memberDataSectors = memberDataSectors
+        let period = raidDisks * (raidDisks - 1)
+        if period <= RaidGeometry.maxPatternRows {
+            rowPatterns = RowPatterns((0..<UInt64(period)).map { computeStripeRow($0) })
+        }
     }
 
     public var maxDegraded: Int { level.maxDegraded }
@@ -172,6 +194,21 @@ public struct RaidGeometry: Equatable, Sendable {
 
     /// Placement of the chunks in stripe row `row`.
     public func stripeRow(_ row: UInt64) -> StripeRow {
+        guard let rowPatterns else { return computeStripeRow(row) }
+        let pattern = rowPatterns.rows[Int(row % UInt64(rowPatterns.rows.count))]
+        return StripeRow(
+            row: row, dataDisk: pattern.dataDisk, pDisk: pattern.pDisk, qDisk: pattern.qDisk, syndromeSlot: pattern.syndromeSlot,
+            syndromeSlotCount: pattern.syndromeSlotCount)
+    }
+
+    /// The role holding the `dataIndex`-th data chunk of stripe row `row`.
+    func dataDisk(row: UInt64, dataIndex: Int) -> Int {
+        guard let rowPatterns else { return computeStripeRow(row).dataDisk[dataIndex] }
+        return rowPatterns.rows[Int(row % UInt64(rowPatterns.rows.count))].dataDisk[dataIndex]
+    }
+
+    /// `stripeRow` from md's rules (md-format.md §3).
+    func computeStripeRow(_ row: UInt64) -> StripeRow {
         let n = raidDisks
         let s = Int(row % UInt64(n))
         var pd: Int
@@ -242,7 +279,7 @@ public struct RaidGeometry: Equatable, Sendable {
         let offset = arraySector % chunkSectors
         let row = chunk / UInt64(dataDisks)
         let dd = Int(chunk % UInt64(dataDisks))
-        return (row, dd, stripeRow(row).dataDisk[dd], row * chunkSectors + offset)
+        return (row, dd, dataDisk(row: row, dataIndex: dd), row * chunkSectors + offset)
     }
 
     /// Inverse map: the array sector stored on `disk` at member-relative sector `memberSector`,

@@ -150,4 +150,29 @@ func renderRow(_ g: RaidGeometry, _ row: UInt64) -> String {
         #expect(RaidLayout(name: "7", level: .raid6) == nil)
         #expect(RaidLayout(name: "diagonal", level: .raid5) == nil)
     }
+
+    /// The placements precomputed for one period are md's rule's answer for every row: each
+    /// level and layout, 3 to 33 disks (33 is past the precomputed sizes), three periods of
+    /// rows and some far away, including `locate`'s path.
+    @Test func precomputedRowPatternsAnswerAsTheRuleForEveryLayout() throws {
+        for level in [RaidLevel.raid4, .raid5, .raid6] {
+            for layout in level == .raid4 ? [RaidLayout.parityLast] : RaidLayout.valid(for: level) {
+                for n in level.minimumRaidDisks...33 {
+                    let g = try RaidGeometry(level: level, layout: layout, raidDisks: n, chunkSectors: 8, memberDataSectors: 8 << 20)
+                    let period = UInt64(n * (n - 1))
+                    let rows = Array(0..<(3 * period)) + [g.rowCount - 1, g.rowCount / 2 + 7, 123_457]
+                    for row in rows {
+                        let computed = g.computeStripeRow(row)
+                        guard g.stripeRow(row) == computed else {
+                            Issue.record("\(level) \(layout) n=\(n) row \(row): \(g.stripeRow(row)) against \(computed)")
+                            return
+                        }
+                        let dd = Int(row % UInt64(g.dataDisks))
+                        let located = g.locate(arraySector: (row * UInt64(g.dataDisks) + UInt64(dd)) * 8 + 3)
+                        #expect(located.disk == computed.dataDisk[dd] && located.row == row)
+                    }
+                }
+            }
+        }
+    }
 }

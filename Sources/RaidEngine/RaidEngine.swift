@@ -15,8 +15,8 @@ public struct EngineOptions: Sendable {
     public var readOnly = false
     /// Open members with O_DIRECT (bypass the page cache).
     public var direct = false
-    /// Threads running member system calls (default: two per member, at most one per CPU, 2 to
-    /// 32; see `RaidEngine.defaultIOThreads`).
+    /// Threads running member system calls (default: two per member, 4 to 32; see
+    /// `RaidEngine.defaultIOThreads`).
     public var ioThreads: Int?
     /// Assemble even a degraded array that was not shut down cleanly (mdadm's --force).
     public var force = false
@@ -207,7 +207,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         for (index, _) in assembly.excluded { given[index.rawValue].close() }
         devices = given
         startUptimeNanos = NIODeadline.now().uptimeNanoseconds
-        let threads = options.ioThreads ?? RaidEngine.defaultIOThreads(members: given.count, cores: System.coreCount)
+        let threads = options.ioThreads ?? RaidEngine.defaultIOThreads(members: given.count)
         let box = mailbox
         let loop = self.eventLoop
         let deliver: @Sendable ([(MemberIOID, MemberIOResult)]) -> Void = { [weak self] results in
@@ -224,15 +224,16 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         loop.execute { self.driver.start(now: self.now()) }
     }
 
-    /// Two per member, but no more than the machine has CPUs (at least 2, at most 32). Member
-    /// files in the page cache make each call a copy, CPU work: threads beyond the CPUs only
-    /// switch, and writers of one member file spin on its inode lock. On this 2-vCPU machine,
-    /// RAID6 of 5 with 10 threads against 2: 4 KiB random writes at QD32 12-19 k/s against
-    /// 19-28 k/s, reads after the page cache was dropped 379-713 against 584-785 MB/s (1 GiB)
-    /// and 19-21 k/s against 32-36 k/s (4 KiB at QD32), sequential writes alike. Slow devices
-    /// want more I/O in flight: `--io-threads`.
-    static func defaultIOThreads(members: Int, cores: Int) -> Int {
-        min(32, max(2, min(2 * members, cores)))
+    /// Two per member, 4 to 32. Fewer would be faster on a small machine with members in the
+    /// page cache, where each member call is CPU work (on 2 vCPUs, RAID6 of 5 with 2 threads
+    /// against 10: 4 KiB random writes at QD32 19-28 k/s against 12-19, reads after the page
+    /// cache was dropped faster too), but the threads are also what keeps a stalled member from
+    /// holding up the rest: each I/O stuck on it holds a thread, and with 2 threads a stalled
+    /// read plus a stalled superblock write stopped every member's I/O (the clean-clone run of
+    /// `aStalledMemberHoldsUpOnlyTheIOThatNeedsIt` hung). `--io-threads` trades one for the
+    /// other.
+    static func defaultIOThreads(members: Int) -> Int {
+        min(32, max(4, 2 * members))
     }
 
     deinit {

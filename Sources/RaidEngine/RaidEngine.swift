@@ -229,9 +229,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     /// against 10: 4 KiB random writes at QD32 19-28 k/s against 12-19, reads after the page
     /// cache was dropped faster too), but the threads are also what keeps a stalled member from
     /// holding up the rest: each I/O stuck on it holds a thread, and with 2 threads a stalled
-    /// read plus a stalled superblock write stopped every member's I/O (the clean-clone run of
-    /// `aStalledMemberHoldsUpOnlyTheIOThatNeedsIt` hung). `--io-threads` trades one for the
-    /// other.
+    /// read plus a stalled superblock write stopped every member's I/O (a clean-clone run of
+    /// `aStalledMemberHoldsUpOnlyTheIOThatNeedsIt` hung, when the superblock write landed on
+    /// the stalled member). `--io-threads` trades one for the other.
     static func defaultIOThreads(members: Int) -> Int {
         min(32, max(4, 2 * members))
     }

@@ -108,16 +108,24 @@ public func gfCombineKernel(
     let flat = coefficients.flatMap { $0 }
     flat.withUnsafeBufferPointer { c in
         outputs.map { Optional($0) }.withUnsafeBufferPointer { o in
-            let outputPointers = UnsafeRawPointer(o.baseAddress!).assumingMemoryBound(to: UnsafeMutableRawPointer?.self)
-            #if arch(x86_64)
-            if tier == .avx512 {
-                swraid_gf_combine_avx512(cSources(sources), sources.count, c.baseAddress!, outputs.count, outputPointers, byteCount)
-                return
-            }
-            #endif
-            swraid_gf_combine_baseline(cSources(sources), sources.count, c.baseAddress!, outputs.count, outputPointers, byteCount)
+            gfCombine(sources, rows: c.baseAddress!, rowCount: outputs.count, outputs: o.baseAddress!, byteCount: byteCount, tier: tier)
         }
     }
+}
+
+/// The kernel call both entry points make: `rows` holds `rowCount` rows of a coefficient per
+/// source, `outputs` one pointer per row.
+private func gfCombine(
+    _ sources: UnsafeBufferPointer<UnsafeRawPointer>, rows: UnsafePointer<UInt8>, rowCount: Int,
+    outputs: UnsafePointer<UnsafeMutableRawPointer?>, byteCount: Int, tier: ParityKernelTier
+) {
+    #if arch(x86_64)
+    if tier == .avx512 {
+        swraid_gf_combine_avx512(cSources(sources), sources.count, rows, rowCount, outputs, byteCount)
+        return
+    }
+    #endif
+    swraid_gf_combine_baseline(cSources(sources), sources.count, rows, rowCount, outputs, byteCount)
 }
 
 /// The same with two outputs and nothing allocated: `rows` holds row A's coefficients (one per
@@ -132,13 +140,7 @@ public func gfCombineTwoRows(
     withUnsafeTemporaryAllocation(of: UnsafeMutableRawPointer?.self, capacity: 2) { outputs in
         outputs[0] = outputA
         outputs[1] = outputB
-        #if arch(x86_64)
-        if tier == .avx512 {
-            swraid_gf_combine_avx512(cSources(sources), sources.count, rows.baseAddress!, 2, outputs.baseAddress!, byteCount)
-            return
-        }
-        #endif
-        swraid_gf_combine_baseline(cSources(sources), sources.count, rows.baseAddress!, 2, outputs.baseAddress!, byteCount)
+        gfCombine(sources, rows: rows.baseAddress!, rowCount: 2, outputs: UnsafePointer(outputs.baseAddress!), byteCount: byteCount, tier: tier)
     }
 }
 

@@ -87,7 +87,8 @@ public enum Parity {
             throw ParityError.invalidSlot(slot)
         }
         scratch.reserve(byteCount)
-        var readOnlySlots: [UnsafeRawPointer] { slots.map { UnsafeRawPointer($0) } }
+        // Built only for the cases that use it (not the two-data recovery), and once.
+        lazy var readOnlySlots = slots.map { UnsafeRawPointer($0) }
 
         switch (lostSet.first, lostSet.dropFirst().first) {
         case (nil, _):

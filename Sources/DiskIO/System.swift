@@ -1,3 +1,4 @@
+import CDiskIO
 #if canImport(Glibc)
 import Glibc
 #endif
@@ -356,6 +357,11 @@ public enum Host {
     }
 
     public static func processID() -> Int32 { getpid() }
+
+    /// The processors this process may run on (its CPU affinity mask), at least 1.
+    public static func processorCount() -> Int {
+        max(1, Int(swraid_processor_count()))
+    }
 }
 
 /// A shared library opened at run time (ISA-L for the parity benchmark).

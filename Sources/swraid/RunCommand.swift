@@ -32,7 +32,7 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Each connection's kernel send buffer in KiB (SO_SNDBUF); 0 keeps the system's default (TCP then tunes its own).")
     var sendBufferKib: Int = 512
 
-    @Option(name: .customLong("io-threads"), help: "Threads running member system calls (1 to 64; default: two per member, 4 to 32). Fewer can be faster on a small machine, but each I/O a stalled member holds takes one.")
+    @Option(name: .customLong("io-threads"), help: "Threads running member system calls (1 to 64; default: per member, the processors per member from 1 to 4). One member may hold at most its even share (N / members, at least 1), so with N at least the member count a stalled member holds up only the I/O that needs it.")
     var ioThreads: Int?
 
     @Flag(help: "Serve read-only: nothing is written to the members.")

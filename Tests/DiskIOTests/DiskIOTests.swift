@@ -39,6 +39,38 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         #expect(Array(b) == pieces[2])
     }
 
+    /// A buffered write is made in calls that end on multiples of 128 KiB, so buffers that
+    /// straddle a multiple are cut for one call and finished by the next: every byte lands once,
+    /// in order (with and without FUA, whose RWF_DSYNC then becomes one fdatasync at the end).
+    @Test(arguments: [false, true])
+    func aBufferedWriteSplitAtItsCallBoundLandsWhole(fua: Bool) throws {
+        let (path, cleanup) = try scratchFile(2 << 20)
+        defer { cleanup() }
+        let file = try MemberFile(path: path, mode: .readWrite)
+        #expect(MemberFile.bufferedWriteCallMaxBytes == 128 << 10)
+        // Odd sizes from an odd offset: most buffers cross a 128 KiB multiple somewhere, one is
+        // larger than two calls.
+        let sizes = [1000, 140_001, 4096, 131_072, 300_000, 3, 180_000]
+        let pieces = sizes.enumerated().map { pattern($0.element, UInt8($0.offset + 1)) }
+        let offset: UInt64 = 12_345
+        try withBuffers(pieces) { try file.write(at: offset, from: $0, fua: fua, purpose: .data) }
+        let total = sizes.reduce(0, +)
+        #expect(try file.read(at: offset, count: total, purpose: .data) == pieces.flatMap { $0 })
+        // Nothing written around it.
+        #expect(try file.read(at: 0, count: Int(offset), purpose: .data).allSatisfy { $0 == 0 })
+        #expect(try file.read(at: offset + UInt64(total), count: 4096, purpose: .data).allSatisfy { $0 == 0 })
+    }
+
+    private func withBuffers(_ pieces: [[UInt8]], _ body: ([UnsafeRawBufferPointer]) throws -> Void) throws {
+        let buffers = pieces.map { p -> UnsafeMutableRawBufferPointer in
+            let b = UnsafeMutableRawBufferPointer.allocate(byteCount: p.count, alignment: 16)
+            p.withUnsafeBytes { b.copyMemory(from: $0) }
+            return b
+        }
+        defer { buffers.forEach { $0.deallocate() } }
+        try body(buffers.map { UnsafeRawBufferPointer($0) })
+    }
+
     /// What the engine's loop reads itself: bytes the page cache holds (just written through
     /// the cache), into several buffers in order. O_DIRECT files, ranges past the end, a closed
     /// file and the fault injector say no, leaving the read to the I/O threads.

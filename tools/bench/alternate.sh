@@ -54,7 +54,8 @@ members=()
 for i in $(seq 0 $((disks - 1))); do members+=("$dir/m$i.img"); done
 "$bin" create -q --level "$level" --raid-devices "$disks" --size $((size / data / 1024 / 512 * 512 + 512)) --bitmap none \
     --assume-clean --name alt "${members[@]}" >/dev/null
-head -c $size /dev/urandom >"$dir/file.img"
+head -c $size /dev/urandom >"$dir/source.img"
+truncate -s $size "$dir/file.img"
 "$bin" run "${runOptions[@]}" --socket "$dir/swraid.sock" --control "$dir/control.sock" "${members[@]}" >"$dir/run.log" 2>&1 &
 spid=$!
 pids+=($spid)
@@ -65,8 +66,12 @@ for _ in $(seq 100); do [ -S "$dir/swraid.sock" ] && [ -S "$dir/nbdkit.sock" ] &
 [ -S "$dir/swraid.sock" ] || { echo "alternate.sh: swraid did not start:" >&2; cat "$dir/run.log" >&2; exit 1; }
 S="nbd+unix:///alt?socket=$dir/swraid.sock"
 K="nbd+unix:///?socket=$dir/nbdkit.sock"
-# The same bytes on both, then one read of each (the page cache as a steady reader sees it).
-nbdcopy --flush "$dir/file.img" "$S"
+# The same bytes on both, written through each server (so that each made its own page cache:
+# how large a write was decides how large its page cache folios are, which matters to later
+# small writes), then one read of each (the page cache as a steady reader sees it).
+nbdcopy --flush "$dir/source.img" "$S"
+nbdcopy --flush "$dir/source.img" "$K"
+rm "$dir/source.img"
 nbdcopy "$S" null:
 nbdcopy "$K" null:
 

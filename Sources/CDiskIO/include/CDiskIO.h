@@ -25,6 +25,10 @@ ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t 
 /// device without waiting for them (a hint; durability still takes fdatasync).
 int swraid_start_writeback(int fd, off_t offset, off_t length);
 
+/// The processors this process may run on (sched_getaffinity), or the online ones when that
+/// fails; at least 1.
+int swraid_processor_count(void);
+
 /// The size of the block device open on fd (BLKGETSIZE64); -1 with errno on failure.
 int swraid_block_device_size(int fd, uint64_t *size);
 

@@ -203,14 +203,15 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// of it. Linux (6.x, ext4 and block devices) gives the page cache folio a buffered write
     /// creates the size of that write, up to 2 MiB, and every later small write into a folio
     /// walks all its blocks and leaves the whole folio dirty for writeback. 4 KiB random writes
-    /// to a file filled by 4 MiB calls ran at 33 k/s, by 1 MiB calls at 52 k/s, by 128 KiB calls
-    /// at 197 k/s and by 64 KiB calls at 244 k/s (fio, one thread, cached file). A random write
+    /// to a file filled by 4 MiB calls ran at 33 k/s, by 1 MiB calls at 52 k/s, by 256 KiB
+    /// calls at 161 k/s, by 128 KiB at 197 k/s (fio, one thread, cached file). A random write
     /// to the array is a read-modify-write of small member writes, and swraid's plug merges
-    /// member writes up to 4 MiB, so members are written in pieces this size. The pieces cost
-    /// sequential writes per folio: 1 MiB writes to RAID5 of 4 at QD8 ran at 0.87 of the
-    /// unsplit speed with 64 KiB pieces and 0.93 with 128 KiB (medians, alternated); cached
-    /// reads were as fast from the smaller folios.
-    public static let bufferedWriteCallMaxBytes = 128 << 10
+    /// member writes up to 4 MiB, so members are written in pieces this size: the size of the
+    /// requests nbdcopy sends, which is what a file served by nbdkit gets. Smaller pieces cost
+    /// sequential writes per folio: nbdcopy 1 GiB to RAID5 of 4 ran at 0.93-1.20 (median 1.0)
+    /// of the unsplit speed with 256 KiB pieces, 0.91 with 128 KiB; random writes to RAID6 of 5
+    /// ran as fast with either (256 KiB against 128 KiB, 0.79-1.12), 1.1-1.8 times the unsplit.
+    public static let bufferedWriteCallMaxBytes = 256 << 10
 
     /// Writes this large start their writeback at once (small ones stay in the page cache, where
     /// rewrites of the same blocks merge).

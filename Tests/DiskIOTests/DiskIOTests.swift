@@ -39,7 +39,7 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         #expect(Array(b) == pieces[2])
     }
 
-    /// A buffered write is made in calls that end on multiples of 128 KiB, so buffers that
+    /// A buffered write is made in calls that end on multiples of 256 KiB, so buffers that
     /// straddle a multiple are cut for one call and finished by the next: every byte lands once,
     /// in order (with and without FUA, whose RWF_DSYNC then becomes one fdatasync at the end).
     @Test(arguments: [false, true])
@@ -47,10 +47,10 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         let (path, cleanup) = try scratchFile(2 << 20)
         defer { cleanup() }
         let file = try MemberFile(path: path, mode: .readWrite)
-        #expect(MemberFile.bufferedWriteCallMaxBytes == 128 << 10)
-        // Odd sizes from an odd offset: most buffers cross a 128 KiB multiple somewhere, one is
+        #expect(MemberFile.bufferedWriteCallMaxBytes == 256 << 10)
+        // Odd sizes from an odd offset: most buffers cross a 256 KiB multiple somewhere, one is
         // larger than two calls.
-        let sizes = [1000, 140_001, 4096, 131_072, 300_000, 3, 180_000]
+        let sizes = [1000, 280_001, 4096, 262_144, 600_000, 3, 360_000]
         let pieces = sizes.enumerated().map { pattern($0.element, UInt8($0.offset + 1)) }
         let offset: UInt64 = 12_345
         try withBuffers(pieces) { try file.write(at: offset, from: $0, fua: fua, purpose: .data) }

@@ -1,6 +1,6 @@
 import ControlProtocol
 import DiskIO
-import Foundation
+import FoundationEssentials
 import Logging
 import MDFormat
 import NIOCore
@@ -159,7 +159,7 @@ public final class ControlServer: @unchecked Sendable {
 
     /// The default socket path for an array named `name`.
     public static func defaultPath(arrayName name: String) -> String {
-        runtimeDirectory + "/" + name.replacingOccurrences(of: "/", with: "_") + ".sock"
+        runtimeDirectory + "/" + name.split(separator: "/", omittingEmptySubsequences: false).joined(separator: "_") + ".sock"
     }
 
     /// Listens on `path`. The socket's loop is not the engine's: a `stop` request is answered
@@ -167,7 +167,8 @@ public final class ControlServer: @unchecked Sendable {
     public static func start(
         service: ControlService, path: String, on loop: EventLoop = MultiThreadedEventLoopGroup.singleton.next(), logger: Logger
     ) async throws -> ControlServer {
-        let directory = (path as NSString).deletingLastPathComponent
+        // The folder the socket goes in: what precedes the last "/" ("/" itself for "/x.sock").
+        let directory = path.lastIndex(of: "/").map { $0 == path.startIndex ? "/" : String(path[..<$0]) } ?? ""
         if !directory.isEmpty {
             try FileManager.default.createDirectory(atPath: directory, withIntermediateDirectories: true, attributes: [.posixPermissions: 0o700])
         }

@@ -1,5 +1,4 @@
 import DiskIO
-import Foundation
 import MDFormat
 import RaidCore
 

@@ -1,13 +1,13 @@
 import ArgumentParser
 import CDiskIO
 import Dispatch
-import Foundation
+import DiskIO
 import RaidCore
 import RaidSimulation
 
 /// Results of parallel runs, in one place (the workers share nothing else).
 final class SimTally: @unchecked Sendable {
-    private let lock = NSLock()
+    private let lock = ConditionLock()
     private(set) var runs = 0
     private(set) var failures = 0
     private(set) var events = 0
@@ -134,12 +134,12 @@ struct Sim: ParsableCommand {
             let total = UInt64(range.count) * UInt64(scenarios.count)
             let bar = range.count > 1 ? ProgressBar(action: "sim", countsSectors: false, items: "runs") : nil
             let tally = SimTally()
-            let workers = max(1, min(jobs ?? ProcessInfo.processInfo.activeProcessorCount, 64))
+            let workers = max(1, min(jobs ?? Host.processorCount(), 64))
             let lower = range.lowerBound
             let count = UInt64(range.count)
             let single = seed != nil
             let (verboseOutput, traceOn, replay, faultsName) = (verbose, trace, !noDeterminism, faults)
-            let barLock = NSLock()
+            let barLock = ConditionLock()
             nonisolated(unsafe) let progressBar = bar
             DispatchQueue.concurrentPerform(iterations: workers) { _ in
                 while let index = tally.claim(below: count) {

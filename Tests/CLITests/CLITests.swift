@@ -135,6 +135,20 @@ func listDirectory(_ path: String) -> [String] { ((try? FileManager.default.cont
     }
 }
 
+/// The daemon's memory is part of what it costs (issue 11's peak RSS): Foundation, its
+/// internationalisation and ICU are 7 MiB of resident library pages `swraid run` needs none of.
+/// FoundationEssentials (which swift-argument-parser links) is all the binary may take.
+@Suite struct LinkCLITests {
+    @Test(.enabled(if: which("ldd") != nil, "ldd is missing"))
+    func theBinaryLinksNeitherFoundationNorICU() throws {
+        let libraries = try runProcess(which("ldd")!, [swraidExecutable]).stdoutText
+        #expect(libraries.contains("libswiftCore.so"), "ldd printed no libraries: \(libraries)")
+        for heavy in ["libFoundation.so", "libFoundationInternationalization.so", "lib_FoundationICU.so"] {
+            #expect(!libraries.contains(heavy), "swraid links \(heavy): a target imports Foundation instead of FoundationEssentials")
+        }
+    }
+}
+
 @Suite struct CLIUnitTests {
     @Test func sizesParseLikeMdadm() {
         #expect(SizeArgument.parseBytes("512") == 512 * 1024)

@@ -257,6 +257,14 @@ final class ControlledArray: @unchecked Sendable {
 }
 
 @Suite struct ControlSocketTests {
+    @Test func theDefaultSocketPathNamesTheArrayWithEverySlashReplaced() {
+        let directory = ControlServer.runtimeDirectory
+        #expect(ControlServer.defaultPath(arrayName: "data") == directory + "/data.sock")
+        #expect(ControlServer.defaultPath(arrayName: "host:a/b") == directory + "/host:a_b.sock")
+        // Leading, trailing and repeated slashes are each replaced, none dropped.
+        #expect(ControlServer.defaultPath(arrayName: "/a//b/") == directory + "/_a__b_.sock")
+    }
+
     @Test func theSocketIsItsOwnersAloneAndSpeaksMdsAttributes() async throws {
         let array = try await ControlledArray()
         var st = stat()

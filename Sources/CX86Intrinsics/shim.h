@@ -1,8 +1,23 @@
-// The CPUID/XGETBV probe that decides whether the AVX-512 parity kernels (RaidMathKernels) may
-// run: Swift cannot execute cpuid or xgetbv itself. Header only; nothing is linked. Empty on
-// other architectures.
+// The CPUID/XGETBV probes that decide whether the AVX2 and AVX-512 parity kernels
+// (RaidMathKernels) may run: Swift cannot execute cpuid or xgetbv itself. Header only; nothing
+// is linked. Empty on other architectures.
 #if defined(__x86_64__)
 #include <cpuid.h>
+
+// 1 when the CPU and the OS support the AVX2 parity kernels (RaidMathKernels): AVX2, and the OS
+// saving the YMM registers (OSXSAVE, then XCR0's SSE and AVX state). Call it only from
+// baseline-compiled code.
+static inline int swraid_cpu_has_avx2_kernels(void) {
+    unsigned a, b, c, d;
+    if (!__get_cpuid(1, &a, &b, &c, &d)) return 0;
+    const unsigned leaf1 = (1u << 27) | (1u << 28);  // OSXSAVE, AVX
+    if ((c & leaf1) != leaf1) return 0;
+    unsigned xcr0_lo, xcr0_hi;
+    __asm__ volatile("xgetbv" : "=a"(xcr0_lo), "=d"(xcr0_hi) : "c"(0));
+    if ((xcr0_lo & 0x6u) != 0x6u) return 0;  // SSE and AVX state
+    if (!__get_cpuid_count(7, 0, &a, &b, &c, &d)) return 0;
+    return (b & (1u << 5)) != 0;  // AVX2
+}
 
 // 1 when the CPU and the OS support the AVX-512 parity kernels (RaidMathKernels). They need
 // AVX-512 F and BW; this asks for all of clang's skylake-avx512 (AVX-512 F/CD/BW/DQ/VL, AVX2,

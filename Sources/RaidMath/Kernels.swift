@@ -9,22 +9,31 @@ import CX86Intrinsics
 #endif
 
 /// Which build of the parity kernels runs: the baseline one (the default build target: SSE2 on
-/// x86-64), or the same loops for AVX-512 in their own C module (functions with a `target`
-/// attribute, as ISA-L writes its own), chosen at run time as ISA-L chooses its code paths. Results are identical; only speed differs.
+/// x86-64), or the same loops for AVX2 or AVX-512 in their own C files (functions with a
+/// `target` attribute, as ISA-L writes its own), chosen at run time as ISA-L chooses its code
+/// paths. Results are identical; only speed differs.
 public enum ParityKernelTier: String, Sendable, CaseIterable, CustomStringConvertible {
     case baseline
+    case avx2
     case avx512
 
     /// The fastest tier this CPU and OS support (probed once, with CPUID and XGETBV).
     public static let best: ParityKernelTier = {
         #if arch(x86_64)
-        return swraid_cpu_has_avx512_kernels() != 0 ? .avx512 : .baseline
-        #else
-        return .baseline
+        if swraid_cpu_has_avx512_kernels() != 0 { return .avx512 }
+        if swraid_cpu_has_avx2_kernels() != 0 { return .avx2 }
         #endif
+        return .baseline
     }()
 
-    public var isSupported: Bool { self == .baseline || Self.best == .avx512 }
+    /// Whether this CPU can run the tier: every CPU that has AVX-512 F and BW has AVX2.
+    public var isSupported: Bool {
+        switch self {
+        case .baseline: return true
+        case .avx2: return Self.best != .baseline
+        case .avx512: return Self.best == .avx512
+        }
+    }
 
     public var description: String {
         switch self {
@@ -34,6 +43,7 @@ public enum ParityKernelTier: String, Sendable, CaseIterable, CustomStringConver
             #else
             return "baseline"
             #endif
+        case .avx2: return "AVX2"
         case .avx512: return "AVX-512"
         }
     }
@@ -41,7 +51,7 @@ public enum ParityKernelTier: String, Sendable, CaseIterable, CustomStringConver
 
 /// `dst = XOR of sources`. `dst` may alias one of the sources. `nonTemporal` says the parity
 /// heads for a member write rather than being read back soon; a kernel then writes it around
-/// the cache where that measured faster (the baseline kernels do, the AVX-512 XOR does not).
+/// the cache where that measured faster (the baseline and AVX2 kernels do, the AVX-512 XOR does not).
 public func xorKernel(
     _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int,
     nonTemporal: Bool = false, tier: ParityKernelTier = .best
@@ -49,9 +59,10 @@ public func xorKernel(
     precondition(!sources.isEmpty && byteCount >= 0)
     precondition(tier.isSupported, "the \(tier) parity kernels need a CPU that has them")
     #if arch(x86_64)
-    if tier == .avx512 {
-        swraid_xor_avx512(cSources(sources), sources.count, dst, byteCount)
-        return
+    switch tier {
+    case .avx512: swraid_xor_avx512(cSources(sources), sources.count, dst, byteCount); return
+    case .avx2: swraid_xor_avx2(cSources(sources), sources.count, dst, byteCount, nonTemporal ? 1 : 0); return
+    case .baseline: break
     }
     #endif
     swraid_xor_baseline(cSources(sources), sources.count, dst, byteCount, nonTemporal ? 1 : 0)
@@ -67,9 +78,10 @@ public func pqKernel(
     precondition(!sources.isEmpty && byteCount >= 0)
     precondition(tier.isSupported, "the \(tier) parity kernels need a CPU that has them")
     #if arch(x86_64)
-    if tier == .avx512 {
-        swraid_pq_avx512(cSources(sources), sources.count, p, q, byteCount, nonTemporal ? 1 : 0)
-        return
+    switch tier {
+    case .avx512: swraid_pq_avx512(cSources(sources), sources.count, p, q, byteCount, nonTemporal ? 1 : 0); return
+    case .avx2: swraid_pq_avx2(cSources(sources), sources.count, p, q, byteCount, nonTemporal ? 1 : 0); return
+    case .baseline: break
     }
     #endif
     swraid_pq_baseline(cSources(sources), sources.count, p, q, byteCount, nonTemporal ? 1 : 0)
@@ -120,9 +132,10 @@ private func gfCombine(
     outputs: UnsafePointer<UnsafeMutableRawPointer?>, byteCount: Int, tier: ParityKernelTier
 ) {
     #if arch(x86_64)
-    if tier == .avx512 {
-        swraid_gf_combine_avx512(cSources(sources), sources.count, rows, rowCount, outputs, byteCount)
-        return
+    switch tier {
+    case .avx512: swraid_gf_combine_avx512(cSources(sources), sources.count, rows, rowCount, outputs, byteCount); return
+    case .avx2: swraid_gf_combine_avx2(cSources(sources), sources.count, rows, rowCount, outputs, byteCount); return
+    case .baseline: break
     }
     #endif
     swraid_gf_combine_baseline(cSources(sources), sources.count, rows, rowCount, outputs, byteCount)

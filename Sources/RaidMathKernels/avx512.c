@@ -99,15 +99,8 @@ SWRAID_AVX512 void swraid_pq_avx512(const void *const *sources, long count, void
 // source is loaded once per 64 bytes and feeds both outputs.
 SWRAID_AVX512 void swraid_gf_combine_avx512(const void *const *sources, long count, const uint8_t *coefficients, long rows,
                                             void *const *outputs, long byteCount) {
-    // Per (row, source): the low-nibble table, then the high-nibble one, 16 bytes each.
     uint8_t local[2 * 16 * 2 * 16];
-    uint8_t *tables = count <= 16 ? local : malloc((size_t)(rows * count * 32));
-    if (tables == NULL) abort();
-    for (long r = 0; r < rows; r++) {
-        for (long s = 0; s < count; s++) {
-            swraid_gf_nibble_tables(coefficients[r * count + s], tables + (r * count + s) * 32);
-        }
-    }
+    uint8_t *tables = swraid_gf_combine_tables(coefficients, count, rows, local);
     const __m512i low = _mm512_set1_epi8(0x0F);
     long off = 0;
     // Two lanes (128 bytes) per pass, so that each table broadcast serves two lookups.
@@ -156,17 +149,7 @@ SWRAID_AVX512 void swraid_gf_combine_avx512(const void *const *sources, long cou
         put(acc0, outputs[0], off, 0);
         if (rows > 1) put(acc1, outputs[1], off, 0);
     }
-    for (; off < byteCount; off++) {
-        for (long r = 0; r < rows; r++) {
-            uint8_t v = 0;
-            for (long s = 0; s < count; s++) {
-                uint8_t x = ((const uint8_t *)sources[s])[off];
-                const uint8_t *t = tables + (r * count + s) * 32;
-                v ^= (uint8_t)(t[x & 0x0F] ^ t[16 + (x >> 4)]);
-            }
-            ((uint8_t *)outputs[r])[off] = v;
-        }
-    }
+    swraid_gf_combine_bytes(sources, count, tables, rows, outputs, off, byteCount);
     if (tables != local) free(tables);
 }
 #endif

@@ -3,6 +3,7 @@
 #ifndef SWRAID_KERNEL_BYTES_H
 #define SWRAID_KERNEL_BYTES_H
 #include <stdint.h>
+#include <stdlib.h>
 
 // GF(2^8) multiply-by-2 with md's polynomial 0x11D.
 static inline uint8_t swraid_mul2_byte(uint8_t b) { return (uint8_t)((b << 1) ^ ((b & 0x80) ? 0x1D : 0)); }
@@ -55,6 +56,36 @@ static inline void swraid_pq_bytes(const void *const *sources, long count, void 
         }
         ((uint8_t *)p)[off] = pb;
         ((uint8_t *)q)[off] = qb;
+    }
+}
+
+// The nibble tables of a combine's coefficients (see swraid_gf_nibble_tables): per (row, source)
+// the low-nibble table, then the high-nibble one, 16 bytes each. In `local` (room for 2 rows of
+// 16 sources) when they fit, else on the heap: free the result when it is not `local`.
+static inline uint8_t *swraid_gf_combine_tables(const uint8_t *coefficients, long count, long rows, uint8_t *local) {
+    uint8_t *tables = count <= 16 ? local : malloc((size_t)(rows * count * 32));
+    if (tables == NULL) abort();
+    for (long r = 0; r < rows; r++) {
+        for (long s = 0; s < count; s++) {
+            swraid_gf_nibble_tables(coefficients[r * count + s], tables + (r * count + s) * 32);
+        }
+    }
+    return tables;
+}
+
+// A combine's bytes [from, to), one at a time through its nibble tables.
+static inline void swraid_gf_combine_bytes(const void *const *sources, long count, const uint8_t *tables, long rows,
+                                           void *const *outputs, long from, long to) {
+    for (long off = from; off < to; off++) {
+        for (long r = 0; r < rows; r++) {
+            uint8_t v = 0;
+            for (long s = 0; s < count; s++) {
+                uint8_t x = ((const uint8_t *)sources[s])[off];
+                const uint8_t *t = tables + (r * count + s) * 32;
+                v ^= (uint8_t)(t[x & 0x0F] ^ t[16 + (x >> 4)]);
+            }
+            ((uint8_t *)outputs[r])[off] = v;
+        }
     }
 }
 #endif

@@ -59,7 +59,7 @@ struct ParityBench: ParsableCommand {
     @Option(help: "Only this working set: cache or memory (default both).")
     var workingSet: String?
 
-    @Option(help: "Kernel build to measure: baseline or avx512 (default: the best this CPU runs).")
+    @Option(help: "Kernel build to measure: baseline, avx2 or avx512 (default: the best this CPU runs).")
     var kernel: String?
 
     /// XOR parity, P+Q, and RAID6's recovery of two lost data blocks from the other data, P and Q
@@ -77,7 +77,7 @@ struct ParityBench: ParsableCommand {
         let isal = noISAL ? nil : ISAL.load()
         let tier = try kernel.map { name in
             guard let t = ParityKernelTier(rawValue: name) else {
-                throw CommandFailure(message: "unknown kernel '\(name)'; known: baseline, avx512")
+                throw CommandFailure(message: "unknown kernel '\(name)'; known: \(ParityKernelTier.allCases.map(\.rawValue).joined(separator: ", "))")
             }
             guard t.isSupported else { throw CommandFailure(message: "this CPU cannot run the \(t) kernels") }
             return t

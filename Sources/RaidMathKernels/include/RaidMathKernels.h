@@ -1,4 +1,5 @@
-// The hot loops of RaidMath and MDOffline, in C: parity (a baseline build and an AVX-512 one),
+// The hot loops of RaidMath and MDOffline, in C: parity (a baseline build, an AVX2 one and an
+// AVX-512 one),
 // GF(2^8) multiply-add, buffer compares, SHA-256 blocks.
 //
 // Why C: a package that depends on swraid by version may use no unsafe build flags, so these
@@ -36,6 +37,13 @@ int swraid_buffer_is_zero(const void *a, long byteCount);
 void swraid_sha256_blocks(uint32_t state[8], const void *data, long blocks);
 
 #if defined(__x86_64__)
+// The AVX2 builds of the parity kernels, for CPUs without AVX-512; call only after
+// `swraid_cpu_has_avx2_kernels` (CX86Intrinsics) says the CPU and OS support them.
+void swraid_xor_avx2(const void *const *sources, long count, void *dst, long byteCount, int nonTemporal);
+void swraid_pq_avx2(const void *const *sources, long count, void *p, void *q, long byteCount, int nonTemporal);
+void swraid_gf_combine_avx2(const void *const *sources, long count, const uint8_t *coefficients, long rows,
+                            void *const *outputs, long byteCount);
+
 // The AVX-512 builds (F and BW) of the parity kernels; call only after
 // `swraid_cpu_has_avx512_kernels` (CX86Intrinsics) says the CPU and OS support them.
 void swraid_xor_avx512(const void *const *sources, long count, void *dst, long byteCount);

@@ -127,9 +127,10 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
             ("read_modify_write", s.counters.readModifyWrites), ("reconstruct_write", s.counters.reconstructWrites),
             ("full_stripe_batch", s.counters.fullStripeBatches), ("gathered_row", s.counters.gatheredRows),
             ("gather_released", s.counters.gathersReleased), ("gather_late", s.counters.gathersLate),
+            ("gather_released_idle", s.counters.gathersReleasedIdle),
         ]
         for (path, count) in writePaths {
-            gauge("write_paths", "count", "Stripe writes by how parity was made (read_modify_write, reconstruct_write), full-stripe batches, and rows of a write stream gathered into one (gathered_row) or sent to the stripes after all (gather_released), and stream writes that continued a row released at its deadline, lengthening the wait (gather_late).", [("path", path)])
+            gauge("write_paths", "count", "Stripe writes by how parity was made (read_modify_write, reconstruct_write), full-stripe batches, and rows of a write stream gathered into one (gathered_row) or sent to the stripes after all (gather_released; of those, gather_released_idle when nothing else was in flight), and stream writes that continued a row released at its deadline, lengthening the wait (gather_late).", [("path", path)])
                 .set(Int64(count))
         }
         let ioBuffers = [("in_use", IOBufferStorage.liveBytes), ("peak_in_use", IOBufferStorage.peakLiveBytes), ("idle", IOBufferPool.shared.idleBytes)]

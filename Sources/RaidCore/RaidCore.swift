@@ -80,6 +80,15 @@ public final class RaidCore {
     @exclusivity(unchecked) var gathers: [RowGather] = []
     /// When the gather timer is due, if armed.
     @exclusivity(unchecked) var gatherTimerDeadline: Nanoseconds?
+    /// Pieces held in `gathers`, all rows together (counted in `piecesInFlight` too): when the
+    /// two are equal, nothing in flight can complete but a held row (see `armIdleGatherRelease`).
+    @exclusivity(unchecked) var heldGatherPieces = 0
+    /// When held rows go to the stripes if nothing but they stays in flight and no write joins
+    /// them (`writeGatherIdleNanos` after the last sign of idleness).
+    @exclusivity(unchecked) var idleGatherReleaseDue: Nanoseconds?
+    /// Large writes in a row that arrived with no other request in flight (saturates: it only
+    /// ever meets `aloneWritesForQueueDepthOne`).
+    @exclusivity(unchecked) var largeWritesArrivingAlone = 0
     /// The last large writes' ranges (a ring), to recognise a stream.
     @exclusivity(unchecked) var recentLargeWrites: [Range<UInt64>] = []
     @exclusivity(unchecked) var nextRecentLargeWrite = 0
@@ -380,6 +389,7 @@ public final class RaidCore {
         if op.isWrite {
             for batch in batches { startFullStripeBatch(batch) }
             routeWrites(pieces, gather: gather, startRow: gather ? gatherStartRow(op) : nil)
+            armIdleGatherRelease()
         } else {
             routeReads(pieces)
         }
@@ -563,6 +573,7 @@ public final class RaidCore {
         if case .flush = op.request {} else {
             precondition(piecesInFlight >= count, "pieces in flight would go below zero")
             piecesInFlight -= count
+            if count > 0 && !gathers.isEmpty { armIdleGatherRelease() }
         }
         guard op.remaining == 0 else { return }
         precondition(requestsInFlight > 0 && bytesInFlight >= op.byteCount, "in-flight request accounting would go below zero")
@@ -764,6 +775,9 @@ public struct CoreCounters: Sendable, Equatable {
     public var gathersReleased = 0
     /// Stream writes that continued a row released at its deadline (the wait was then lengthened).
     public var gathersLate = 0
+    /// Of `gathersReleased`: rows released because nothing else was in flight (a writer at low
+    /// queue depth waits for them before it sends the rest of the row).
+    public var gathersReleasedIdle = 0
     public var bitmapWrites = 0
     public var rebuiltBlocks = 0
     /// Stripe units a resync, recovery, check or repair has finished (a bitmap-guided resync

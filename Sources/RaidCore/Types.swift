@@ -250,6 +250,10 @@ public struct CoreConfig: Sendable, Equatable {
     /// rest of the row before they go to the stripes (see `RowGather`; no md counterpart;
     /// 0 disables).
     public var writeGatherDelayNanos: Nanoseconds = 10 * nanosPerMilli
+    /// How long held rows wait when nothing else is in flight and no write has joined them
+    /// (see `armIdleGatherRelease`): long enough for the shell to read requests already sent,
+    /// short beside `writeGatherDelayNanos` for a writer at queue depth 1, who waits for it.
+    public var writeGatherIdleNanos: Nanoseconds = 2 * nanosPerMilli
     /// `safe_mode_delay`: idle time before the array is marked clean (md: 200 ms; 0 disables).
     public var safeModeDelayNanos: Nanoseconds = 200 * nanosPerMilli
     /// `sync_speed_min` / `sync_speed_max` in KiB/s of the core's time.

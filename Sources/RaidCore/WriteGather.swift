@@ -55,6 +55,9 @@ extension RaidCore {
     static let maxGatherDelayFactor: UInt64 = 8
     static let rowsToHalveGatherDelay = 8
     static let rowsReleasedAtDeadlineKept = 8
+    /// Large writes in a row arriving with nothing else in flight that mark a writer at queue
+    /// depth 1, whose writes are not held.
+    static let aloneWritesForQueueDepthOne = 2
 
     /// Bytes of data in one chunk row (a stripe row of whole chunks).
     var rowDataBytes: UInt64 { geometry.rowDataSectors * 512 }
@@ -74,6 +77,7 @@ extension RaidCore {
     func writeLooksSequential(_ op: ClientOp) -> Bool {
         guard case .write(let start, let data, let fua) = op.request, data.count >= gatherMinimumBytes else { return false }
         let end = start + UInt64(data.count)
+        largeWritesArrivingAlone = requestsInFlight == 0 ? min(largeWritesArrivingAlone + 1, Self.aloneWritesForQueueDepthOne) : 0
         // Several connections deliver a stream a few requests out of order: near a recent write
         // counts, not only right after it.
         let window = 4 * rowDataBytes
@@ -88,6 +92,13 @@ extension RaidCore {
         }
         nextRecentLargeWrite = (nextRecentLargeWrite + 1) % Self.recentLargeWriteCount
         guard near, !fua, config.writeGatherDelayNanos > 0 else { return false }
+        // Large writes arriving one after another with nothing else in flight: a client at
+        // queue depth 1, who sends the rest of the row only when this write is answered.
+        // Holding could only make it wait (and coming back for a row released at its deadline
+        // doubled the wait: 80 ms per write, 0.8 MB/s for `nbdcopy` from a pipe, which writes
+        // 64 KiB at a time, one at a time). One such write alone is a deeper stream's hiccup
+        // (its client busy reading its source): holding still pays there.
+        guard largeWritesArrivingAlone < Self.aloneWritesForQueueDepthOne else { return false }
         if start % rowDataBytes != 0, let k = rowsReleasedAtDeadline.firstIndex(of: start / rowDataBytes) {
             // The stream came back for a row it was not given time to complete: holding would
             // have paid with a longer wait. Without this, a stream slowed down once (a slow
@@ -161,6 +172,7 @@ extension RaidCore {
                 held.covered[slot] = true
                 held.coveredCount += 1
                 held.pieces.append(piece)
+                heldGatherPieces += 1
             }
             if let held = row, held.coveredCount == held.covered.count { completeGather(held) }
         }
@@ -184,6 +196,34 @@ extension RaidCore {
         precondition(gathersByChunkRow[held.chunkRow] === held, "a gather that is not held")
         gathersByChunkRow[held.chunkRow] = nil
         gathers.removeAll { $0 === held }
+        precondition(heldGatherPieces >= held.pieces.count, "held gather pieces would go below zero")
+        heldGatherPieces -= held.pieces.count
+        if gathers.isEmpty { idleGatherReleaseDue = nil }
+    }
+
+    /// md releases its delayed stripes when the submitter unplugs; here the sign is that every
+    /// piece in flight waits in a gather. Nothing else can then complete, so a client that waits
+    /// for these writes before it sends the rest of their rows (a few held writes filling a
+    /// small queue; a writer at queue depth 1 is not held at all, see `writeLooksSequential`)
+    /// would wait out the deadline for every row, 80 ms once it had doubled. The rows go to the
+    /// stripes once that has lasted `writeGatherIdleNanos` with no write joining them, not at
+    /// once: the shell may hold requests already sent that complete them (a connection paused
+    /// at its byte bound reads them only on its loop's next turn; released at once, a quarter
+    /// of a 4-connection `nbdcopy`'s rows went to the stripes).
+    func armIdleGatherRelease() {
+        guard !gathers.isEmpty, piecesInFlight == heldGatherPieces else { return }
+        idleGatherReleaseDue = now + config.writeGatherIdleNanos
+        armGatherTimer()
+    }
+
+    /// The gather timer at the earlier of the oldest row's deadline and the idle release.
+    func armGatherTimer() {
+        guard let oldest = gathers.first else { return }
+        var due = oldest.deadline
+        if let idle = idleGatherReleaseDue, idle < due { due = idle }
+        guard gatherTimerDeadline != due else { return }
+        gatherTimerDeadline = due
+        armTimer(.writeGather, at: due)
     }
 
     /// Every unit of the row is held: one full-stripe batch for the row when nothing else is
@@ -239,19 +279,27 @@ extension RaidCore {
         for piece in held.pieces { route(piece) }
     }
 
-    /// The gather timer: rows held past their deadline go to the stripes.
+    /// The gather timer: rows held past their deadline go to the stripes, and all of them when
+    /// nothing else has been in flight for `writeGatherIdleNanos` (see `armIdleGatherRelease`).
     func writeGatherTimerFired() {
         gatherTimerDeadline = nil
+        precondition(heldGatherPieces <= piecesInFlight, "more pieces held than in flight")
+        if let idle = idleGatherReleaseDue, idle <= now {
+            idleGatherReleaseDue = nil
+            if !gathers.isEmpty && piecesInFlight == heldGatherPieces {
+                // Holding them longer cannot pay; neither the credit nor the wait changes.
+                counters.gathersReleasedIdle += gathers.count
+                releaseAllGathers()
+                return
+            }
+        }
         while let oldest = gathers.first, oldest.deadline <= now {
             gatherCredit = max(0, gatherCredit - 2)
             if rowsReleasedAtDeadline.count == Self.rowsReleasedAtDeadlineKept { rowsReleasedAtDeadline.removeFirst() }
             rowsReleasedAtDeadline.append(oldest.chunkRow)
             releaseGather(oldest)
         }
-        if let oldest = gathers.first {
-            gatherTimerDeadline = oldest.deadline
-            armTimer(.writeGather, at: oldest.deadline)
-        }
+        armGatherTimer()
     }
 
     /// Everything held goes to the stripes now (the array is stopping).

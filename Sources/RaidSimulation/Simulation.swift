@@ -360,6 +360,7 @@ public final class Simulation: LivenessSubject, CoreShell {
         count("gathered rows", driver.core.counters.gatheredRows)
         count("gathered rows released to stripes", driver.core.counters.gathersReleased)
         count("gathered rows continued late", driver.core.counters.gathersLate)
+        count("gathered rows released with nothing else in flight", driver.core.counters.gathersReleasedIdle)
         return SimResult(
             seed: seed, scenario: scenario.name, failure: failure, traceHash: trace.value, events: eventCount, simulatedNanos: now,
             report: failure == nil ? [] : failureReport(), stats: stats)

@@ -578,39 +578,63 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
     }
 }
 
+extension Harness {
+    /// A read of row 7 whose member I/O stays pending (see `settle(keeping:)`): other work in
+    /// flight, as a busy array has, so that a held row is not released as idle.
+    func keepBusy() -> Set<MemberIOID> {
+        let before = Set(pendingIO.map(\.id))
+        let row = core.geometry.chunkBytes * core.geometry.dataDisks
+        submit(.read(offsetBytes: UInt64(7 * row), length: 4096))
+        return Set(pendingIO.map(\.id)).subtracting(before)
+    }
+
+    /// Completes member I/O, oldest first, until only `kept` is left.
+    func settle(keeping kept: Set<MemberIOID>) {
+        var n = 0
+        while let i = pendingIO.firstIndex(where: { !kept.contains($0.id) }), n < 1_000_000 {
+            completeOne(at: i)
+            n += 1
+        }
+    }
+}
+
 extension WriteGatherTests {
     /// On RAID5 of 4 with rows of 24 KiB: half a row at row 0 (nothing recent to be near: it
-    /// goes to the stripes), then `data`, the first half of row 2, near it: held.
-    func holdHalfOfRowTwo(_ data: (Int) -> [UInt8]) throws -> (h: Harness, row: Int, held: RequestID) {
+    /// goes to the stripes), then, with a read in flight (`busy`), `data`, the first half of
+    /// row 2, near it: held.
+    func holdHalfOfRowTwo(_ data: (Int) -> [UInt8]) throws -> (h: Harness, row: Int, held: RequestID, busy: Set<MemberIOID>) {
         let h = try Harness.raid5()
         let row = h.core.geometry.chunkBytes * h.core.geometry.dataDisks
         h.submit(.write(offsetBytes: UInt64(6 * row), data: buf(512, 1), fua: false))
         h.settle()
         h.submit(.write(offsetBytes: 0, data: buf(row / 2, 2), fua: false))
         h.settle()
+        let busy = h.keepBusy()
+        #expect(!busy.isEmpty, "the read issued no member I/O")
         let held = h.submit(.write(offsetBytes: UInt64(2 * row), data: IOBuffer(data(row)), fua: false))
-        h.settle()
+        h.settle(keeping: busy)
         #expect(h.clientResults[held] == nil, "the write was not held")
-        return (h, row, held)
+        return (h, row, held, busy)
     }
 
     /// The rest of the row never comes: at the deadline the held units go to the stripes and
     /// the write completes, with data and parity right.
     @Test func aRowLeftIncompleteGoesToTheStripesAtTheDeadline() throws {
-        let (h, row, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
-        #expect(h.pendingIO.isEmpty)
-        #expect(h.timers[.writeGather] != nil, "no deadline armed for the held row")
+        let (h, row, held, busy) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        #expect(Set(h.pendingIO.map(\.id)) == busy)
+        #expect(h.timers[.writeGather]?.at == h.now + CoreConfig().writeGatherDelayNanos, "no deadline armed for the held row")
         h.fireTimer(.writeGather)
         h.settle()
         #expect(h.clientResults[held] == .done)
         #expect(h.core.counters.gathersReleased == 1 && h.core.counters.gatheredRows == 0)
+        #expect(h.core.counters.gathersReleasedIdle == 0)
         h.expectDataAndParity(at: UInt64(2 * row), noise(row / 2, 5))
     }
 
     /// A later write over held units sends them to the stripes first, so they land in order:
     /// the later data wins.
     @Test func aLaterWriteOverHeldUnitsLandsAfterThem() throws {
-        let (h, row, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        let (h, row, held, _) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
         let first = noise(row / 2, 5)
         let second = noise(4096, 9)
         let later = h.submit(.write(offsetBytes: UInt64(2 * row + 4096), data: IOBuffer(second), fua: false))
@@ -632,6 +656,7 @@ extension WriteGatherTests {
         h.settle()
         h.submit(.write(offsetBytes: 0, data: buf(half, 2), fua: false))  // a recent large write
         h.settle()
+        let busy = h.keepBusy()  // the busy array that holds the stream back
         var written = [UInt8](repeating: 0, count: 3 * row)  // rows 1 to 3
         func write(row r: Int, second: Bool) -> RequestID {
             let data = noise(half, UInt8(20 + 2 * r + (second ? 1 : 0)))
@@ -641,17 +666,17 @@ extension WriteGatherTests {
         }
         for r in [1, 2] {
             _ = write(row: r, second: false)
-            #expect(h.pendingIO.isEmpty && h.timers[.writeGather] != nil, "row \(r) was not held")
+            #expect(Set(h.pendingIO.map(\.id)) == busy && h.timers[.writeGather] != nil, "row \(r) was not held")
             h.fireTimer(.writeGather)
-            h.settle()
+            h.settle(keeping: busy)
         }
         #expect(h.core.counters.gathersReleased == 2)
         _ = write(row: 1, second: true)
         _ = write(row: 2, second: true)
-        h.settle()
+        h.settle(keeping: busy)
         #expect(h.core.counters.gathersLate == 2)
         let held = write(row: 3, second: false)
-        #expect(h.pendingIO.isEmpty && h.clientResults[held] == nil, "row 3 was not held: the credit did not come back")
+        #expect(Set(h.pendingIO.map(\.id)) == busy && h.clientResults[held] == nil, "row 3 was not held: the credit did not come back")
         #expect(h.timers[.writeGather]?.at == h.now + 4 * CoreConfig().writeGatherDelayNanos, "the wait was not lengthened")
         _ = write(row: 3, second: true)
         h.settle()
@@ -660,9 +685,59 @@ extension WriteGatherTests {
         h.expectDataAndParity(at: UInt64(row), written)
     }
 
+    /// A writer at queue depth 1 (`nbdcopy` from a pipe: 64 KiB writes, each sent when the one
+    /// before is answered) is not held: its writes arrive with nothing else in flight, and
+    /// each is answered without a timer. Before, each waited out the deadline, and coming back
+    /// for the row released at it doubled the wait: 80 ms per write.
+    @Test func aWriterAtQueueDepthOneIsNotHeldForTheRestOfItsRow() throws {
+        let h = try Harness.raid5()
+        let row = h.core.geometry.chunkBytes * h.core.geometry.dataDisks
+        let third = row / 3  // one chunk of whole units: at least the gather minimum
+        h.submit(.write(offsetBytes: UInt64(6 * row), data: buf(512, 1), fua: false))
+        h.settle()
+        var written: [UInt8] = []
+        for i in 0..<9 {  // rows 0 to 2, a third of a row at a time
+            let data = noise(third, UInt8(40 + i))
+            written += data
+            let id = h.submit(.write(offsetBytes: UInt64(i * third), data: IOBuffer(data), fua: false))
+            h.settle()
+            #expect(h.clientResults[id] == .done, "write \(i) was held (timer at \(String(describing: h.timers[.writeGather]?.at)), now \(h.now))")
+            if h.clientResults[id] == nil {
+                h.fireTimer(.writeGather)
+                h.settle()
+            }
+        }
+        #expect(h.core.counters.gathersLate == 0 && h.core.counters.gathersReleased == 0)
+        h.expectDataAndParity(at: 0, written)
+    }
+
+    /// A held row whose other work in flight completes, leaving only held rows: the writer may
+    /// be waiting for them (a few writes at a low queue depth), so they go to the stripes after
+    /// `writeGatherIdleNanos`, not at the deadline, and the wait is not lengthened.
+    @Test func heldRowsWithNothingElseInFlightGoToTheStripesAfterTheIdleWait() throws {
+        let (h, row, held, _) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        let config = CoreConfig()
+        #expect(h.timers[.writeGather]?.at == h.now + config.writeGatherDelayNanos)
+        h.settle()  // the read that kept the array busy completes
+        #expect(h.clientResults[held] == nil)
+        #expect(h.timers[.writeGather]?.at == h.now + config.writeGatherIdleNanos, "no idle release armed")
+        h.fireTimer(.writeGather)
+        h.settle()
+        #expect(h.clientResults[held] == .done)
+        #expect(h.core.counters.gathersReleasedIdle == 1 && h.core.counters.gathersReleased == 1)
+        h.expectDataAndParity(at: UInt64(2 * row), noise(row / 2, 5))
+        // The stream comes back for the row, the array busy again: not late, since the row was
+        // not released at a deadline.
+        let busy = h.keepBusy()
+        h.submit(.write(offsetBytes: UInt64(2 * row + row / 2), data: IOBuffer(noise(row / 2, 6)), fua: false))
+        h.settle(keeping: busy)
+        #expect(h.core.counters.gathersLate == 0)
+        h.settle()
+    }
+
     /// Stopping the array does not wait for the deadline: held units go to the stripes at once.
     @Test func stoppingSendsHeldRowsToTheStripesAtOnce() throws {
-        let (h, _, held) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
+        let (h, _, held, _) = try holdHalfOfRowTwo { noise($0 / 2, 5) }
         let stop = h.control(.stop)
         h.settle()
         #expect(h.clientResults[held] == .done)

@@ -51,7 +51,8 @@ public enum ParityKernelTier: String, Sendable, CaseIterable, CustomStringConver
 
 /// `dst = XOR of sources`. `dst` may alias one of the sources. `nonTemporal` says the parity
 /// heads for a member write rather than being read back soon; a kernel then writes it around
-/// the cache where that measured faster (the baseline and AVX2 kernels do, the AVX-512 XOR does not).
+/// the cache where that measured faster (the baseline kernels do, and the AVX2 ones as they,
+/// not measured apart; the AVX-512 XOR does not).
 public func xorKernel(
     _ sources: UnsafeBufferPointer<UnsafeRawPointer>, into dst: UnsafeMutableRawPointer, byteCount: Int,
     nonTemporal: Bool = false, tier: ParityKernelTier = .best

@@ -185,10 +185,7 @@ extension RaidCore {
         gathersByChunkRow[chunkRow] = held
         gathers.append(held)
         // Deadlines follow creation order: one timer, for the oldest.
-        if gatherTimerDeadline == nil {
-            gatherTimerDeadline = held.deadline
-            armTimer(.writeGather, at: held.deadline)
-        }
+        armGatherTimer()
         return held
     }
 

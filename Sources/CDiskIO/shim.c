@@ -9,6 +9,7 @@
 #include <unistd.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
+#include <sys/syscall.h>
 #include <sys/uio.h>
 
 int swraid_o_direct(void) { return O_DIRECT; }
@@ -53,3 +54,24 @@ int swraid_processor_count(void) {
     long online = sysconf(_SC_NPROCESSORS_ONLN);
     return online > 0 ? (int)online : 1;
 }
+
+/* cachestat(2), Linux 6.5. Its structures are declared here because older kernel headers lack
+   them (the layout is the system call's ABI). */
+struct swraid_cachestat_range { uint64_t off; uint64_t len; };
+struct swraid_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
+#ifndef __NR_cachestat
+#define __NR_cachestat 451
+#endif
+
+int swraid_range_cached(int fd, uint64_t offset, uint64_t length) {
+    if (length == 0) return 1;
+    long page = sysconf(_SC_PAGESIZE);
+    if (page <= 0) page = 4096;
+    struct swraid_cachestat_range range = { offset, length };
+    struct swraid_cachestat stat = { 0 };
+    if (syscall(__NR_cachestat, fd, &range, &stat, 0) != 0) return -1;
+    uint64_t pages = (offset + length - 1) / (uint64_t)page - offset / (uint64_t)page + 1;
+    return stat.nr_cache >= pages ? 1 : 0;
+}
+
+int swraid_dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }

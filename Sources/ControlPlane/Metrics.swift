@@ -97,6 +97,11 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
     /// The text exposition, with the gauges taken from the array as it is now.
     public func scrape() async -> [UInt8] {
         refresh(await engine.snapshot())
+        let shortcuts = await engine.memberReadShortcuts()
+        for (how, count) in [("loop_from_page_cache", shortcuts.servedFromCache), ("sendfile", shortcuts.spliced)] {
+            gauge("member_read_shortcuts", "count", "Member reads not handed to the I/O threads: done on the event loop from the page cache (loop_from_page_cache), or not done at all, their bytes sent to the client from the member file with sendfile (sendfile).", [("how", how)])
+                .set(Int64(count))
+        }
         return registry.emitToBuffer()
     }
 

@@ -1,5 +1,9 @@
 import MDFormat
 
+#if canImport(Glibc)
+import Glibc
+#endif
+
 /// A member of an array as the layers above see it: a file, a block device, a simulated disk, or
 /// a wrapper that injects faults. Offsets are absolute bytes on the device. Every call says what
 /// the I/O is for (`purpose`), and a failure carries its errno.
@@ -23,12 +27,30 @@ public protocol MemberDevice: AnyObject {
     /// error; the buffers' contents are then unspecified). Never blocks on I/O, so an event
     /// loop may call it.
     func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool
+    /// A descriptor of its own for the device, when the page cache holds every byte of the
+    /// range: what a server hands to sendfile(2) to send those bytes without reading them first
+    /// (the data then goes from the page cache to the socket with no copy through user space).
+    /// nil when it cannot say so without waiting (some page not cached, O_DIRECT, a device that
+    /// is not a file, a kernel without cachestat, any error). Never blocks on I/O.
+    func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor?
+}
+
+/// A duplicate of a member's file descriptor, closed when the last user lets go of it: a reply
+/// queued for sendfile keeps the file open even if the array closes the member meanwhile (and
+/// the number cannot be reused for another file under it).
+public final class SharedDescriptor: Sendable {
+    public let rawValue: CInt
+    public init(takingOwnershipOf descriptor: CInt) { rawValue = descriptor }
+    deinit { _ = Glibc.close(rawValue) }
 }
 
 extension MemberDevice {
     /// Devices that cannot read without waiting (simulated ones, the fault injector, whose
     /// faults apply to every read) always say no.
     public func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool { false }
+
+    /// The same devices have no descriptor to lend.
+    public func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor? { nil }
 
     public func read(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer, purpose: MemberIOPurpose) throws(MemberIOError) {
         try read(at: offsetBytes, into: [buffer], purpose: purpose)

@@ -64,6 +64,8 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// by now, so every I/O checks it first and fails with EBADF.
     private var closed = false
     private let closeLock = ConditionLock()
+    /// cachestat(2) failed as unsupported (under `closeLock`): `cachedDescriptor` stops asking.
+    private var cachestatUnavailable = false
     public let isBlockDevice: Bool
 
     /// Opens an existing member.
@@ -168,6 +170,25 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         guard wanted > 0, vectors.count <= Int(swraid_iov_max()) else { return false }
         let n = vectors.withUnsafeBufferPointer { swraid_preadv_nowait(fd.rawValue, $0.baseAddress, Int32($0.count), off_t(offsetBytes)) }
         return n == wanted
+    }
+
+    /// cachestat(2) for the range, then a duplicate of the descriptor (taken under the close
+    /// lock, so never of a descriptor being closed). A kernel without cachestat (before 6.5, or
+    /// a sandbox refusing it) is asked once.
+    public func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor? {
+        guard !options.direct, count > 0 else { return nil }
+        return closeLock.withLock { () -> SharedDescriptor? in
+            guard !closed, !cachestatUnavailable else { return nil }
+            switch swraid_range_cached(fd.rawValue, offsetBytes, UInt64(count)) {
+            case 1: break
+            case 0: return nil
+            default:
+                if errno == ENOSYS || errno == EPERM { cachestatUnavailable = true }
+                return nil
+            }
+            let copy = swraid_dup_cloexec(fd.rawValue)
+            return copy >= 0 ? SharedDescriptor(takingOwnershipOf: copy) : nil
+        }
     }
 
     public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {

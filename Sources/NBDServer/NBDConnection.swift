@@ -11,7 +11,7 @@ import RaidEngine
 /// stops reading its socket until replies go out (TCP does the rest of the back-pressure).
 final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     typealias InboundIn = ByteBuffer
-    typealias OutboundOut = ByteBuffer
+    typealias OutboundOut = IOData
 
     let engine: RaidEngine
     let export: NBDExport
@@ -248,7 +248,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     func send(_ context: ChannelHandlerContext, _ bytes: [UInt8]) {
         var buffer = context.channel.allocator.buffer(capacity: bytes.count)
         buffer.writeBytes(bytes)
-        context.write(wrapOutboundOut(buffer), promise: nil)
+        context.write(wrapOutboundOut(.byteBuffer(buffer)), promise: nil)
     }
 
     // MARK: - input
@@ -371,7 +371,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         let finish: @Sendable (ClientResult) -> Void = { result in bound.value.complete(cookie, request, bytes: bytes, result) }
         switch request {
         case .read(let offset, let length):
-            let reply = ReadReply(cookie: cookie, offset: offset, length: length, structured: session?.structuredReplies ?? false, registry: registry, allocator: context.channel.allocator)
+            let reply = ReadReply(
+                cookie: cookie, offset: offset, length: length, structured: session?.structuredReplies ?? false, spliceable: options.sendfileReads,
+                registry: registry, allocator: context.channel.allocator)
             engine.submit(.read(offsetBytes: offset, length: length, into: reply.destination)) { result in
                 bound.value.complete(cookie, request, bytes: bytes, result, reply: reply)
             }
@@ -422,8 +424,12 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             let buffer = reply.buffer
             // Once the socket took it, the buffer serves a later reply (see `replyBuffer`).
             let promise = context.eventLoop.makePromise(of: Void.self)
-            context.write(wrapOutboundOut(buffer), promise: promise)
             let registry = self.registry
+            if let target = reply.spliceTarget, !target.extents.isEmpty {
+                writeSpliced(context, buffer, headerBytes: reply.headerBytes, target.extentsInOrder(), promise: promise)
+            } else {
+                context.write(wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
+            }
             promise.futureResult.whenSuccess { registry.keepReplyBuffer(buffer) }
         case .done:
             send(context, NBDReply.done(cookie: cookie))
@@ -438,6 +444,54 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             return
         }
         resumeIfBelowBound(context)
+    }
+
+    /// A read reply whose data is partly (or wholly) member file ranges the page cache holds:
+    /// the header and any bytes the read did fill go from the buffer, each range with sendfile
+    /// (a `FileRegion`), in order. Each region's handle wraps the extent's own descriptor, which
+    /// the reply keeps open until the socket took it or the connection failed; the handles give
+    /// the descriptor back rather than close it (the shared descriptor closes once). A sendfile
+    /// that fails (an I/O error on a page evicted since, which the page cache check made
+    /// unlikely) fails the channel as any write error does: the client sees the connection
+    /// close, never wrong data.
+    func writeSpliced(_ context: ChannelHandlerContext, _ buffer: ByteBuffer, headerBytes: Int, _ extents: [SpliceableReadTarget.Extent], promise: EventLoopPromise<Void>) {
+        var handles: [NIOFileHandle] = []
+        handles.reserveCapacity(extents.count)
+        var pieces: [IOData] = []
+        pieces.reserveCapacity(2 * extents.count + 2)
+        var at = 0
+        func bytes(upTo end: Int) {
+            guard end > at, let slice = buffer.getSlice(at: buffer.readerIndex + headerBytes + at, length: end - at) else { return }
+            pieces.append(.byteBuffer(slice))
+            at = end
+        }
+        if let header = buffer.getSlice(at: buffer.readerIndex, length: headerBytes) { pieces.append(.byteBuffer(header)) }
+        for e in extents {
+            bytes(upTo: e.offsetInTarget)
+            let handle = NIOFileHandle(_deprecatedTakingOwnershipOfDescriptor: e.descriptor.rawValue)
+            handles.append(handle)
+            let start = Int(e.fileOffsetBytes)
+            pieces.append(.fileRegion(FileRegion(fileHandle: handle, readerIndex: start, endIndex: start + e.count)))
+            at = e.offsetInTarget + e.count
+        }
+        bytes(upTo: buffer.readableBytes - headerBytes)
+        registry.splicedReplies += 1
+        // Written in order: the last piece's promise completes after every earlier one's.
+        let last = context.eventLoop.makePromise(of: Void.self)
+        let regionHandles = handles
+        for (i, piece) in pieces.enumerated() {
+            context.write(wrapOutboundOut(piece), promise: i == pieces.count - 1 ? last : nil)
+        }
+        last.futureResult.whenComplete { result in
+            // Ownership back, not closed: each extent's shared descriptor closes once, when the
+            // last reply using it lets go (kept alive until here by this closure).
+            for h in regionHandles { _ = try? h.takeDescriptorOwnership() }
+            withExtendedLifetime(extents) {}
+            switch result {
+            case .success: promise.succeed()
+            case .failure(let error): promise.fail(error)
+            }
+        }
     }
 
     static func nbdError(_ error: ClientError) -> NBDError {
@@ -480,10 +534,14 @@ func appendReceived(_ cumulation: inout ByteBuffer?, _ incoming: inout ByteBuffe
 struct ReadReply: Sendable {
     /// The whole reply, header and data.
     let buffer: ByteBuffer
+    /// Bytes of the header ahead of the data in `buffer`.
+    let headerBytes: Int
     /// The data's bytes inside `buffer`, as the engine's reads take them.
     let destination: IOBuffer
+    /// Where the engine recorded the member ranges it left for sendfile, when the reply takes them.
+    let spliceTarget: SpliceableReadTarget?
 
-    init(cookie: UInt64, offset: UInt64, length: Int, structured: Bool, registry: ConnectionRegistry, allocator: ByteBufferAllocator) {
+    init(cookie: UInt64, offset: UInt64, length: Int, structured: Bool, spliceable: Bool, registry: ConnectionRegistry, allocator: ByteBufferAllocator) {
         let header = NBDReply.readHeader(cookie: cookie, offset: offset, length: length, structured: structured)
         var buffer = registry.replyBuffer(capacity: header.count + length, allocator: allocator)
         buffer.writeBytes(header)
@@ -492,7 +550,17 @@ struct ReadReply: Sendable {
         let dataStart = buffer.withUnsafeMutableWritableBytes { UnsafeMutableRawPointer($0.baseAddress!) }
         buffer.moveWriterIndex(forwardBy: length)
         self.buffer = buffer
-        destination = IOBuffer(storage: IOBufferStorage(borrowing: dataStart, capacity: length, owner: ReplyStorageOwner(buffer)), offset: 0, count: length)
+        headerBytes = header.count
+        let owner: any AnyObject & Sendable
+        if spliceable {
+            let target = SpliceableReadTarget(owner: buffer, capacity: length)
+            spliceTarget = target
+            owner = target
+        } else {
+            spliceTarget = nil
+            owner = ReplyStorageOwner(buffer)
+        }
+        destination = IOBuffer(storage: IOBufferStorage(borrowing: dataStart, capacity: length, owner: owner), offset: 0, count: length)
     }
 
     /// Whether `data` is the reply's own room (the read landed where it was asked to).

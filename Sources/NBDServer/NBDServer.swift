@@ -49,6 +49,12 @@ public struct NBDServerOptions: Sendable {
     /// a large write would otherwise hold up every other connection.
     public var writeDataTimeout: TimeAmount = .seconds(30)
     public var readOnly = false
+    /// Read replies send the bytes of healthy chunk-aligned reads that the members' page cache
+    /// holds with sendfile(2), from the member files, instead of reading them into the reply
+    /// first (`SpliceableReadTarget`): the data then crosses from the page cache to the socket
+    /// with no copy through user space. By hand, a cached 1 GiB file sent over a Unix socket in
+    /// 256 KiB pieces took half the CPU of pread-then-send. Off, every read is copied.
+    public var sendfileReads = true
 
     public init() {}
 
@@ -138,6 +144,12 @@ public final class NBDServer: @unchecked Sendable {
     /// The address bound (with the port the system chose for port 0).
     public var localAddress: SocketAddress? { listener.localAddress }
 
+    /// Read replies sent (partly or wholly) from the members' page cache with sendfile so far.
+    public func splicedReplies() async -> Int {
+        let registry = connections
+        return (try? await engine.eventLoop.submit { registry.splicedReplies }.get()) ?? 0
+    }
+
     /// Stops accepting, and closes every connection once its requests in flight are answered.
     public func stop() async {
         try? await listener.close().get()
@@ -167,6 +179,9 @@ final class ConnectionRegistry: @unchecked Sendable {
     }
 
     var atByteBound: Bool { bytesInFlight >= maxBytesInFlight }
+
+    /// Read replies sent partly or wholly with sendfile (on the loop only).
+    var splicedReplies = 0
 
     /// The most bytes ever in flight at once (tests check the bound with it).
     private(set) var peakBytesInFlight = 0

@@ -46,7 +46,7 @@ public final class IOBufferStorage: @unchecked Sendable {
     /// The pool size class the memory came from, or nil when it was allocated outside the pool.
     let sizeClass: IOBufferPool.SizeClass?
     /// Whose memory this is when it is not this storage's own (see `init(borrowing:)`).
-    let owner: (any AnyObject & Sendable)?
+    public let owner: (any AnyObject & Sendable)?
 
     /// Alignment of every buffer this type allocates: the page size, enough for O_DIRECT on any
     /// Linux device (memory borrowed with `init(borrowing:)` has its owner's alignment).

@@ -94,6 +94,8 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     var post: (@Sendable ([(MemberIOID, MemberIOResult)]) -> Void)!
     /// Member reads the loop served from the page cache without the pool (see `unplug`).
     public internal(set) var readsServedFromCache = 0
+    /// Member reads left to the server's sendfile (`splice`): not read at all.
+    public internal(set) var readsSpliced = 0
     /// An add or re-add is between its steps (they change the member table; one at a time).
     var membershipChangeInProgress = false
     /// Set on the loop once the array has stopped: calls that reach the loop later fail fast.
@@ -283,6 +285,11 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         var served: [(MemberIOID, MemberIOResult)] = []
         for merged in plug.merge(batch) {
             let device = devices[merged.member.rawValue]
+            if merged.kind == .read, splice(merged, from: device) {
+                readsSpliced += 1
+                served += merged.requests.map { ($0.id, .success) }
+                continue
+            }
             if merged.kind == .read, merged.byteCount <= Self.inlineReadMaxBytes,
                 device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets)
             {
@@ -293,6 +300,33 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
             pool.submit(IOJob(device: device, io: merged))
         }
         if !served.isEmpty { post(served) }
+    }
+
+    /// Member reads smaller than this are copied even into a spliceable target: a sendfile costs
+    /// three system calls more than the copy (cachestat, dup, close; and the reply's header goes
+    /// in a write of its own), about what copying 32-64 KiB costs here, and a cached 4 KiB read
+    /// at queue depth 1 is all system calls.
+    static let spliceReadMinBytes = 64 << 10
+
+    /// A read into spliceable targets only (a server's replies), of a member range the page cache
+    /// holds whole, is not read: each target records the member range its bytes are in, and the
+    /// server sends them from there (see `SpliceableReadTarget`). One cachestat and one dup for
+    /// the whole merged read; false (read it as usual) for anything else.
+    func splice(_ merged: MergedIO, from device: MemberDevice) -> Bool {
+        guard merged.byteCount >= Self.spliceReadMinBytes else { return false }
+        var targets: [(SpliceableReadTarget, IOBuffer)] = []
+        targets.reserveCapacity(merged.requests.count)
+        for io in merged.requests {
+            guard case .read(let buffer) = io.kind, let target = buffer.storage.owner as? SpliceableReadTarget else { return false }
+            targets.append((target, buffer))
+        }
+        guard let descriptor = device.cachedDescriptor(at: merged.offsetBytes, count: merged.byteCount) else { return false }
+        var at = merged.offsetBytes
+        for (target, buffer) in targets where buffer.count > 0 {
+            target.record(SpliceableReadTarget.Extent(descriptor: descriptor, fileOffsetBytes: at, offsetInTarget: buffer.offset, count: buffer.count))
+            at += UInt64(buffer.count)
+        }
+        return true
     }
 
     /// Feeds the results the I/O threads posted to the core, then submits what they caused, merged.
@@ -401,6 +435,12 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 completion(result)
             }, now: started)
         }
+    }
+
+    /// Member reads the loop did itself from the page cache, and those left to a server's
+    /// sendfile (`splice`), since the start.
+    public func memberReadShortcuts() async -> (servedFromCache: Int, spliced: Int) {
+        await call(stopped: (0, 0)) { await onLoop { (self.readsServedFromCache, self.readsSpliced) } }
     }
 
     /// Sets who is told of completed requests and member I/O (on the loop, from then on).

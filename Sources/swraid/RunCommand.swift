@@ -32,6 +32,9 @@ struct Run: AsyncParsableCommand {
     @Option(help: "Each connection's kernel send buffer in KiB (SO_SNDBUF); 0 keeps the system's default (TCP then tunes its own).")
     var sendBufferKib: Int = 512
 
+    @Flag(inversion: .prefixedNo, help: "Send the bytes of healthy reads the members' page cache holds with sendfile, from the member files, instead of copying them into each reply first.")
+    var sendfile = true
+
     @Option(name: .customLong("io-threads"), help: "Threads running member system calls (1 to 64; default: per member, the processors per member from 1 to 4). One member may hold at most its even share (N / members, at least 1), so with N at least the member count a stalled member holds up only the I/O that needs it.")
     var ioThreads: Int?
 
@@ -73,6 +76,7 @@ struct Run: AsyncParsableCommand {
         logger.logLevel = .info
         var serverOptions = NBDServerOptions()
         serverOptions.sendBufferBytes = sendBufferKib == 0 ? nil : sendBufferKib << 10
+        serverOptions.sendfileReads = sendfile
         var options = EngineOptions()
         options.readOnly = readonly
         options.force = force

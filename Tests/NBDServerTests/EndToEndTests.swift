@@ -165,6 +165,8 @@ func readToEnd(_ path: String) -> String {
             #"swraid_member_state_info{array="served",member="2",state="faulty"} 1.0"#,
             #"swraid_member_state_info{array="served",member="1",state="in_sync"} 1.0"#,
             #"swraid_sync_action_info{array="served",action="idle"} 1.0"#,
+            // No server sent any member bytes with sendfile (the reads were the engine's own).
+            #"swraid_member_read_shortcuts_count{array="served",how="sendfile"} 0.0"#,
         ] {
             #expect(lines.contains(expected), "missing: \(expected)")
         }
@@ -173,6 +175,10 @@ func readToEnd(_ path: String) -> String {
         #expect(lines.contains { $0.hasPrefix(#"swraid_member_ios_total{array="served",member="0",op="write",purpose="superblock"}"#) })
         #expect(lines.contains { $0.contains(#"op="write",purpose="parity"}"#) })
         #expect(lines.contains("# TYPE swraid_client_request_duration_seconds histogram"))
+        // The three 4 KiB reads of cached chunks at least were done on the loop (the writes'
+        // stripe reads of cached blocks too).
+        let loopReads = lines.first { $0.hasPrefix(#"swraid_member_read_shortcuts_count{array="served",how="loop_from_page_cache"} "#) }
+        #expect(loopReads.flatMap { Double($0.split(separator: " ").last!) }.map { $0 >= 3 } == true, "\(loopReads ?? "no loop_from_page_cache line")")
         // One array_state at a time (active, or clean once safe mode has marked it so).
         let states = lines.filter { $0.hasPrefix("swraid_array_state_info{") && $0.hasSuffix("} 1.0") }
         #expect(states.count == 1 && (states.first!.contains(#"state="active""#) || states.first!.contains(#"state="clean""#)), "\(states)")

@@ -588,3 +588,80 @@ func writePatternFile(_ path: String, mebibytes: Int) throws {
         #expect(largest <= 256 << 10, "the receive buffer grew to \(largest) bytes")
     }
 }
+
+/// Read replies sent with sendfile from the member files (`NBDServerOptions.sendfileReads`).
+@Suite struct NBDSendfileReadTests {
+    /// A read through a raw client: the data of its reply (simple or structured, one chunk).
+    func read(_ raw: RawClient, cookie: UInt64, offset: UInt64, length: Int, structured: Bool) -> [UInt8]? {
+        raw.request(.read, cookie: cookie, offset: offset, length: UInt32(length))
+        guard structured else {
+            guard let reply = raw.simpleReply(dataBytes: length), reply.error == 0, reply.cookie == cookie else { return nil }
+            return reply.data
+        }
+        // magic, flags, type, cookie, length; then the offset and the data.
+        guard let header = raw.receive(20) else { return nil }
+        let chunkLength = Int(header[16..<20].reduce(UInt32(0)) { $0 << 8 | UInt32($1) })
+        guard header[0..<4].reduce(UInt32(0), { $0 << 8 | UInt32($1) }) == NBDMagic.structuredReply, chunkLength == 8 + length,
+            let body = raw.receive(chunkLength),
+            body[0..<8].reduce(UInt64(0), { $0 << 8 | UInt64($1) }) == offset
+        else { return nil }
+        return Array(body[8...])
+    }
+
+    /// Where a reply's data first differs from what was written ("no reply" when there was none),
+    /// or nil: megabytes of bytes in a failure message say nothing.
+    func firstDifference(_ data: [UInt8]?, _ expected: ArraySlice<UInt8>) -> String? {
+        guard let data else { return "no reply" }
+        guard data.count == expected.count else { return "\(data.count) bytes, \(expected.count) expected" }
+        guard let i = data.indices.first(where: { data[$0] != expected[expected.startIndex + $0] }) else { return nil }
+        return "byte \(i) differs"
+    }
+
+    /// Healthy chunk-aligned reads of bytes the members' page cache holds go out from the member
+    /// files with sendfile, whole chunks and reads across members alike (pieces under 64 KiB
+    /// are copied, and must read the same); with a
+    /// member failed, one reply mixes chunks sent from files with a chunk the read rebuilt into
+    /// the reply's memory. Every reply carries the bytes written, as with every read copied
+    /// (the same reads with `sendfileReads` off, which must send nothing with sendfile).
+    @Test(arguments: [(true, false), (true, true), (false, false)])
+    func cachedChunksAreSentFromTheMemberFilesWithTheBytesACopyWouldSend(sendfile: Bool, structured: Bool) async throws {
+        var options = NBDServerOptions()
+        options.sendfileReads = sendfile
+        // Without cachestat (before Linux 6.5) nothing is lent, and every reply is copied.
+        let spliced = sendfile && kernelHasCachestat
+        // RAID5 of 4, 64 KiB chunks: a row holds 192 KiB of data on three members.
+        let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 4, chunkKiB: 64, bitmap: false, serverOptions: options, overUnixSocket: true)
+        let raw = try RawClient(unixPath: array.socketPath!)
+        _ = try raw.negotiate(export: "served", structured: structured)
+        var random = SplitMix(seed: 0x5e4d_f11e)
+        let written = (0..<(1 << 20)).map { _ in UInt8(truncatingIfNeeded: random.next()) }
+        raw.request(.write, cookie: 1, offset: 0, length: UInt32(written.count), payload: written)
+        #expect(raw.simpleReply()?.error == 0)
+        raw.request(.flush, cookie: 2, offset: 0, length: 0)
+        #expect(raw.simpleReply()?.error == 0)
+
+        // One chunk; a piece inside one; three chunks on three members from the middle of one;
+        // a 512-byte piece; the whole megabyte. Member reads under 64 KiB are copied (a
+        // sendfile's system calls cost more): three of the five replies use sendfile.
+        let reads: [(offset: Int, length: Int)] = [(0, 64 << 10), (4096 + 512, 20_480), (32 << 10, 160 << 10), (300 << 10, 512), (0, 1 << 20)]
+        let readsWithSendfile = 3
+        var cookie: UInt64 = 10
+        for r in reads {
+            cookie += 1
+            let data = read(raw, cookie: cookie, offset: UInt64(r.offset), length: r.length, structured: structured)
+            #expect(firstDifference(data, written[r.offset..<(r.offset + r.length)]) == nil, "read of \(r.length) bytes at \(r.offset)")
+        }
+        let splicedHealthy = await array.server.splicedReplies()
+        #expect(spliced ? splicedHealthy == readsWithSendfile : splicedHealthy == 0, "replies sent with sendfile: \(splicedHealthy)")
+
+        // The chunks of the failed member are rebuilt through stripes, into the reply's memory;
+        // the others still come from the files.
+        try await array.engine.fail(member: array.paths[1])
+        cookie += 1
+        let degraded = read(raw, cookie: cookie, offset: 0, length: 1 << 20, structured: structured)
+        #expect(firstDifference(degraded, written[...]) == nil, "degraded read of the whole megabyte")
+        let splicedDegraded = await array.server.splicedReplies() - splicedHealthy
+        #expect(spliced ? splicedDegraded == 1 : splicedDegraded == 0, "degraded replies sent with sendfile: \(splicedDegraded)")
+        await array.stop()
+    }
+}

@@ -25,6 +25,14 @@ ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t 
 /// device without waiting for them (a hint; durability still takes fdatasync).
 int swraid_start_writeback(int fd, off_t offset, off_t length);
 
+/// Whether the page cache holds every page of the byte range: 1 when it does, 0 when some
+/// page is not cached, -1 with errno on failure (ENOSYS before Linux 6.5, which added
+/// cachestat(2)). Never waits for the device.
+int swraid_range_cached(int fd, uint64_t offset, uint64_t length);
+
+/// dup(2) with close-on-exec (F_DUPFD_CLOEXEC); -1 with errno on failure.
+int swraid_dup_cloexec(int fd);
+
 /// The processors this process may run on (sched_getaffinity), or the online ones when that
 /// fails; at least 1.
 int swraid_processor_count(void);

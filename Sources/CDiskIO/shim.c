@@ -9,7 +9,7 @@
 #include <unistd.h>
 #include <linux/fs.h>
 #include <sys/ioctl.h>
-#include <sys/syscall.h>
+#include <sys/mman.h>
 #include <sys/uio.h>
 
 int swraid_o_direct(void) { return O_DIRECT; }
@@ -55,23 +55,27 @@ int swraid_processor_count(void) {
     return online > 0 ? (int)online : 1;
 }
 
-/* cachestat(2), Linux 6.5. Its structures are declared here because older kernel headers lack
-   them (the layout is the system call's ABI). */
-struct swraid_cachestat_range { uint64_t off; uint64_t len; };
-struct swraid_cachestat { uint64_t nr_cache, nr_dirty, nr_writeback, nr_evicted, nr_recently_evicted; };
-#ifndef __NR_cachestat
-#define __NR_cachestat 451
-#endif
-
-int swraid_range_cached(int fd, uint64_t offset, uint64_t length) {
+int swraid_range_resident(const void *mapping, uint64_t offset, uint64_t length) {
     if (length == 0) return 1;
     long page = sysconf(_SC_PAGESIZE);
     if (page <= 0) page = 4096;
-    struct swraid_cachestat_range range = { offset, length };
-    struct swraid_cachestat stat = { 0 };
-    if (syscall(__NR_cachestat, fd, &range, &stat, 0) != 0) return -1;
-    uint64_t pages = (offset + length - 1) / (uint64_t)page - offset / (uint64_t)page + 1;
-    return stat.nr_cache >= pages ? 1 : 0;
+    uint64_t first = offset / (uint64_t)page, last = (offset + length - 1) / (uint64_t)page;
+    /* One mincore call per 256 pages (1 MiB of 4 KiB pages): the answer vector on the stack. */
+    unsigned char vec[256];
+    for (uint64_t at = first; at <= last; at += 256) {
+        uint64_t n = last - at + 1 < 256 ? last - at + 1 : 256;
+        if (mincore((char *)mapping + at * (uint64_t)page, n * (uint64_t)page, vec) != 0) return -1;
+        for (uint64_t i = 0; i < n; i++)
+            if (!(vec[i] & 1)) return 0;
+    }
+    return 1;
 }
+
+void *swraid_map_file(int fd, uint64_t length) {
+    void *p = mmap(NULL, length, PROT_READ, MAP_SHARED, fd, 0);
+    return p == MAP_FAILED ? NULL : p;
+}
+
+int swraid_unmap_file(void *mapping, uint64_t length) { return munmap(mapping, length); }
 
 int swraid_dup_cloexec(int fd) { return fcntl(fd, F_DUPFD_CLOEXEC, 0); }

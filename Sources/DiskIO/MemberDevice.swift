@@ -27,17 +27,19 @@ public protocol MemberDevice: AnyObject {
     /// error; the buffers' contents are then unspecified). Never blocks on I/O, so an event
     /// loop may call it.
     func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool
-    /// A descriptor of its own for the device, when the page cache holds every byte of the
-    /// range: what a server hands to sendfile(2) to send those bytes without reading them first
-    /// (the data then goes from the page cache to the socket with no copy through user space).
-    /// nil when it cannot say so without waiting (some page not cached, O_DIRECT, a device that
-    /// is not a file, a kernel without cachestat, any error). Never blocks on I/O.
+    /// A descriptor of the device's own to send the range from, when the page cache holds every
+    /// byte of it, read in whole: what a server hands to sendfile(2) to send those bytes without
+    /// reading them first (they then go from the page cache to the socket with no copy through
+    /// user space). nil when it cannot say so without waiting: some page not cached or still
+    /// being read, O_DIRECT, a device with nothing to lend (simulated, the fault injector), a
+    /// file the page cache will not answer truly about, any error. Never blocks on I/O.
     func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor?
 }
 
-/// A duplicate of a member's file descriptor, closed when the last user lets go of it: a reply
-/// queued for sendfile keeps the file open even if the array closes the member meanwhile (and
-/// the number cannot be reused for another file under it).
+/// A duplicate of a member's file descriptor, shared by every reply sent from the member and
+/// closed when the last user lets go of it: a reply queued for sendfile keeps the file open even
+/// if the array closes the member meanwhile (and the number cannot be reused for another file
+/// under it).
 public final class SharedDescriptor: Sendable {
     public let rawValue: CInt
     public init(takingOwnershipOf descriptor: CInt) { rawValue = descriptor }

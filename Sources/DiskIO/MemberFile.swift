@@ -64,8 +64,18 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// by now, so every I/O checks it first and fails with EBADF.
     private var closed = false
     private let closeLock = ConditionLock()
-    /// cachestat(2) failed as unsupported (under `closeLock`): `cachedDescriptor` stops asking.
-    private var cachestatUnavailable = false
+    /// What `cachedDescriptor` lends and asks (made at its first call, under `closeLock`).
+    private var lending: Lending = .notYet
+
+    /// One duplicate of the descriptor for every reply sent from the file (the replies hold it;
+    /// the last one closes it, after the member itself may have closed), and a read-only mapping
+    /// of the file that mincore(2) asks about the page cache (never touched, so it costs address
+    /// space only; unmapped when the member closes).
+    private enum Lending {
+        case notYet
+        case unavailable
+        case ready(SharedDescriptor, mapping: UnsafeMutableRawPointer, mappedBytes: UInt64)
+    }
     public let isBlockDevice: Bool
 
     /// Opens an existing member.
@@ -114,12 +124,18 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// Closes the descriptor (once, whichever thread asks first). The owner closes only when no
     /// I/O on the file is in flight.
     public func close() {
-        let shouldClose = closeLock.withLock { () -> Bool in
-            if closed { return false }
+        let (shouldClose, lent) = closeLock.withLock { () -> (Bool, Lending) in
+            if closed { return (false, .notYet) }
             closed = true
-            return true
+            // No `cachedDescriptor` call runs from here on (each checks `closed` under the
+            // lock): the mapping has no user left, and the lent descriptor stays open only for
+            // the replies holding it.
+            defer { lending = .unavailable }
+            return (true, lending)
         }
-        if shouldClose { _ = Glibc.close(fd.rawValue) }
+        guard shouldClose else { return }
+        _ = Glibc.close(fd.rawValue)
+        if case .ready(_, let mapping, let mappedBytes) = lent { _ = swraid_unmap_file(mapping, mappedBytes) }
     }
 
     public var isClosed: Bool { closeLock.withLock { closed } }
@@ -172,23 +188,38 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         return n == wanted
     }
 
-    /// cachestat(2) for the range, then a duplicate of the descriptor (taken under the close
-    /// lock, so never of a descriptor being closed). A kernel without cachestat (before 6.5, or
-    /// a sandbox refusing it) is asked once.
+    /// mincore(2) of the range through the file's mapping (under the close lock, so never of a
+    /// file being closed), then the file's one lent descriptor.
     public func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor? {
         guard !options.direct, count > 0 else { return nil }
         return closeLock.withLock { () -> SharedDescriptor? in
-            guard !closed, !cachestatUnavailable else { return nil }
-            switch swraid_range_cached(fd.rawValue, offsetBytes, UInt64(count)) {
-            case 1: break
-            case 0: return nil
-            default:
-                if errno == ENOSYS || errno == EPERM { cachestatUnavailable = true }
-                return nil
-            }
-            let copy = swraid_dup_cloexec(fd.rawValue)
-            return copy >= 0 ? SharedDescriptor(takingOwnershipOf: copy) : nil
+            guard !closed else { return nil }
+            if case .notYet = lending { lending = makeLending() }
+            guard case .ready(let descriptor, let mapping, let mappedBytes) = lending,
+                offsetBytes <= mappedBytes, UInt64(count) <= mappedBytes - offsetBytes,
+                swraid_range_resident(mapping, offsetBytes, UInt64(count)) == 1
+            else { return nil }
+            return descriptor
         }
+    }
+
+    /// The lent descriptor and the mapping, or `.unavailable`. mincore answers truly only to a
+    /// process that could write the file (otherwise Linux says every page is resident rather
+    /// than tell): a file open read-write, or owned by this user, or any file to root. Anything
+    /// else lends nothing, and its reads are copied.
+    private func makeLending() -> Lending {
+        var st = stat()
+        guard fstat(fd.rawValue, &st) == 0 else { return .unavailable }
+        guard options.mode == .readWrite || st.st_uid == geteuid() || geteuid() == 0 else { return .unavailable }
+        // The size as `sizeBytes` finds it (which takes the close lock, held here).
+        var size = UInt64(st.st_size)
+        if isBlockDevice && swraid_block_device_size(fd.rawValue, &size) != 0 { return .unavailable }
+        guard size > 0 else { return .unavailable }
+        let copy = swraid_dup_cloexec(fd.rawValue)
+        guard copy >= 0 else { return .unavailable }
+        let descriptor = SharedDescriptor(takingOwnershipOf: copy)
+        guard let mapping = swraid_map_file(copy, size) else { return .unavailable }
+        return .ready(descriptor, mapping: mapping, mappedBytes: size)
     }
 
     public func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {

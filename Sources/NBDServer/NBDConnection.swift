@@ -447,13 +447,14 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     }
 
     /// A read reply whose data is partly (or wholly) member file ranges the page cache holds:
-    /// the header and any bytes the read did fill go from the buffer, each range with sendfile
-    /// (a `FileRegion`), in order. Each region's handle wraps the extent's own descriptor, which
+    /// the header and any bytes the read did fill (a degraded read's rebuilt chunk, a piece too
+    /// small to be worth a sendfile) go from the buffer, each range with sendfile (a
+    /// `FileRegion`), in order. Each region's handle wraps the member's lent descriptor, which
     /// the reply keeps open until the socket took it or the connection failed; the handles give
-    /// the descriptor back rather than close it (the shared descriptor closes once). A sendfile
-    /// that fails (an I/O error on a page evicted since, which the page cache check made
-    /// unlikely) fails the channel as any write error does: the client sees the connection
-    /// close, never wrong data.
+    /// the descriptor back rather than close it (the shared descriptor closes once, when its
+    /// last user lets go). A sendfile that fails (an I/O error on a page evicted since the
+    /// engine looked, which is unlikely: it was read in a moment before) fails the channel as
+    /// any write error does: the client sees the connection close, never wrong data.
     func writeSpliced(_ context: ChannelHandlerContext, _ buffer: ByteBuffer, headerBytes: Int, _ extents: [SpliceableReadTarget.Extent], promise: EventLoopPromise<Void>) {
         var handles: [NIOFileHandle] = []
         handles.reserveCapacity(extents.count)
@@ -479,6 +480,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         // Written in order: the last piece's promise completes after every earlier one's.
         let last = context.eventLoop.makePromise(of: Void.self)
         let regionHandles = handles
+        let logger = self.logger
         for (i, piece) in pieces.enumerated() {
             context.write(wrapOutboundOut(piece), promise: i == pieces.count - 1 ? last : nil)
         }
@@ -489,7 +491,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             withExtendedLifetime(extents) {}
             switch result {
             case .success: promise.succeed()
-            case .failure(let error): promise.fail(error)
+            case .failure(let error):
+                logger.warning("a read reply sent from the member files failed (\(error)); the connection closes")
+                promise.fail(error)
             }
         }
     }

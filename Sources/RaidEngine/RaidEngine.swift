@@ -303,15 +303,14 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     }
 
     /// Member reads smaller than this are copied even into a spliceable target: a sendfile costs
-    /// three system calls more than the copy (cachestat, dup, close; and the reply's header goes
-    /// in a write of its own), about what copying 32-64 KiB costs here, and a cached 4 KiB read
-    /// at queue depth 1 is all system calls.
+    /// two system calls more than the copy (mincore, and a write of its own for the reply's
+    /// header), and a cached 4 KiB read at queue depth 1 is all system calls.
     static let spliceReadMinBytes = 64 << 10
 
     /// A read into spliceable targets only (a server's replies), of a member range the page cache
     /// holds whole, is not read: each target records the member range its bytes are in, and the
-    /// server sends them from there (see `SpliceableReadTarget`). One cachestat and one dup for
-    /// the whole merged read; false (read it as usual) for anything else.
+    /// server sends them from there (see `SpliceableReadTarget`). One mincore for the whole merged
+    /// read; false (read it as usual) for anything else.
     func splice(_ merged: MergedIO, from device: MemberDevice) -> Bool {
         guard merged.byteCount >= Self.spliceReadMinBytes else { return false }
         var targets: [(SpliceableReadTarget, IOBuffer)] = []

@@ -120,17 +120,3 @@ public enum GF256Reference {
 
     public static func pow2(_ i: Int) -> UInt8 { (0..<i).reduce(UInt8(1)) { v, _ in mul(v, 2) } }
 }
-
-/// Whether the running Linux kernel is at least `major.minor` (from uname's release).
-public func linuxKernelAtLeast(_ major: Int, _ minor: Int) -> Bool {
-    var names = utsname()
-    guard uname(&names) == 0 else { return false }
-    let release = withUnsafeBytes(of: &names.release) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-    let parts = release.split(whereSeparator: { !$0.isNumber }).prefix(2).compactMap { Int($0) }
-    guard parts.count == 2 else { return false }
-    return (parts[0], parts[1]) >= (major, minor)
-}
-
-/// cachestat(2), which the server's sendfile reads ask before lending a member file, came with
-/// Linux 6.5.
-public let kernelHasCachestat = linuxKernelAtLeast(6, 5)

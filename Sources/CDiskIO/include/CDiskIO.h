@@ -25,10 +25,17 @@ ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t 
 /// device without waiting for them (a hint; durability still takes fdatasync).
 int swraid_start_writeback(int fd, off_t offset, off_t length);
 
-/// Whether the page cache holds every page of the byte range: 1 when it does, 0 when some
-/// page is not cached, -1 with errno on failure (ENOSYS before Linux 6.5, which added
-/// cachestat(2)). Never waits for the device.
-int swraid_range_cached(int fd, uint64_t offset, uint64_t length);
+/// Whether every page of the byte range `offset..<offset+length` of a file is in the page cache
+/// and up to date (read in whole), asked with mincore(2) of `mapping`, a read-only shared
+/// mapping of the file from its start: 1 when every page is, 0 when some page is not (or is
+/// still being read), -1 with errno on failure. Never waits for the device, and touches no page
+/// of the mapping. (cachestat(2) counts pages whose read is still in flight; mincore does not.)
+int swraid_range_resident(const void *mapping, uint64_t offset, uint64_t length);
+
+/// A read-only shared mapping of `length` bytes of the file open on fd, from its start, or NULL
+/// with errno; and its undoing.
+void *swraid_map_file(int fd, uint64_t length);
+int swraid_unmap_file(void *mapping, uint64_t length);
 
 /// dup(2) with close-on-exec (F_DUPFD_CLOEXEC); -1 with errno on failure.
 int swraid_dup_cloexec(int fd);

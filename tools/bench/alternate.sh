@@ -83,7 +83,7 @@ measure() { # uri -> figure
         python3 -c "import sys; print(round(1073.741824 / (float(sys.argv[2]) - float(sys.argv[1]))))" "$t0" "$t1"
     else
         sync
-        fio --name=alt --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --iodepth=32 --size=900m --time_based --runtime=5 \
+        fio --name=alt --ioengine=nbd --uri="$1" --rw=randwrite --bs=4k --iodepth=32 --size=900m --iomem_align=4096 --time_based --runtime=5 \
             --output-format=json 2>/dev/null | sed -n '/^{/,$p' |
             python3 -c 'import json, sys; print(round(json.load(sys.stdin)["jobs"][0]["write"]["iops"] / 1e3, 1))'
     fi

@@ -66,6 +66,7 @@ extension Demo {
         say(verified.bad == 0
             ? "\(verified.blocks) MiB read back over NBD: every byte as written (\(written.requests) requests by 4 clients)"
             : "\(verified.bad) of \(verified.blocks) MiB read back WRONG (this is a bug)")
+        say("\(await server.splicedReplies()) read replies went out from the member files with sendfile (no copy through swraid)")
         await cli(["detail"])
 
         section("Stop cleanly: requests finished, every superblock marked clean")

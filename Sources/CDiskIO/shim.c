@@ -34,6 +34,23 @@ ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t 
 #endif
 }
 
+#ifndef RWF_DONTCACHE
+#define RWF_DONTCACHE 0x00000080
+#endif
+
+ssize_t swraid_preadv_dontcache(int fd, const struct iovec *iov, int iovcnt, off_t offset) {
+    return preadv2(fd, iov, iovcnt, offset, RWF_DONTCACHE);
+}
+
+ssize_t swraid_pwritev_dontcache(int fd, const struct iovec *iov, int iovcnt, off_t offset, int dsync) {
+#ifdef RWF_DSYNC
+    return pwritev2(fd, iov, iovcnt, offset, RWF_DONTCACHE | (dsync ? RWF_DSYNC : 0));
+#else
+    errno = EOPNOTSUPP;
+    return -1;
+#endif
+}
+
 int swraid_start_writeback(int fd, off_t offset, off_t length) {
     return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
 }

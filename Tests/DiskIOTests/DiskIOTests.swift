@@ -120,6 +120,31 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         #expect(n == 12288 && back == data, "the lent descriptor is its own: it reads the bytes after the member closed")
     }
 
+    /// Sync reads (check, resync, recovery) leave the page cache as they found it, as md's go
+    /// through its stripe cache only; a client's read of the same range stays cached. Where
+    /// the kernel or file system refuses RWF_DONTCACHE (before Linux 6.14), the file says so
+    /// and the read still returns the bytes.
+    @Test func syncReadsLeaveNoPagesInThePageCache() throws {
+        let (path, cleanup) = try scratchFile(1 << 20)
+        defer { cleanup() }
+        let file = try MemberFile(path: path, mode: .readWrite)
+        let data = pattern(65536, 9)
+        try file.write(at: 65536, bytes: data, purpose: .data)
+        try file.flush(purpose: .clientFlush)
+        // Drop the written (now clean) pages, so that the reads below bring them in.
+        let own = open(path, O_RDONLY)
+        defer { close(own) }
+        #expect(posix_fadvise(own, 0, 0, POSIX_FADV_DONTNEED) == 0)
+        #expect(file.cachedDescriptor(at: 65536, count: 65536) == nil, "the pages were dropped")
+        #expect(try file.read(at: 65536, count: 65536, purpose: .syncRead) == data)
+        if file.syncIOLeavesNoPages {
+            #expect(file.cachedDescriptor(at: 65536, count: 65536) == nil, "a sync read left its pages cached")
+        }
+        #expect(try file.read(at: 65536, count: 65536, purpose: .data) == data)
+        #expect(file.cachedDescriptor(at: 65536, count: 65536) != nil, "a client's read is cached")
+        file.close()
+    }
+
     @Test func directIOBouncesBuffersThatAreNotAligned() throws {
         let (path, cleanup) = try scratchFile(1 << 20)
         defer { cleanup() }

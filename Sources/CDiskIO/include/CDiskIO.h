@@ -21,6 +21,13 @@ ssize_t swraid_pwritev_dsync(int fd, const struct iovec *iov, int iovcnt, off_t 
 /// device; -1 with errno EAGAIN when it would have to wait (or EOPNOTSUPP where unsupported).
 ssize_t swraid_preadv_nowait(int fd, const struct iovec *iov, int iovcnt, off_t offset);
 
+/// preadv2(2) and pwritev2(2) with RWF_DONTCACHE (Linux 6.14): buffered I/O whose pages leave
+/// the page cache once done with (once written back, for a write), so that a long sequential
+/// pass does not push everything else out of it. `dsync` adds RWF_DSYNC to the write. -1 with
+/// errno EOPNOTSUPP where the kernel or the file system lacks it.
+ssize_t swraid_preadv_dontcache(int fd, const struct iovec *iov, int iovcnt, off_t offset);
+ssize_t swraid_pwritev_dontcache(int fd, const struct iovec *iov, int iovcnt, off_t offset, int dsync);
+
 /// sync_file_range(2) with SYNC_FILE_RANGE_WRITE: starts writing the range's dirty pages to the
 /// device without waiting for them (a hint; durability still takes fdatasync).
 int swraid_start_writeback(int fd, off_t offset, off_t length);

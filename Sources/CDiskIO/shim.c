@@ -43,14 +43,14 @@ ssize_t swraid_preadv_dontcache(int fd, const struct iovec *iov, int iovcnt, off
 }
 
 ssize_t swraid_pwritev_dontcache(int fd, const struct iovec *iov, int iovcnt, off_t offset, int dsync) {
+    int flags = RWF_DONTCACHE;
 #ifdef RWF_DSYNC
-    return pwritev2(fd, iov, iovcnt, offset, RWF_DONTCACHE | (dsync ? RWF_DSYNC : 0));
+    if (dsync) flags |= RWF_DSYNC;
 #else
-    errno = EOPNOTSUPP;
-    return -1;
+    if (dsync) { errno = EOPNOTSUPP; return -1; }
 #endif
+    return pwritev2(fd, iov, iovcnt, offset, flags);
 }
-
 int swraid_start_writeback(int fd, off_t offset, off_t length) {
     return sync_file_range(fd, offset, length, SYNC_FILE_RANGE_WRITE);
 }

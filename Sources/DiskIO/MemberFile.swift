@@ -81,7 +81,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     public var syncIOLeavesNoPages: Bool { !options.direct && !dontCacheRefused.load(ordering: .relaxed) }
 
     func dontCache(_ purpose: MemberIOPurpose) -> Bool {
-        !options.direct && (purpose == .syncRead || purpose == .syncWrite) && !dontCacheRefused.load(ordering: .relaxed)
+        (purpose == .syncRead || purpose == .syncWrite) && syncIOLeavesNoPages
     }
 
     /// What `cachedDescriptor` lends and asks (made at its first call, under `closeLock`).

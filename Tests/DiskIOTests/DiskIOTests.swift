@@ -12,6 +12,16 @@ func scratchFile(_ bytes: UInt64) throws -> (path: String, cleanup: () -> Void) 
     return (path, { FileSystem.remove(path); rmdir(dir) })
 }
 
+/// A 1 MiB scratch file opened read-write, with `count` bytes of `pattern(count, seed)` written
+/// at `offset` through the page cache (the page cache tests start from it).
+func scratchFileWritten(_ count: Int, at offset: UInt64, seed: UInt8) throws -> (path: String, file: MemberFile, data: [UInt8], cleanup: () -> Void) {
+    let (path, cleanup) = try scratchFile(1 << 20)
+    let file = try MemberFile(path: path, mode: .readWrite)
+    let data = pattern(count, seed)
+    try file.write(at: offset, bytes: data, purpose: .data)
+    return (path, file, data, cleanup)
+}
+
 func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ Int(seed)) } }
 
 @Suite struct MemberFileTests {
@@ -76,11 +86,8 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
     /// the cache), into several buffers in order. O_DIRECT files, ranges past the end, a closed
     /// file and the fault injector say no, leaving the read to the I/O threads.
     @Test func readIfCachedReadsWhatThePageCacheHoldsAndOnlyThat() throws {
-        let (path, cleanup) = try scratchFile(1 << 20)
+        let (path, file, data, cleanup) = try scratchFileWritten(12288, at: 8192, seed: 3)
         defer { cleanup() }
-        let file = try MemberFile(path: path, mode: .readWrite)
-        let data = pattern(12288, 3)
-        try file.write(at: 8192, bytes: data, purpose: .data)
         let a = UnsafeMutableRawBufferPointer.allocate(byteCount: 8192, alignment: 4096)
         let b = UnsafeMutableRawBufferPointer.allocate(byteCount: 4096, alignment: 4096)
         defer { a.deallocate(); b.deallocate() }
@@ -99,11 +106,8 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
     /// the member closes. A range with a page never cached (a hole), O_DIRECT files, the fault
     /// injector and a closed file lend nothing.
     @Test func cachedDescriptorLendsTheFileOnlyForRangesThePageCacheHoldsWhole() throws {
-        let (path, cleanup) = try scratchFile(1 << 20)
+        let (path, file, data, cleanup) = try scratchFileWritten(12288, at: 8192, seed: 5)
         defer { cleanup() }
-        let file = try MemberFile(path: path, mode: .readWrite)
-        let data = pattern(12288, 5)
-        try file.write(at: 8192, bytes: data, purpose: .data)
         let lent = try #require(file.cachedDescriptor(at: 8192, count: 12288), "a range just written through the cache")
         #expect(file.cachedDescriptor(at: 8192 + 512, count: 1024) === lent, "a piece of a cached range, from the file's one lent descriptor")
         #expect(file.cachedDescriptor(at: 65536, count: 4096) == nil, "a hole never read or written is not cached")
@@ -125,11 +129,8 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
     /// the kernel or file system refuses RWF_DONTCACHE (before Linux 6.14), the file says so
     /// and the read still returns the bytes.
     @Test func syncReadsLeaveNoPagesInThePageCache() throws {
-        let (path, cleanup) = try scratchFile(1 << 20)
+        let (path, file, data, cleanup) = try scratchFileWritten(65536, at: 65536, seed: 9)
         defer { cleanup() }
-        let file = try MemberFile(path: path, mode: .readWrite)
-        let data = pattern(65536, 9)
-        try file.write(at: 65536, bytes: data, purpose: .data)
         try file.flush(purpose: .clientFlush)
         // Drop the written (now clean) pages, so that the reads below bring them in.
         let own = open(path, O_RDONLY)

@@ -68,6 +68,20 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// RWF_DONTCACHE was refused here (an older kernel, or a file system without it): sync I/O
     /// goes through the page cache as any other from then on.
     private let dontCacheRefused = Atomic<Bool>(false)
+    /// A second descriptor of the file, read-only and O_DIRECT, for resync, recovery, check and
+    /// repair reads: they go from the disk into the stripe, as md's do, with no page cache copy
+    /// and no page cache pages made and dropped (RWF_DONTCACHE still makes them: on this VM,
+    /// whose freed memory the host takes back, each costs a host fault). -1 where the file
+    /// system refused O_DIRECT (the reads then take `dontCache`), or for an O_DIRECT member
+    /// (whose own descriptor already is). Closed with `fd`. Coherent with the buffered writes
+    /// on `fd`: Linux writes a range's dirty pages back before a direct read of it.
+    private let directSyncReadFd: Int32
+    /// The direct descriptor failed a read as a file system without O_DIRECT for that range
+    /// does (EINVAL): sync reads take the buffered path from then on.
+    private let directSyncReadRefused = Atomic<Bool>(false)
+    private let directSyncReadCount = Atomic<Int>(0)
+    /// Sync reads made through the O_DIRECT descriptor (the tests ask).
+    public var directSyncReads: Int { directSyncReadCount.load(ordering: .relaxed) }
 
     /// Whether I/O for `purpose` leaves the page cache as it found it: resync, recovery, check
     /// and repair pass over the whole array once, and md's go through its stripe cache only;
@@ -113,10 +127,13 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         fd = FileDescriptor(rawValue: descriptor)
         var st = stat()
         isBlockDevice = fstat(descriptor, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
+        // Opened before the lock below, and closed with `descriptor` where that fails.
+        directSyncReadFd = options.direct ? -1 : Glibc.open(path, O_RDONLY | O_CLOEXEC | swraid_o_direct())
         if options.exclusive && flock(descriptor, (options.mode == .readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
             let busy = errno == EWOULDBLOCK
             let reason = lastErrorText()
             _ = Glibc.close(descriptor)
+            if directSyncReadFd >= 0 { _ = Glibc.close(directSyncReadFd) }
             closed = true
             throw busy ? DiskIOError.inUse(path: path) : DiskIOError.open(path: path, reason: "cannot lock: \(reason)")
         }
@@ -127,6 +144,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         self.path = path
         options = MemberOpenOptions(mode: .readWrite, exclusive: exclusive)
         isBlockDevice = false
+        directSyncReadFd = -1
         let descriptor = Glibc.open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0o644)
         guard descriptor >= 0 else { throw DiskIOError.open(path: path, reason: lastErrorText()) }
         fd = FileDescriptor(rawValue: descriptor)
@@ -155,6 +173,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         }
         guard shouldClose else { return }
         _ = Glibc.close(fd.rawValue)
+        if directSyncReadFd >= 0 { _ = Glibc.close(directSyncReadFd) }
         if case .ready(_, let mapping, let mappedBytes) = lent { _ = swraid_unmap_file(mapping, mappedBytes) }
     }
 
@@ -194,6 +213,18 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
                 at += b.count
             }
             return
+        }
+        if purpose == .syncRead && directSyncReadFd >= 0 && !directSyncReadRefused.load(ordering: .relaxed)
+            && Self.aligned(buffers.map { UnsafeRawBufferPointer($0) }, offsetBytes) {
+            do throws(MemberIOError) {
+                try transfer(read: true, offsetBytes, buffers, descriptor: directSyncReadFd)
+                directSyncReadCount.add(1, ordering: .relaxed)
+                return
+            } catch where error.errno == EINVAL {
+                // Alignment this file system will not take directly (a 4 KiB-sector disk), or no
+                // O_DIRECT for regular reads: buffered from now on, this read included.
+                directSyncReadRefused.store(true, ordering: .relaxed)
+            }
         }
         try transfer(read: true, offsetBytes, buffers, dontCache: dontCache(purpose))
     }
@@ -297,7 +328,8 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// Moves all the bytes, looping over short transfers and splitting at IOV_MAX, and in calls
     /// that end on multiples of `callMaxBytes` (none crosses one).
     private func transfer(read: Bool, _ offsetBytes: UInt64, _ buffers: [UnsafeMutableRawBufferPointer], dsync: Bool = false,
-                          callMaxBytes: Int = Int.max, dontCache: Bool = false) throws(MemberIOError) {
+                          callMaxBytes: Int = Int.max, dontCache: Bool = false, descriptor: Int32? = nil) throws(MemberIOError) {
+        let raw = descriptor ?? fd.rawValue
         var useDontCache = dontCache
         precondition(callMaxBytes > 0)
         var vectors = buffers.filter { $0.count > 0 }.map { iovec(iov_base: $0.baseAddress, iov_len: $0.count) }
@@ -331,12 +363,12 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
             let n: Int = vectors.withUnsafeBufferPointer { v in
                 let base = v.baseAddress! + first
                 if useDontCache {
-                    if read { return swraid_preadv_dontcache(fd.rawValue, base, Int32(count), position) }
-                    return swraid_pwritev_dontcache(fd.rawValue, base, Int32(count), position, useDsync ? 1 : 0)
+                    if read { return swraid_preadv_dontcache(raw, base, Int32(count), position) }
+                    return swraid_pwritev_dontcache(raw, base, Int32(count), position, useDsync ? 1 : 0)
                 }
-                if read { return preadv(fd.rawValue, base, Int32(count), position) }
-                if useDsync { return swraid_pwritev_dsync(fd.rawValue, base, Int32(count), position) }
-                return pwritev(fd.rawValue, base, Int32(count), position)
+                if read { return preadv(raw, base, Int32(count), position) }
+                if useDsync { return swraid_pwritev_dsync(raw, base, Int32(count), position) }
+                return pwritev(raw, base, Int32(count), position)
             }
             if let cut { vectors[cut.index].iov_len = cut.fullLength }
             if n < 0 {

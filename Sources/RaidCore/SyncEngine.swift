@@ -215,11 +215,13 @@ extension RaidCore {
     }
 
     /// md throttles the sync to `sync_speed_min` while clients use the array, and never lets it
-    /// pass `sync_speed_max`.
+    /// pass `sync_speed_max`. Never more units than the cache has stripes: beyond that they
+    /// would park, and a client write arriving then would queue behind them instead of taking
+    /// the next stripe a unit gives back.
     func syncWindow() -> Int {
         let busy = sync.lastClientActivity.map { now - $0 < 100 * nanosPerMilli } ?? false
         if busy && currentSyncRateKiBps() >= config.syncSpeedMinKiBps { return 1 }
-        return max(1, config.syncWindowStripes)
+        return max(1, min(config.syncWindowStripes, stripes.count))
     }
 
     func currentSyncRateKiBps() -> UInt64 {

@@ -53,6 +53,15 @@ struct MergedIO {
 struct IOPlug {
     var maxBuffers = 1024
     var maxBytes = 4 << 20
+    /// Resync, recovery, check and repair reads merge up to this much. Each read of a window
+    /// completes its stripes only when every member's has, and the window's next stripes go
+    /// out as they complete: one call per member per window would leave the disk idle between
+    /// windows (a RAID5 check read at 0.6-0.8 of a plain `dd bs=1M` of the members). In calls
+    /// of 256 KiB, a window of 256 stripes keeps several reads per member in flight, as the
+    /// block layer splits md's resync bios (`max_sectors_kb`) and queues them (measured: RAID5
+    /// of 4, 0.70-0.81 of the plain read with a window of 128 stripes in 256 KiB calls,
+    /// 1.04-1.15 with 256; 0.66-0.68 with 192 in one call).
+    var syncReadMaxBytes = 256 << 10
 
     func merge(_ batch: [MemberIORequest]) -> [MergedIO] {
         let sorted = batch.sorted { a, b in
@@ -75,7 +84,8 @@ struct IOPlug {
         for io in sorted {
             let kind = Self.kind(io)
             let extends = !run.isEmpty && run[0].member == io.member && runKind == kind
-                && (kind == .flush || (io.offsetBytes == runEnd && run.count < maxBuffers && runBytes + io.byteCount <= maxBytes))
+                && (kind == .flush || (io.offsetBytes == runEnd && run.count < maxBuffers
+                    && runBytes + io.byteCount <= (io.purpose == .syncRead ? syncReadMaxBytes : maxBytes)))
             if !extends {
                 close()
                 runKind = kind

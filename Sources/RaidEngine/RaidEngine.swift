@@ -27,11 +27,14 @@ public struct EngineOptions: Sendable {
     public init() {
         config = CoreConfig()
         config.startMode = .readWrite
-        // md's sync takes as many stripes as its cache gives it; 8 (the core's default, which
-        // the simulator keeps) made a check read 32 KiB per member at a time, one system call
-        // each: RAID6 of 5, check after drop_caches, 432-561 MB/s and 299-369 ticks of CPU
-        // with 8, 732-789 and 168-195 with 64 (a quarter of swraid run's stripe cache).
-        config.syncWindowStripes = 64
+        // md's sync takes as many stripes as its cache gives it (while clients are idle); 8 (the
+        // core's default, which the simulator keeps) made a check read 32 KiB per member at a
+        // time, one system call each: RAID6 of 5, check after drop_caches, 432-561 MB/s and
+        // 299-369 ticks of CPU with 8, 732-789 and 168-195 with 64. With the whole default
+        // cache, 256, and sync reads merged in calls of 256 KiB (`IOPlug.syncReadMaxBytes`), each
+        // member has several reads in flight: RAID5 of 4, 0.64-0.84 of a plain read of the
+        // members with 64, 1.04-1.15 with 256 (the core caps the window at the cache's size).
+        config.syncWindowStripes = 256
     }
 }
 

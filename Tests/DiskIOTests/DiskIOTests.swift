@@ -146,6 +146,29 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         file.close()
     }
 
+    /// Sync reads into aligned buffers go through the O_DIRECT descriptor and still see writes
+    /// the page cache holds dirty (Linux writes them back first); others take the buffered path.
+    @Test func alignedSyncReadsGoPastThePageCacheAndSeeItsDirtyPages() throws {
+        let (path, file, data, cleanup) = try scratchFileWritten(65536, at: 65536, seed: 11)
+        defer { cleanup() }
+        _ = path
+        let aligned = UnsafeMutableRawBufferPointer.allocate(byteCount: 65536, alignment: 4096)
+        defer { aligned.deallocate() }
+        aligned.initializeMemory(as: UInt8.self, repeating: 0)
+        try file.read(at: 65536, into: [aligned], purpose: .syncRead)
+        #expect(Array(aligned) == data, "the direct read missed the dirty pages")
+        #expect(file.directSyncReads == 1)
+        // Not aligned to 512 bytes: the buffered path, with the same bytes.
+        let unaligned = UnsafeMutableRawBufferPointer(rebasing: aligned[8..<(8 + 4096)])
+        try file.read(at: 65536, into: [unaligned], purpose: .syncRead)
+        #expect(Array(unaligned) == Array(data[0..<4096]))
+        #expect(file.directSyncReads == 1)
+        // A client's read never takes it.
+        try file.read(at: 65536, into: [aligned], purpose: .data)
+        #expect(file.directSyncReads == 1)
+        file.close()
+    }
+
     @Test func directIOBouncesBuffersThatAreNotAligned() throws {
         let (path, cleanup) = try scratchFile(1 << 20)
         defer { cleanup() }

@@ -400,6 +400,31 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         guard case .failed(.invalid)? = h.controlResults[bad] else { Issue.record("reshape accepted"); return }
     }
 
+    /// A window wider than the stripe cache takes the cache and no more: a client write that
+    /// arrives during the check gets the first stripe a unit gives back, rather than queueing
+    /// behind the rest of the window.
+    @Test func theSyncWindowTakesAtMostTheStripeCache() throws {
+        var config = CoreConfig()
+        config.stripeCacheSize = 17
+        config.syncWindowStripes = 256
+        let h = try Harness(SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 32, bitmap: false,
+                                          spares: 0, stripeCacheSize: 17), config: config)
+        h.set("sync_action", "check")
+        #expect(h.core.stripeCacheActive == 17)
+        #expect(h.core.parkedForStripe == 0, "sync units parked beyond the cache")
+        let syncReadsOfTheWindow = h.issued.filter { $0.purpose == .syncRead }.count
+        #expect(syncReadsOfTheWindow == 17 * 4)
+        // Row 20's first unit: far past the window.
+        let w = h.submit(.write(offsetBytes: 20 * UInt64(h.core.geometry.rowDataSectors * 512), data: buf(4096, 7), fua: false))
+        #expect(h.core.parkedForStripe == 1)
+        while h.issued.allSatisfy({ $0.purpose != .data }) && !h.pendingIO.isEmpty { h.completeOne() }
+        #expect(h.issued.prefix { $0.purpose != .data }.filter { $0.purpose == .syncRead }.count == syncReadsOfTheWindow,
+                "the client's write waited for sync units that came after it")
+        h.settle()
+        #expect(h.clientResults[w] == .done)
+        #expect(h.core.syncAction == .idle && h.core.mismatchCount == 0)
+    }
+
     @Test func idleAnswersWhenTheSyncIsReapedAndCheckResumesFromThere() throws {
         let h = try Harness.raid5()
         h.set("sync_action", "check")

@@ -54,6 +54,15 @@ import Testing
         #expect(plug.merge(batch).count == 1500 / 16 + 1)
     }
 
+    /// A check's window of stripes goes out as several calls per member, so that each member has
+    /// reads in flight while the stripes of the first are compared; a client's reads merge whole.
+    @Test mutating func syncReadsMergeInCallsOfAtMost256KiB() {
+        let sync = (0..<256).map { i in io(0, UInt64(i) * 4096, .read(into: IOBuffer(uninitializedCount: 4096)), .syncRead) }
+        #expect(IOPlug().merge(sync).map(\.byteCount) == [256 << 10, 256 << 10, 256 << 10, 256 << 10])
+        let client = (0..<256).map { i in io(1, UInt64(i) * 4096, .read(into: IOBuffer(uninitializedCount: 4096))) }
+        #expect(IOPlug().merge(client).map(\.byteCount) == [1 << 20])
+    }
+
     /// A merged read that fails is retried piece by piece, so only the piece on the bad sector
     /// reports the error (the rest of the run did read fine).
     @Test mutating func aFailedMergedCallIsRetriedPieceByPiece() throws {

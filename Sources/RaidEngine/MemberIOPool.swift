@@ -1,4 +1,5 @@
 import DequeModule
+import Glibc
 import DiskIO
 import MDFormat
 import RaidCore
@@ -56,22 +57,28 @@ final class MemberIOPool: @unchecked Sendable {
         max(1, threads / max(1, members))
     }
 
-    func submit(_ job: IOJob) {
-        let member = job.io.member.rawValue
-        precondition(member >= 0 && member < Self.maxMembers, "member index \(member) out of range")
+    func submit(_ job: IOJob) { submit(CollectionOfOne(job)) }
+
+    /// Queues an unplug's jobs under one hold of the lock, and wakes one thread if any can start
+    /// now: a thread that takes a job wakes another for any job it leaves startable (see `run`).
+    func submit(_ jobs: some Collection<IOJob>) {
+        guard !jobs.isEmpty else { return }
         lock.withLock {
             precondition(!stopping, "I/O submitted to a stopped pool")
-            precondition(queuedJobs < maxQueuedJobs, "member I/O queue over its bound")
-            while queued.count <= member {
-                queued.append(Deque())
-                running.append(0)
+            precondition(queuedJobs + jobs.count <= maxQueuedJobs, "member I/O queue over its bound")
+            for job in jobs {
+                let member = job.io.member.rawValue
+                precondition(member >= 0 && member < Self.maxMembers, "member index \(member) out of range")
+                while queued.count <= member {
+                    queued.append(Deque())
+                    running.append(0)
+                }
+                queued[member].append(job)
+                queuedJobs += 1
+                busyJobs += 1
             }
-            queued[member].append(job)
-            queuedJobs += 1
-            busyJobs += 1
-            // A thread is woken only when the job can start now; otherwise the member's next
-            // completion wakes one (see `run`).
-            if running[member] < perMemberLimit { lock.signal() }
+            // A job that cannot start now waits for its member's next completion.
+            if hasStartableJob() { lock.signal() }
         }
     }
 
@@ -102,29 +109,69 @@ final class MemberIOPool: @unchecked Sendable {
         return nil
     }
 
-    private func run() {
-        while true {
+    /// Threads asleep for want of a job.
+    private var waitingThreads = 0
+
+    /// Returns once every thread is asleep for want of a job (tests start from there, so that
+    /// a job is taken only by a thread something woke).
+    func waitUntilEveryThreadWaits() {
+        lock.lock()
+        while waitingThreads < threads.count {
+            lock.unlock()
+            sched_yield()
             lock.lock()
+        }
+        lock.unlock()
+    }
+
+    /// Whether a queued job could start now (lock held).
+    private func hasStartableJob() -> Bool {
+        queued.indices.contains { !queued[$0].isEmpty && running[$0] < perMemberLimit }
+    }
+
+    /// Each thread takes a job, runs it, and takes its next job in the same hold of the lock in
+    /// which it gives the finished one back, waking another thread only for a job it leaves
+    /// startable. Waking one for the member's next job while going back for one itself (as it
+    /// did) made two threads race for it on every completion: RAID6 of 5, 4 KiB random writes
+    /// at QD32, 27 % of the server's samples were thread switches and waits on this lock.
+    private func run() {
+        // Results of the job just run: delivered once the lock is let go, after the job is
+        // given back (so `busyJobs` never counts a job whose results are out).
+        var finished: [(MemberIOID, MemberIOResult)]?
+        lock.lock()
+        while true {
             var job = takeJob()
+            if job == nil, let results = finished {
+                lock.unlock()
+                deliver(results)
+                finished = nil
+                lock.lock()
+                job = takeJob()
+            }
             while job == nil && !(stopping && queuedJobs == 0) {
+                waitingThreads += 1
                 lock.wait()
+                waitingThreads -= 1
                 job = takeJob()
             }
             guard let job else {
                 lock.unlock()
                 return
             }
+            // A job left startable behind this one (a burst that one signal woke only this
+            // thread for) gets a thread of its own.
+            if hasStartableJob() { lock.signal() }
             lock.unlock()
-            let results = Self.perform(job)
-            let member = job.io.member.rawValue
-            lock.withLock {
-                assert(running[member] > 0, "a member's running count went below zero")
-                running[member] -= 1
-                busyJobs -= 1
-                // This member's next job could not start while it was at its limit.
-                if !queued[member].isEmpty { lock.signal() }
+            if let results = finished {
+                deliver(results)
+                finished = nil
             }
-            deliver(results)
+            finished = Self.perform(job)
+            let member = job.io.member.rawValue
+            lock.lock()
+            assert(running[member] > 0, "a member's running count went below zero")
+            running[member] -= 1
+            busyJobs -= 1
         }
     }
 

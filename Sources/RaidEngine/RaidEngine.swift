@@ -291,6 +291,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         let batch = plugged
         plugged.removeAll(keepingCapacity: true)
         var served: [(MemberIOID, MemberIOResult)] = []
+        var jobs: [IOJob] = []
         for merged in plug.merge(batch) {
             let device = devices[merged.member.rawValue]
             if merged.kind == .read, splice(merged, from: device) {
@@ -307,8 +308,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 served += merged.requests.map { ($0.id, .success) }
                 continue
             }
-            pool.submit(IOJob(device: device, io: merged))
+            jobs.append(IOJob(device: device, io: merged))
         }
+        pool.submit(jobs)
         if !served.isEmpty { post(served) }
     }
 

@@ -88,6 +88,28 @@ private final class Deliveries: @unchecked Sendable {
         pool.shutdown()
     }
 
+    /// An unplug's jobs arrive together and wake one thread; that thread wakes the next for
+    /// the jobs it leaves, so the one that takes the stalled member's job does not keep the
+    /// others from starting.
+    @Test func aBatchWithAStalledMembersJobStillRunsTheRest() {
+        let stalled = GatedDevice(name: "m0")
+        let healthy = GatedDevice(name: "m1")
+        let deliveries = Deliveries()
+        let pool = MemberIOPool(threads: 2, perMemberLimit: 1) { deliveries.add($0) }
+        stalled.shutGate()
+        pool.waitUntilEveryThreadWaits()
+        pool.submit([flush(0, member: 0, on: stalled)] + (10..<14).map { flush(UInt64($0), member: 1, on: healthy) })
+        // The deadline only turns a hang (the bug) into a failure; the pass needs no waiting.
+        let healthyDone = (10..<14).allSatisfy { _ in deliveries.arrived.wait(timeout: .now() + 30) == .success }
+        #expect(healthyDone, "member 1's I/O waited for the stalled member")
+        #expect(deliveries.ids == Set((10..<14).map { MemberIOID(UInt64($0)) }))
+        stalled.openGate()
+        #expect(deliveries.arrived.wait(timeout: .now() + 30) == .success)
+        #expect(deliveries.ids.count == 5)
+        #expect(pool.busyJobs == 0)
+        pool.shutdown()
+    }
+
     @Test func theShareIsAnEvenSplitOfTheThreadsAndAtLeastOne() {
         #expect(MemberIOPool.perMemberLimit(threads: 10, members: 5) == 2)
         #expect(MemberIOPool.perMemberLimit(threads: 5, members: 5) == 1)

@@ -33,6 +33,27 @@ public final class ConditionLock: @unchecked Sendable {
     public func signal() { pthread_cond_signal(condition) }
     public func broadcast() { pthread_cond_broadcast(condition) }
 
+    /// Waits on `condition` (another condition variable used with this mutex); call with the
+    /// lock held (it is held again on return).
+    public func wait(on condition: Condition) { pthread_cond_wait(condition.condition, mutex) }
+
+    /// A further condition variable for this lock's mutex: one per waiter, where the waker
+    /// picks which waiter wakes.
+    public final class Condition: @unchecked Sendable {
+        fileprivate let condition: UnsafeMutablePointer<pthread_cond_t>
+        public init() {
+            condition = .allocate(capacity: 1)
+            condition.initialize(to: pthread_cond_t())
+            pthread_cond_init(condition, nil)
+        }
+        deinit {
+            pthread_cond_destroy(condition)
+            condition.deallocate()
+        }
+        /// Call with the lock held.
+        public func signal() { pthread_cond_signal(condition) }
+    }
+
     public func withLock<T>(_ body: () throws -> T) rethrows -> T {
         lock()
         defer { unlock() }

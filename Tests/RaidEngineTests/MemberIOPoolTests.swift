@@ -1,3 +1,4 @@
+import Glibc
 import Dispatch
 import DiskIO
 import MDFormat
@@ -20,6 +21,9 @@ private final class GatedDevice: MemberDevice, @unchecked Sendable {
     func shutGate() { lock.withLock { shut = true } }
     func openGate() { lock.withLock { shut = false; lock.broadcast() } }
     var mostRunningAtOnce: Int { lock.withLock { mostAtOnce } }
+    /// The thread of each call, in order.
+    private(set) var threadsThatRan: [UInt] = []
+    var threads: [UInt] { lock.withLock { threadsThatRan } }
     /// Waits until `count` calls have entered in all.
     func waitForEntered(_ count: Int) {
         lock.lock()
@@ -32,6 +36,7 @@ private final class GatedDevice: MemberDevice, @unchecked Sendable {
     func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {}
     func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
         lock.lock()
+        threadsThatRan.append(UInt(pthread_self()))
         running += 1
         entered += 1
         mostAtOnce = max(mostAtOnce, running)
@@ -107,6 +112,24 @@ private final class Deliveries: @unchecked Sendable {
         #expect(deliveries.arrived.wait(timeout: .now() + 30) == .success)
         #expect(deliveries.ids.count == 5)
         #expect(pool.busyJobs == 0)
+        pool.shutdown()
+    }
+
+    /// A job arriving while every thread sleeps wakes the one that went to sleep last, so that
+    /// one job at a time keeps running on one thread instead of on each in turn.
+    @Test func theThreadThatSleptLastTakesTheNextJob() {
+        let device = GatedDevice(name: "m0")
+        let deliveries = Deliveries()
+        let pool = MemberIOPool(threads: 4, perMemberLimit: 4) { deliveries.add($0) }
+        for i in 0..<8 {
+            pool.waitUntilEveryThreadWaits()
+            pool.submit(flush(UInt64(i), member: 0, on: device))
+            // The deadline only turns a hang (the bug) into a failure; the pass needs no waiting.
+            #expect(deliveries.arrived.wait(timeout: .now() + 30) == .success)
+        }
+        let threads = device.threads
+        #expect(threads.count == 8)
+        #expect(Set(threads.dropFirst()).count == 1, "successive jobs ran on \(Set(threads).count) threads")
         pool.shutdown()
     }
 

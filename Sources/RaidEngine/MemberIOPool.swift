@@ -126,11 +126,6 @@ final class MemberIOPool: @unchecked Sendable {
         queued.indices.contains { !queued[$0].isEmpty && running[$0] < perMemberLimit }
     }
 
-    /// Each thread takes a job, runs it, and takes its next job in the same hold of the lock in
-    /// which it gives the finished one back, waking another thread only for a job it leaves
-    /// startable. Waking one for the member's next job while going back for one itself (as it
-    /// did) made two threads race for it on every completion: RAID6 of 5, 4 KiB random writes
-    /// at QD32, 27 % of the server's samples were thread switches and waits on this lock.
     /// A thread's own condition, and whether a waker picked it.
     private final class Sleeper {
         let condition = ConditionLock.Condition()
@@ -161,6 +156,11 @@ final class MemberIOPool: @unchecked Sendable {
         return true
     }
 
+    /// Each thread takes a job, runs it, and takes its next job in the same hold of the lock in
+    /// which it gives the finished one back, waking another thread only for a job it leaves
+    /// startable. Waking one for the member's next job while going back for one itself (as it
+    /// did) made two threads race for it on every completion: RAID6 of 5, 4 KiB random writes
+    /// at QD32, 27 % of the server's samples were thread switches and waits on this lock.
     private func run() {
         let slot = Sleeper()
         // Results of the job just run: delivered once the lock is let go, after the job is

@@ -83,17 +83,18 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
     /// Sync reads made through the O_DIRECT descriptor (the tests ask).
     public var directSyncReads: Int { directSyncReadCount.load(ordering: .relaxed) }
 
-    /// Whether I/O for `purpose` leaves the page cache as it found it: resync, recovery, check
-    /// and repair pass over the whole array once, and md's go through its stripe cache only;
-    /// through the page cache they would push every client's cached data out (a check of a
-    /// 1 GiB RAID6 of 5 left 1.8 GB cached), and on a VM whose freed memory the host takes back
-    /// (virtio-balloon free page reporting, as here) each new page cache page costs a fault in
-    /// the host: a buffered read of 1 GiB 5 s after `drop_caches` took 1.5-1.7 s of system
-    /// time, against 0.85 with RWF_DONTCACHE, whose pages are reused.
     /// Whether resync, recovery, check and repair I/O still asks to leave no pages behind (false
     /// once the kernel or file system refused RWF_DONTCACHE, or with O_DIRECT).
     public var syncIOLeavesNoPages: Bool { !options.direct && !dontCacheRefused.load(ordering: .relaxed) }
 
+    /// Whether buffered I/O for `purpose` leaves the page cache as it found it: resync,
+    /// recovery, check and repair pass over the whole array once, and md's go through its
+    /// stripe cache only; through the page cache they would push every client's cached data out
+    /// (a check of a 1 GiB RAID6 of 5 left 1.8 GB cached), and on a VM whose freed memory the
+    /// host takes back (virtio-balloon free page reporting, as here) each new page cache page
+    /// costs a fault in the host: a buffered read of 1 GiB 5 s after `drop_caches` took
+    /// 1.5-1.7 s of system time, against 0.85 with RWF_DONTCACHE, whose pages are reused. (Sync
+    /// reads take `directSyncReadFd` first, where they can.)
     func dontCache(_ purpose: MemberIOPurpose) -> Bool {
         (purpose == .syncRead || purpose == .syncWrite) && syncIOLeavesNoPages
     }

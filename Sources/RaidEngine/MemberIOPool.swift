@@ -1,6 +1,6 @@
 import DequeModule
-import Glibc
 import DiskIO
+import Glibc
 import MDFormat
 import RaidCore
 

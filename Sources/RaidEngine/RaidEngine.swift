@@ -299,8 +299,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 served += merged.requests.map { ($0.id, .success) }
                 continue
             }
-            // Sync reads go to the pool, whose reads leave no pages behind (RWF_DONTCACHE,
-            // `MemberFile.dontCache`): the loop's would keep the pages readahead brought in.
+            // Sync reads go to the pool, which reads them past the page cache (O_DIRECT, or
+            // RWF_DONTCACHE where refused; see `MemberFile`): the loop's would keep the pages
+            // readahead brought in.
             if merged.kind == .read, merged.purpose != .syncRead, merged.byteCount <= Self.inlineReadMaxBytes,
                 device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets)
             {

@@ -230,10 +230,19 @@ extension RaidCore {
         return sync.rateWindowSectors / 2 * nanosPerSecond / elapsed
     }
 
+    /// Would one more unit pass `sync_speed_max` over the rate window? Units in flight count as
+    /// done, and the slack is a tenth of a second's worth (at least one unit, at most one window).
+    /// Both bounds are by time, not by the window: the rate window restarts every 3 s, and a
+    /// whole window (1 MiB in the engine) issued after each restart let a check limited to
+    /// 256 KiB/s run at about 600.
     func rateExceeded() -> Bool {
+        guard let run = sync.running else { return false }
         let elapsed = now - sync.rateWindowStart
         let allowedKiB = config.syncSpeedMaxKiBps * max(elapsed, nanosPerMilli) / nanosPerSecond
-        return sync.rateWindowSectors / 2 > allowedKiB + UInt64(unitBytes / 1024) * UInt64(max(1, config.syncWindowStripes))
+        let unitKiB = UInt64(unitBytes / 1024)
+        let slackKiB = min(max(unitKiB, config.syncSpeedMaxKiBps / 10), unitKiB * UInt64(max(1, config.syncWindowStripes)))
+        let committedKiB = sync.rateWindowSectors / 2 + UInt64(run.inFlight.count) * unitKiB
+        return committedKiB + unitKiB > allowedKiB + slackKiB
     }
 
     func advanceWatermark(_ run: inout SyncEngine.Running) {

@@ -425,6 +425,30 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(h.core.syncAction == .idle && h.core.mismatchCount == 0)
     }
 
+    /// `sync_speed_max` holds with the engine's window of 256 stripes: over 9 simulated seconds
+    /// (three of the core's rate windows) a check limited to 256 KiB/s reads at most a tenth of a
+    /// second's worth more than 256 KiB a second per member. Members answer at once, so only the
+    /// limit holds it back.
+    @Test func syncSpeedMaxHoldsWithAWindowOfTheWholeCache() throws {
+        var config = CoreConfig()
+        config.syncWindowStripes = 256
+        let h = try Harness(SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 64, rows: 256, bitmap: false,
+                                          spares: 0, stripeCacheSize: 256), config: config)
+        #expect(h.controlResult(h.set("sync_speed_max", "256")) == .done)
+        h.set("sync_action", "check")
+        let limitKiBps: UInt64 = 256
+        let elapsedNanos: UInt64 = 9_000_000_000
+        for _ in 0..<100_000 where h.now < elapsedNanos && h.core.syncAction == .check {
+            h.settle()
+            h.fireTimer(.syncThrottle)
+        }
+        #expect(h.now >= elapsedNanos, "the check stopped moving before 9 s")
+        #expect(h.core.syncAction == .check, "the check ran to its end: nothing held it back")
+        let checkedKiB = UInt64(h.core.counters.syncUnitsDone) * 4
+        #expect(checkedKiB >= limitKiBps * 8, "the check ran well under its limit: \(checkedKiB) KiB in 9 s")
+        #expect(checkedKiB <= limitKiBps * 9 + 3 * (limitKiBps / 10) + 4, "\(checkedKiB) KiB in 9 s at 256 KiB/s")
+    }
+
     @Test func idleAnswersWhenTheSyncIsReapedAndCheckResumesFromThere() throws {
         let h = try Harness.raid5()
         h.set("sync_action", "check")

@@ -26,12 +26,20 @@ public struct RowParity {
     }
 
     /// P (and Q) from the row's data blocks. `block(role)` gives each role's block.
+    /// The pointers go in a temporary allocation (on the stack for any real row), not an array:
+    /// two arrays made and freed per stripe were most of what a RAID6 4 KiB write allocated.
     public func computeParity(_ block: (Int) -> UnsafeMutableRawPointer, nonTemporal: Bool = false) {
         if let qDisk = row.qDisk {
-            let slots = syndromeSlots({ UnsafeRawPointer(block($0)) }, zero: zero)
-            Parity.pq(slots: slots, p: block(row.pDisk), q: block(qDisk), byteCount: byteCount, nonTemporal: nonTemporal)
+            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: row.syndromeSlotCount) { slots in
+                slots.initialize(repeating: zero)
+                for (dd, disk) in row.dataDisk.enumerated() { slots[row.syndromeSlot[dd]] = UnsafeRawPointer(block(disk)) }
+                pqKernel(UnsafeBufferPointer(slots), p: block(row.pDisk), q: block(qDisk), byteCount: byteCount, nonTemporal: nonTemporal)
+            }
         } else {
-            Parity.xor(row.dataDisk.map { UnsafeRawPointer(block($0)) }, into: block(row.pDisk), byteCount: byteCount, nonTemporal: nonTemporal)
+            withUnsafeTemporaryAllocation(of: UnsafeRawPointer.self, capacity: row.dataDisk.count) { sources in
+                for (dd, disk) in row.dataDisk.enumerated() { sources[dd] = UnsafeRawPointer(block(disk)) }
+                xorKernel(UnsafeBufferPointer(sources), into: block(row.pDisk), byteCount: byteCount, nonTemporal: nonTemporal)
+            }
         }
     }
 

@@ -41,7 +41,7 @@ extension RaidCore {
                         s.writeBatch.append(p)
                         s.popHead()
                     }
-                    s.coverage = nil
+                    s.forgetCoverage()
                     s.phase = .preparingWrite
                     planWrite(s)
                 case .sync(let unit):
@@ -66,7 +66,7 @@ extension RaidCore {
                         (p.op.buffer!.baseAddress + p.offsetInRequest).copyMemory(from: source, byteCount: p.length)
                         finishPieces(p.op, count: 1)
                     }
-                    s.readBatch.removeAll()
+                    s.readBatch.removeAll(keepingCapacity: true)
                 }
                 s.phase = .idle
             case .preparingWrite:
@@ -104,7 +104,7 @@ extension RaidCore {
                 let failed = isBroken
                 for p in s.writeBatch { finishPieces(p.op, count: 1, error: failed ? .io : nil) }
                 bitmap?.endWrite(memberSectors: memberSectors(units: s.unit..<s.unit + 1), degraded: degradedCount > 0)
-                s.writeBatch.removeAll()
+                s.writeBatch.removeAll(keepingCapacity: true)
                 s.phase = .idle
             case .syncing:
                 guard let unit = s.syncUnit else {
@@ -141,7 +141,7 @@ extension RaidCore {
                 joined = true
             }
             if joined {
-                s.coverage = nil
+                s.forgetCoverage()
                 planWrite(s)
             }
         }
@@ -253,20 +253,26 @@ extension RaidCore {
 
     /// Data indices the batch writes, and which of them it overwrites completely (computed once
     /// per batch: sector masks per data index).
+    /// `full` has an entry per role; those past the data indices mean nothing. The arrays are
+    /// the stripe's own (`Stripe.coverageWritten`), shared until the batch changes.
     func writeCoverage(_ s: Stripe) -> (written: [Int], full: [Bool]) {
-        if let cached = s.coverage { return cached }
-        var masks = [UInt64](repeating: 0, count: dataDisks)
+        if s.coverageKnown { return (s.coverageWritten, s.coverageFull) }
+        for dd in 0..<dataDisks { s.sectorMasks[dd] = 0 }
         for p in s.writeBatch {
             let first = p.offsetInBlock / 512
             let count = p.length / 512
-            masks[p.dataIndex] |= (count == 64 ? ~0 : ((UInt64(1) << UInt64(count)) - 1)) << UInt64(first)
+            s.sectorMasks[p.dataIndex] |= (count == 64 ? ~0 : ((UInt64(1) << UInt64(count)) - 1)) << UInt64(first)
         }
         let sectorsPerUnit = unitBytes / 512
         let fullMask: UInt64 = sectorsPerUnit == 64 ? ~0 : (UInt64(1) << UInt64(sectorsPerUnit)) - 1
-        let written = (0..<dataDisks).filter { masks[$0] != 0 }
-        let full = (0..<dataDisks).map { masks[$0] == fullMask }
-        s.coverage = (written, full)
-        return (written, full)
+        s.coverageWritten.removeAll(keepingCapacity: true)
+        for dd in 0..<dataDisks {
+            if s.sectorMasks[dd] != 0 { s.coverageWritten.append(dd) }
+            s.coverageFull[dd] = s.sectorMasks[dd] == fullMask
+        }
+        s.coverageKnown = true
+        s.writeNeedsKnown = false
+        return (s.coverageWritten, s.coverageFull)
     }
 
     /// md's handle_stripe_dirtying: read-modify-write or reconstruct-write, whichever reads less
@@ -274,7 +280,7 @@ extension RaidCore {
     func planWrite(_ s: Stripe) {
         let row = s.row!
         let (written, full) = writeCoverage(s)
-        s.writeNeedsCache = nil
+        s.writeNeedsKnown = false
         let everyRoleReadable = (0..<geometry.raidDisks).allSatisfy { roleReadable($0, unit: s.unit) && !s.readFailed[$0] }
         if !everyRoleReadable {
             s.writeMode = .degraded
@@ -293,30 +299,36 @@ extension RaidCore {
     /// The roles whose blocks the planned write needs up to date, in increasing order (computed
     /// once per plan).
     func writeNeeds(_ s: Stripe) -> [Int] {
-        if let cached = s.writeNeedsCache { return cached }
-        let row = s.row!
         let (written, full) = writeCoverage(s)
-        var needs = [Bool](repeating: false, count: geometry.raidDisks)
+        if s.writeNeedsKnown { return s.writeNeedsRoles }
+        let row = s.row!
+        let degraded = s.writeMode == .degraded
+        for role in 0..<geometry.raidDisks { s.roleFlags[role] = degraded }
         switch s.writeMode {
         case .degraded:
-            needs = [Bool](repeating: true, count: geometry.raidDisks)
+            break
         case .reconstructWrite:
-            for dd in 0..<dataDisks where !full[dd] { needs[row.dataDisk[dd]] = true }
+            for dd in 0..<dataDisks where !full[dd] { s.roleFlags[row.dataDisk[dd]] = true }
         case .readModifyWrite:
-            for dd in written { needs[row.dataDisk[dd]] = true }
-            needs[row.pDisk] = true
-            if let q = row.qDisk { needs[q] = true }
+            for dd in written { s.roleFlags[row.dataDisk[dd]] = true }
+            s.roleFlags[row.pDisk] = true
+            if let q = row.qDisk { s.roleFlags[q] = true }
         }
-        let roles = needs.indices.filter { needs[$0] }
-        s.writeNeedsCache = roles
-        return roles
+        s.writeNeedsRoles.removeAll(keepingCapacity: true)
+        for role in 0..<geometry.raidDisks where s.roleFlags[role] { s.writeNeedsRoles.append(role) }
+        s.writeNeedsKnown = true
+        return s.writeNeedsRoles
     }
 
-    /// The roles a read batch needs, in increasing order.
+    /// The roles a read batch needs, in increasing order (in the stripe's `writeNeedsRoles`
+    /// storage: a stripe has a read batch or a write batch at its head, never both at once).
     func readNeeds(_ s: Stripe) -> [Int] {
-        var needs = [Bool](repeating: false, count: geometry.raidDisks)
-        for p in s.readBatch { needs[p.disk] = true }
-        return needs.indices.filter { needs[$0] }
+        for role in 0..<geometry.raidDisks { s.roleFlags[role] = false }
+        for p in s.readBatch { s.roleFlags[p.disk] = true }
+        s.writeNeedsKnown = false
+        s.writeNeedsRoles.removeAll(keepingCapacity: true)
+        for role in 0..<geometry.raidDisks where s.roleFlags[role] { s.writeNeedsRoles.append(role) }
+        return s.writeNeedsRoles
     }
 
     /// Where parity may be stale (a resync has not passed it, or its bitmap region is dirty
@@ -407,11 +419,16 @@ extension RaidCore {
             s.valid[row.pDisk] = false
             if let q = row.qDisk { s.valid[q] = false }
         }
-        var roles = written.map { row.dataDisk[$0] }
-        if !skipParity { roles += [row.pDisk] + (row.qDisk.map { [$0] } ?? []) }
+        // The roles written, in increasing order (flags, not a sorted array: nothing allocated).
+        for role in 0..<geometry.raidDisks { s.roleFlags[role] = false }
+        for dd in written { s.roleFlags[row.dataDisk[dd]] = true }
+        if !skipParity {
+            s.roleFlags[row.pDisk] = true
+            if let q = row.qDisk { s.roleFlags[q] = true }
+        }
         let fua = s.writeBatch.contains { $0.op.fua }
         bitmap?.startWrite(memberSectors: memberSectors(units: s.unit..<s.unit + 1))
-        for role in roles.sorted() where roleWritable(role, unit: s.unit) {
+        for role in 0..<geometry.raidDisks where s.roleFlags[role] && roleWritable(role, unit: s.unit) {
             let m = roleMember[role]!
             s.ioIssued()
             issue(

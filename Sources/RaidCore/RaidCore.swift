@@ -52,6 +52,8 @@ public final class RaidCore {
     let unitSectors: UInt64
     /// Stripe units per member.
     let unitCount: UInt64
+    /// Every role, in order (a sync unit needs them all; made once, not per unit).
+    let allRoles: [Int]
 
     @exclusivity(unchecked) var members: MemberTable
     /// `roleMember[slot]` = member holding the slot (in sync or rebuilding), nil if empty.
@@ -157,6 +159,7 @@ public final class RaidCore {
         unitBytes = min(config.stripeSizeBytes, geometry.chunkBytes)
         unitSectors = UInt64(unitBytes / 512)
         unitCount = geometry.memberDataSectors / unitSectors
+        allRoles = Array(0..<geometry.raidDisks)
         self.now = now
         zeroPointer = .allocate(byteCount: unitBytes, alignment: 64)
         zeroPointer.initializeMemory(as: UInt8.self, repeating: 0, count: unitBytes)
@@ -324,19 +327,23 @@ public final class RaidCore {
     }
 
     /// Members not in sync in their slot (failed, missing or rebuilding): md's `degraded`.
+    /// Counted, not filtered into an array: it is asked for on every stripe handled.
     public var degradedCount: Int {
-        (0..<geometry.raidDisks).filter { role in
-            guard let m = roleMember[role], members[m].isActive else { return true }
-            return members[m].recoveryOffsetSectors != nil
-        }.count
+        var count = 0
+        for role in 0..<geometry.raidDisks {
+            guard let m = roleMember[role], members[m].isActive else { count += 1; continue }
+            if members[m].recoveryOffsetSectors != nil { count += 1 }
+        }
+        return count
     }
 
     /// More members lost than the level tolerates.
     public var isBroken: Bool {
-        (0..<geometry.raidDisks).filter { role in
-            guard let m = roleMember[role], members[m].isActive else { return true }
-            return false
-        }.count > geometry.maxDegraded
+        var lost = 0
+        for role in 0..<geometry.raidDisks {
+            guard let m = roleMember[role], members[m].isActive else { lost += 1; continue }
+        }
+        return lost > geometry.maxDegraded
     }
 
     // MARK: - client requests

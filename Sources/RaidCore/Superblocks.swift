@@ -198,7 +198,9 @@ extension RaidCore {
             sb.recoveryOffsetSectors = 0
         }
         sb.featureMap = features
-        return sb.withValidChecksum().encode()
+        // `encode` computes the checksum (no round trip through `withValidChecksum`, which
+        // decoded the bytes again on every superblock write).
+        return sb.encode()
     }
 
     func superblockWriteCompleted(member m: MemberIndex, failure: MemberIOError?) {

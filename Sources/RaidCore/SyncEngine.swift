@@ -167,30 +167,40 @@ extension RaidCore {
         } while pumpAgain
     }
 
+    /// Reads the running sync's fields one by one rather than binding a copy of it: a copy
+    /// alive while `inFlight` or `finishedAhead` changes makes Swift copy the whole set (with the
+    /// engine's window, 256 entries per unit issued).
     func pumpSyncOnce() {
-        guard let current = sync.running else { return }
-        if current.interrupted {
-            if current.inFlight.isEmpty { reapSync() }
+        guard let interrupted = sync.running?.interrupted else { return }
+        if interrupted {
+            if sync.running!.inFlight.isEmpty { reapSync() }
             return
         }
         if let until = sync.throttledUntil, now < until { return }
         let window = syncWindow()
-        while let run = sync.running, !run.interrupted, run.inFlight.count < window, run.nextUnit < run.endUnit {
-            let unit = run.nextUnit
-            if let max = sync.syncMaxSectors, run.kind == .check || run.kind == .repair, unit * unitSectors >= max {
+        // This run's constants; the loop stops if it ends (a unit may finish it at once) and
+        // another begins.
+        let generation = sync.running!.generation
+        let kind = sync.running!.kind
+        let endUnit = sync.running!.endUnit
+        let bitmapGuided = sync.running!.bitmapGuided
+        while sync.running?.generation == generation, !sync.running!.interrupted, sync.running!.inFlight.count < window,
+            sync.running!.nextUnit < endUnit
+        {
+            let unit = sync.running!.nextUnit
+            if let max = sync.syncMaxSectors, kind == .check || kind == .repair, unit * unitSectors >= max {
                 sync.running!.pausedAtMax = true
                 break
             }
             sync.running!.pausedAtMax = false
-            if run.bitmapGuided, let bitmap, !bitmap.needsResync(memberSector: unit * unitSectors) {
+            if bitmapGuided, let bitmap, !bitmap.needsResync(memberSector: unit * unitSectors) {
                 // A clean region: skipped whole once everything before it is done, the watermark
                 // jumping to the next dirty region (one scan of the bitmap, nothing per unit, so
                 // a large clean array costs no more than a small one).
                 advanceWatermark(&sync.running!)
-                let progress = sync.running!
-                guard progress.inFlight.isEmpty, progress.finishedAhead.isEmpty, progress.watermarkUnit == unit else { break }
+                guard sync.running!.inFlight.isEmpty, sync.running!.finishedAhead.isEmpty, sync.running!.watermarkUnit == unit else { break }
                 let target = bitmap.nextResyncChunk(after: bitmap.chunk(ofSector: unit * unitSectors))
-                    .map { min(run.endUnit, UInt64($0) * bitmap.chunkSectors / unitSectors) } ?? run.endUnit
+                    .map { min(endUnit, UInt64($0) * bitmap.chunkSectors / unitSectors) } ?? endUnit
                 precondition(target > unit, "a bitmap-guided resync must move forward")
                 sync.running!.nextUnit = target
                 sync.running!.watermarkUnit = target
@@ -204,12 +214,11 @@ extension RaidCore {
             }
             sync.running!.nextUnit += 1
             sync.running!.inFlight.insert(unit)
-            enqueueForStripe(.sync(SyncUnit(generation: run.generation, unit: unit)))
+            enqueueForStripe(.sync(SyncUnit(generation: generation, unit: unit)))
         }
-        guard sync.running != nil else { return }
+        guard sync.running?.generation == generation else { return }
         advanceWatermark(&sync.running!)
-        let run = sync.running!
-        if !run.interrupted && run.nextUnit >= run.endUnit && run.inFlight.isEmpty && run.finishedAhead.isEmpty {
+        if !sync.running!.interrupted && sync.running!.nextUnit >= endUnit && sync.running!.inFlight.isEmpty && sync.running!.finishedAhead.isEmpty {
             finishSync()
         }
     }
@@ -236,12 +245,12 @@ extension RaidCore {
     /// whole window (1 MiB in the engine) issued after each restart let a check limited to
     /// 256 KiB/s run at about 600.
     func rateExceeded() -> Bool {
-        guard let run = sync.running else { return false }
+        guard let inFlightUnits = sync.running?.inFlight.count else { return false }
         let elapsed = now - sync.rateWindowStart
         let allowedKiB = config.syncSpeedMaxKiBps * max(elapsed, nanosPerMilli) / nanosPerSecond
         let unitKiB = UInt64(unitBytes / 1024)
         let slackKiB = min(max(unitKiB, config.syncSpeedMaxKiBps / 10), unitKiB * UInt64(max(1, config.syncWindowStripes)))
-        let committedKiB = sync.rateWindowSectors / 2 + UInt64(run.inFlight.count) * unitKiB
+        let committedKiB = sync.rateWindowSectors / 2 + UInt64(inFlightUnits) * unitKiB
         return committedKiB + unitKiB > allowedKiB + slackKiB
     }
 
@@ -252,13 +261,15 @@ extension RaidCore {
     /// A stripe runs one sync unit: read everything, then compare, rewrite parity or rebuild.
     /// Returns true when the stripe can move on at once, false when it waits for I/O.
     func syncStep(_ s: Stripe, _ unit: SyncUnit) -> Bool {
-        guard let run = sync.running, run.generation == unit.generation, !run.interrupted else {
+        // Fields, not a copy of the running sync (see `pumpSyncOnce`): `syncUnitDone` below
+        // changes its sets.
+        guard sync.running?.generation == unit.generation, sync.running?.interrupted == false, let kind = sync.running?.kind else {
             s.syncUnit = nil
             s.phase = .idle
             syncUnitDone(unit, abandoned: true)
             return true
         }
-        switch fetch(s, needed: Array(0..<geometry.raidDisks)) {
+        switch fetch(s, needed: allRoles) {
         case .waiting: return false
         case .lost:
             s.syncUnit = nil
@@ -270,13 +281,13 @@ extension RaidCore {
         }
         let row = s.row!
         var writes: [Int] = []
-        switch run.kind {
+        switch kind {
         case .check, .repair, .resync:
             let mismatchBlocks = countMismatches(s)
-            if run.kind != .resync {
+            if kind != .resync {
                 sync.mismatchSectors += UInt64(mismatchBlocks) * (variant.contains(.mismatchCountInSectorsOfOne) ? 1 : 8)
             }
-            if run.kind != .check && mismatchBlocks > 0 {
+            if kind != .check && mismatchBlocks > 0 {
                 // Keep the old parity to write only what changed.
                 s.scratchA.copyMemory(from: s.block(row.pDisk), byteCount: unitBytes)
                 if let q = row.qDisk { s.scratchB.copyMemory(from: s.block(q), byteCount: unitBytes) }
@@ -285,7 +296,7 @@ extension RaidCore {
                 if let q = row.qDisk, !buffersEqual(s.scratchB, s.block(q), byteCount: unitBytes) { writes.append(q) }
             }
         case .recover:
-            if let target = run.target { writes.append(target.role) }
+            if let target = sync.running?.target { writes.append(target.role) }
         }
         if writes.isEmpty {
             s.syncUnit = nil

@@ -580,11 +580,11 @@ public final class Simulation: LivenessSubject, CoreShell {
 
     /// One more member may leave service without exceeding the level's redundancy.
     public var canTakeAnotherMemberOut: Bool {
-        let roles = core.memberRoles
-        let spoiledActive = members.indices.filter { i in
-            guard case .active = roles[i] else { return false }
-            return members[i].dead || !members[i].badSectors.isEmpty
-        }.count
+        // Asked after every completed I/O: count without building arrays.
+        var spoiledActive = 0
+        for i in members.indices where members[i].dead || !members[i].badSectors.isEmpty {
+            if case .active = core.role(of: MemberIndex(i)) { spoiledActive += 1 }
+        }
         return core.degradedCount + spoiledActive < shape.level.maxDegraded
     }
 

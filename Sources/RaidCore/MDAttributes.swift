@@ -224,10 +224,10 @@ public enum ControlCommand: Sendable, CustomStringConvertible {
             let limit: SyncSpeedLimit
             if value == "system" {
                 limit = .system
-            } else if let n = UInt64(value), n > 0 {
+            } else if let n = UInt64(value), n > 0, n <= CoreConfig.maxSyncSpeedKiBps {
                 limit = .kibps(n)
             } else {
-                throw .invalid("\(attribute) takes a speed in KiB/s above 0, or 'system', not '\(value)'")
+                throw .invalid("\(attribute) takes a speed in KiB/s from 1 to \(CoreConfig.maxSyncSpeedKiBps), or 'system', not '\(value)'")
             }
             return attribute == .syncSpeedMin ? .setSyncSpeedMin(limit) : .setSyncSpeedMax(limit)
         case .syncMin:

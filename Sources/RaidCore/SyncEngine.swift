@@ -236,7 +236,7 @@ extension RaidCore {
     func currentSyncRateKiBps() -> UInt64 {
         let elapsed = now - sync.rateWindowStart
         guard elapsed > 0 else { return 0 }
-        return sync.rateWindowSectors / 2 * nanosPerSecond / elapsed
+        return saturatingMultiply(sync.rateWindowSectors / 2, nanosPerSecond) / elapsed
     }
 
     /// Would one more unit pass `sync_speed_max` over the rate window? Units in flight count as
@@ -246,12 +246,22 @@ extension RaidCore {
     /// 256 KiB/s run at about 600.
     func rateExceeded() -> Bool {
         guard let inFlightUnits = sync.running?.inFlight.count else { return false }
+        // Saturating: the rate window is restarted only as units finish, so after a long pause
+        // (at `sync_max`, or frozen) the elapsed time times the limit passes 64 bits (at
+        // 200,000 KiB/s after about a day; at md's largest limit after 4 s). Past that the
+        // allowance is simply unlimited.
         let elapsed = now - sync.rateWindowStart
-        let allowedKiB = config.syncSpeedMaxKiBps * max(elapsed, nanosPerMilli) / nanosPerSecond
+        let allowedKiB = saturatingMultiply(config.syncSpeedMaxKiBps, max(elapsed, nanosPerMilli)) / nanosPerSecond
         let unitKiB = UInt64(unitBytes / 1024)
         let slackKiB = min(max(unitKiB, config.syncSpeedMaxKiBps / 10), unitKiB * UInt64(max(1, config.syncWindowStripes)))
         let committedKiB = sync.rateWindowSectors / 2 + UInt64(inFlightUnits) * unitKiB
-        return committedKiB + unitKiB > allowedKiB + slackKiB
+        let (budgetKiB, overflow) = allowedKiB.addingReportingOverflow(slackKiB)
+        return !overflow && committedKiB + unitKiB > budgetKiB
+    }
+
+    func saturatingMultiply(_ a: UInt64, _ b: UInt64) -> UInt64 {
+        let (product, overflow) = a.multipliedReportingOverflow(by: b)
+        return overflow ? .max : product
     }
 
     func advanceWatermark(_ run: inout SyncEngine.Running) {

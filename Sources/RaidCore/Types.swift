@@ -259,6 +259,8 @@ public struct CoreConfig: Sendable, Equatable {
     /// `sync_speed_min` / `sync_speed_max` in KiB/s of the core's time.
     public var syncSpeedMinKiBps: UInt64 = CoreConfig.systemSyncSpeedMinKiBps
     public var syncSpeedMaxKiBps: UInt64 = CoreConfig.systemSyncSpeedMaxKiBps
+    /// The largest speed limit accepted: md's attributes take an unsigned int.
+    public static let maxSyncSpeedKiBps = UInt64(UInt32.max)
     /// `max_read_errors`: corrected read errors tolerated per member before it is failed.
     public var maxReadErrors = 20
     /// Client requests in flight (admitted or parked) before new ones get `busy`.
@@ -300,6 +302,9 @@ public struct CoreConfig: Sendable, Equatable {
             try fail("stripe_size \(stripeSizeBytes) must be a power of two from 4096 to 32768")
         }
         if syncSpeedMinKiBps == 0 || syncSpeedMaxKiBps == 0 { try fail("sync_speed_min and sync_speed_max must be positive") }
+        if syncSpeedMinKiBps > CoreConfig.maxSyncSpeedKiBps || syncSpeedMaxKiBps > CoreConfig.maxSyncSpeedKiBps {
+            try fail("sync_speed_min and sync_speed_max must be at most \(CoreConfig.maxSyncSpeedKiBps) KiB/s")
+        }
         if maxReadErrors < 0 { try fail("max_read_errors must not be negative") }
         if maxRequestsInFlight < 1 || maxBytesInFlight < 1 { try fail("the in-flight bounds must be positive") }
         if maxRequestBytes < 512 || maxRequestBytes % 512 != 0 { try fail("the largest request must be a positive multiple of 512 bytes") }

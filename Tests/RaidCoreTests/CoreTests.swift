@@ -449,6 +449,22 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(checkedKiB <= limitKiBps * 9 + 3 * (limitKiBps / 10) + 4, "\(checkedKiB) KiB in 9 s at 256 KiB/s")
     }
 
+    /// A check paused at `sync_max` for a long while, at md's largest speed limit, goes on when
+    /// `sync_max` is raised: the allowance (limit times the time since the rate window began)
+    /// passed 64 bits and trapped the core (found by review; a crash on a control write).
+    @Test func aCheckPausedForLongAtTheLargestSpeedLimitGoesOn() throws {
+        let h = try Harness.raid5()
+        #expect(h.controlResult(h.set("sync_speed_max", "4294967295")) == .done)
+        #expect(h.controlResult(h.set("sync_max", "16")) == .done)
+        h.set("sync_action", "check")
+        h.settle()
+        #expect(h.core.syncAction == .check && h.core.syncCompleted.hasPrefix("16 / "), "\(h.core.syncCompleted)")
+        h.now += 3600 * 1_000_000_000
+        #expect(h.controlResult(h.set("sync_max", "max")) == .done)
+        h.settle()
+        #expect(h.core.syncAction == .idle && h.core.mismatchCount == 0)
+    }
+
     @Test func idleAnswersWhenTheSyncIsReapedAndCheckResumesFromThere() throws {
         let h = try Harness.raid5()
         h.set("sync_action", "check")

@@ -237,6 +237,7 @@ import Testing
         ("stripe_cache_size", "17", true), ("stripe_cache_size", "16", false), ("stripe_cache_size", "32769", false),
         ("safe_mode_delay", "0.2", true), ("safe_mode_delay", "0.2001", false), ("safe_mode_delay", "-1", false),
         ("sync_speed_min", "system", true), ("sync_speed_min", "0", false), ("sync_speed_max", "fast", false),
+        ("sync_speed_max", "4294967295", true), ("sync_speed_max", "4294967296", false), ("sync_speed_min", "20000000000000", false),
         ("sync_min", "1024", true), ("sync_min", "x", false), ("sync_max", "max", true), ("sync_max", "-3", false),
         ("max_read_errors", "20", true), ("max_read_errors", "-1", false),
         ("dev-2/state", "faulty", true), ("dev-2/state", "remove", true), ("dev-2/state", "spare", false),

@@ -42,6 +42,9 @@ public enum AssemblyError: Error, Equatable, CustomStringConvertible {
     case conflictingRoles(slot: Int, String, String)
     case geometry(GeometryError)
     case memberTooSmall(String)
+    /// The freshest events counter is within 2^32 of its largest value: the live array's
+    /// superblock updates would run out of counts.
+    case eventsExhausted(UInt64)
 
     public var description: String {
         switch self {
@@ -59,6 +62,7 @@ public enum AssemblyError: Error, Equatable, CustomStringConvertible {
         case .conflictingRoles(let slot, let a, let b): return "\(a) and \(b) both claim role \(slot) with equal events"
         case .geometry(let error): return error.description
         case .memberTooSmall(let what): return what
+        case .eventsExhausted(let events): return "the superblock's events counter (\(events)) is too close to its largest value to count further updates: refusing to run the array"
         }
     }
 }

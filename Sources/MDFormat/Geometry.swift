@@ -116,6 +116,8 @@ public enum GeometryError: Error, Equatable, CustomStringConvertible {
     case tooFewDisks(level: RaidLevel, raidDisks: Int)
     case invalidChunk(sectors: UInt64)
     case sizeNotChunkMultiple(sizeSectors: UInt64, chunkSectors: UInt64)
+    /// The array's size in bytes would not fit in a signed 64-bit offset.
+    case arrayTooLarge(memberDataSectors: UInt64, dataDisks: Int)
 
     public var description: String {
         switch self {
@@ -127,6 +129,8 @@ public enum GeometryError: Error, Equatable, CustomStringConvertible {
             return "chunk size \(sectors * 512 / 1024)K (\(sectors) sectors) must be a power of two of at least 4K"
         case .sizeNotChunkMultiple(let size, let chunk):
             return "member data size \(size) sectors is not a multiple of the chunk (\(chunk) sectors)"
+        case .arrayTooLarge(let size, let dataDisks):
+            return "\(dataDisks) data members of \(size) sectors each make an array too large to address (over 2^63 bytes)"
         }
     }
 }
@@ -171,6 +175,13 @@ public struct RaidGeometry: Equatable, Sendable {
         }
         guard memberDataSectors % chunkSectors == 0 else {
             throw GeometryError.sizeNotChunkMultiple(sizeSectors: memberDataSectors, chunkSectors: chunkSectors)
+        }
+        // Array bytes must fit an off_t (and NBD's export size, and every byte offset computed
+        // from them): a crafted superblock on a huge sparse member could claim more.
+        let dataDisks = raidDisks - level.maxDegraded
+        let (arraySectors, overflow) = memberDataSectors.multipliedReportingOverflow(by: UInt64(dataDisks))
+        guard !overflow, arraySectors <= UInt64(Int64.max) / 512 else {
+            throw GeometryError.arrayTooLarge(memberDataSectors: memberDataSectors, dataDisks: dataDisks)
         }
         self.level = level
         // Level 4 ignores the stored layout: parity is always on the last disk.

@@ -356,8 +356,10 @@ public struct MDSuperblock1: Equatable, Sendable {
                     "device is \(deviceSizeSectors) sectors but the superblock needs \(dataOffsetSectors.addingReportingOverflow(dataSizeSectors).overflow ? "more" : "\(dataOffsetSectors + dataSizeSectors)") (data_offset \(dataOffsetSectors) + data_size \(dataSizeSectors)): image truncated?")
             }
         } else {
-            guard superOffsetSectors >= dataSizeSectors else {
-                throw MDFormatError.invalidField("data_size \(dataSizeSectors) runs into the 1.0 superblock")
+            // 1.0 keeps its superblock at the end: the data, from data_offset, must end before it.
+            let (dataEnd, overflow) = dataOffsetSectors.addingReportingOverflow(dataSizeSectors)
+            guard !overflow, dataEnd <= superOffsetSectors else {
+                throw MDFormatError.invalidField("data (data_offset \(dataOffsetSectors) + data_size \(dataSizeSectors)) runs into the 1.0 superblock at \(superOffsetSectors)")
             }
         }
         if featureMap.contains(.raid0Layout) && level != 0 {

@@ -85,6 +85,10 @@ public struct CoreAssembly: Sendable {
             AssemblyCandidate(name: $0.name, superblock: $0.superblock, deviceSizeSectors: $0.deviceSizeSectors)
         }
         let plan = try AssemblyPlan(candidates: candidates, force: force)
+        // The live core counts events up on every superblock update: a crafted counter near its
+        // largest value would trap it, so one without 2^32 updates of room is refused here
+        // (the offline tools, which never write, still read such members).
+        guard plan.superblock.events <= UInt64.max - (1 << 32) else { throw AssemblyError.eventsExhausted(plan.superblock.events) }
         geometry = plan.geometry
         freshest = plan.superblock
         self.members = members

@@ -273,7 +273,7 @@ public enum ControlCommand: Sendable, CustomStringConvertible {
         if parts.count == 2 {
             let frac = parts[1]
             guard frac.count <= 3, frac.allSatisfy(\.isASCIIDigit) else { return nil }
-            let digits = UInt64(frac.isEmpty ? "0" : String(frac))!
+            guard let digits = UInt64(frac.isEmpty ? "0" : String(frac)) else { return nil }
             var scale: UInt64 = 1
             for _ in 0..<(3 - frac.count) { scale *= 10 }
             millis += digits * scale
@@ -364,7 +364,13 @@ public func formatSeconds(_ nanos: Nanoseconds) -> String {
 }
 
 extension Character {
-    var isASCIIDigit: Bool { ("0"..."9").contains(self) }
+    /// One byte, 0 to 9. Not `("0"..."9").contains`: Characters compare as strings, so "1"
+    /// followed by a combining accent sorts between "0" and "9" too, and then `UInt64` of it
+    /// is nil (a `safe_mode_delay` of "0.1\u{301}" trapped on a force-unwrap).
+    var isASCIIDigit: Bool {
+        guard let ascii = asciiValue else { return false }
+        return ascii >= 0x30 && ascii <= 0x39
+    }
 }
 
 extension StringProtocol {

@@ -653,7 +653,8 @@ public final class RaidCore {
             stripe.ioCompleted()
             if failure == nil, stripe.equals(role, readBack) {
                 counters.correctedReadErrors += 1
-                members[m].template.cntCorrectedRead += 1
+                // md's counter is 32 bits and wraps; the one read from disk may be anything.
+                members[m].template.cntCorrectedRead &+= 1
                 log(.notice, "read error corrected (\(unitSectors) sectors at \(memberOffset(m, unit: stripe.unit) / 512) on member \(m), \(members[m].name))")
             } else {
                 failMember(m, reason: "block still unreadable after rewrite")

@@ -336,7 +336,7 @@ extension RaidCore {
     func parityKnownGood(unit: UInt64) -> Bool {
         let sector = unit * unitSectors
         if sector >= sync.recoveryCheckpointSectors { return false }
-        if let bitmap, bitmap.needsResync(memberSector: sector) { return false }
+        if let bitmap, bitmap.needsResync(memberSectors: sector..<(sector + unitSectors)) { return false }
         return true
     }
 

@@ -193,13 +193,17 @@ extension RaidCore {
                 break
             }
             sync.running!.pausedAtMax = false
-            if bitmapGuided, let bitmap, !bitmap.needsResync(memberSector: unit * unitSectors) {
+            let unitSectorRange = (unit * unitSectors)..<((unit + 1) * unitSectors)
+            if bitmapGuided, let bitmap, !bitmap.needsResync(memberSectors: unitSectorRange) {
                 // A clean region: skipped whole once everything before it is done, the watermark
                 // jumping to the next dirty region (one scan of the bitmap, nothing per unit, so
                 // a large clean array costs no more than a small one).
                 advanceWatermark(&sync.running!)
                 guard sync.running!.inFlight.isEmpty, sync.running!.finishedAhead.isEmpty, sync.running!.watermarkUnit == unit else { break }
-                let target = bitmap.nextResyncChunk(after: bitmap.chunk(ofSector: unit * unitSectors))
+                // After the unit's last region: none of its regions is dirty, so the next dirty
+                // one lies in a later unit (with regions smaller than a unit, the first region's
+                // successor could be in this very unit).
+                let target = bitmap.nextResyncChunk(after: bitmap.chunk(ofSector: unitSectorRange.upperBound - 1))
                     .map { min(endUnit, UInt64($0) * bitmap.chunkSectors / unitSectors) } ?? endUnit
                 precondition(target > unit, "a bitmap-guided resync must move forward")
                 sync.running!.nextUnit = target

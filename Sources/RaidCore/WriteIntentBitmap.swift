@@ -63,6 +63,19 @@ final class WriteIntentBitmap {
 
     func needsResync(memberSector: UInt64) -> Bool { resyncPending[chunk(ofSector: memberSector)] }
 
+    /// Whether any region these sectors touch needs a resync: a stripe unit (4 KiB) spans
+    /// several regions when the bitmap's chunk is smaller (md allows 512 bytes).
+    func needsResync(memberSectors: Range<UInt64>) -> Bool {
+        guard !memberSectors.isEmpty else { return false }
+        let last = min(chunk(ofSector: memberSectors.upperBound - 1), bitCount - 1)
+        var c = chunk(ofSector: memberSectors.lowerBound)
+        while c <= last {
+            if resyncPending[c] { return true }
+            c += 1
+        }
+        return false
+    }
+
     var anyResyncPending: Bool { resyncPending.contains(true) }
 
     /// The first region after `c` that needs a resync.
@@ -180,16 +193,36 @@ extension RaidCore {
 
     func writeBitmapImage() {
         guard let bitmap else { return }
+        // Each member takes the bitmap where its own superblock puts it, but only the freshest
+        // member's bitmap was read and checked at assembly: a member whose bitmap would start
+        // before the device or overlap its data (a crafted `bitmap_offset`) fails, as a member
+        // whose bitmap write fails would, instead of trapping the core or overwriting data.
+        let imageSectors = UInt64((bitmap.inFlightImage.count + 511) / 512)
+        for m in members.filter(\.receivesSuperblocks) where bitmapStartSectors(m, imageSectors: imageSectors) == nil {
+            failMember(m, reason: "its superblock puts the bitmap outside the room before or after its data")
+        }
         let targets = members.filter(\.receivesSuperblocks)
         bitmap.flushing = false
         bitmap.writeOutstanding = targets.count
         let image = IOBuffer(bitmap.inFlightImage)
         for m in targets {
-            let sb = members[m].template
-            let offset = UInt64(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
-            issue(.bitmapWrite(member: m), member: m, offsetBytes: offset, kind: .write(from: image, fua: true), purpose: .bitmap)
+            guard let start = bitmapStartSectors(m, imageSectors: imageSectors) else { preconditionFailure("member \(m) kept a misplaced bitmap") }
+            issue(.bitmapWrite(member: m), member: m, offsetBytes: start * 512, kind: .write(from: image, fua: true), purpose: .bitmap)
         }
         if targets.isEmpty { bitmapImageLanded() }
+    }
+
+    /// Where member `m`'s superblock puts the bitmap (super_offset + bitmap_offset, signed), or
+    /// nil if there it would start before the device or overlap the member's data.
+    func bitmapStartSectors(_ m: MemberIndex, imageSectors: UInt64) -> UInt64? {
+        let sb = members[m].template
+        let start = Int64(clamping: sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)
+        guard start >= 0 else { return nil }
+        let first = UInt64(start)
+        let (end, overflow) = first.addingReportingOverflow(imageSectors)
+        let (dataEnd, dataOverflow) = sb.dataOffsetSectors.addingReportingOverflow(sb.dataSizeSectors)
+        guard !overflow, !dataOverflow, end <= sb.dataOffsetSectors || first >= dataEnd else { return nil }
+        return first
     }
 
     func bitmapWriteCompleted(member m: MemberIndex, failure: MemberIOError?) {

@@ -17,6 +17,34 @@ import Testing
         #expect(try AssemblyPlan(candidates: candidates(sbs)).excluded.isEmpty)
     }
 
+    @Test func aVersion10SuperblockWhoseDataRunsIntoItIsRefused() throws {
+        // Found by review: 1.0's data_offset was never checked, so data_offset 16 with a
+        // data_size reaching past the superblock passed (and `add` then trapped subtracting),
+        // and data_offset 2^54 gave byte offsets past off_t on the first read.
+        var sb = arraySuperblocks()[0]
+        sb.superOffsetSectors = 4080  // 1.0: the superblock 8 KiB from the end of 4096 sectors
+        sb.dataOffsetSectors = 0
+        sb.dataSizeSectors = 4072
+        try sb.withValidChecksum().validate(readAtSectors: 4080, deviceSizeSectors: 4096)
+        sb.dataOffsetSectors = 16
+        #expect(throws: MDFormatError.self) { try sb.withValidChecksum().validate(readAtSectors: 4080, deviceSizeSectors: 4096) }
+        sb.dataOffsetSectors = 1 << 54
+        #expect(throws: MDFormatError.self) { try sb.withValidChecksum().validate(readAtSectors: 4080, deviceSizeSectors: 4096) }
+        sb.dataOffsetSectors = UInt64.max - 10
+        #expect(throws: MDFormatError.self) { try sb.withValidChecksum().validate(readAtSectors: 4080, deviceSizeSectors: 4096) }
+    }
+
+    @Test func anArrayLargerThanAnOffsetCanAddressIsRefused() throws {
+        // Found by review: RAID5 of 4 sparse members of 2^63 bytes each made an export size
+        // that trapped computing its bytes.
+        #expect(throws: GeometryError.arrayTooLarge(memberDataSectors: 1 << 54, dataDisks: 3)) {
+            _ = try RaidGeometry(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkSectors: 8, memberDataSectors: 1 << 54)
+        }
+        let largest = UInt64(Int64.max) / 512 / 3 / 8 * 8
+        #expect(try RaidGeometry(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkSectors: 8, memberDataSectors: largest).arraySectors
+            == largest * 3)
+    }
+
     @Test func aBitmapClaimingMoreBitsThanTheAreaHoldsCountsTheAreaOnly() {
         // Found as `(sync_size + chunk - 1) / chunk` trapping, then as a count of 2^55 bits
         // looked at one by one.

@@ -232,6 +232,50 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(h.core.degradedCount == 0)
     }
 
+    /// A member whose superblock says `cnt_corrected_read` 2^32-1 (md's counter wraps; a
+    /// crafted or very old member may say anything) has its next corrected read counted, not
+    /// a trap. Found by review.
+    @Test func aCorrectedReadCounterAtItsLargestValueWraps() throws {
+        let members = try Simulation.makeMembers(
+            SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: false, spares: 0, stripeCacheSize: 256))
+        var sb = members[0].probe()!.superblock
+        sb.cntCorrectedRead = UInt32.max
+        members[0].write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
+        let h = try Harness(members: members)
+        h.submit(.write(offsetBytes: 0, data: buf(8192, 9), fua: false))
+        h.settle()
+        h.members[0].badSectors.insert(48 + 3)
+        let r = h.submit(.read(offsetBytes: 0, length: 8192))
+        h.settle()
+        #expect(h.data(r) == bytes(8192, 9))
+        #expect(h.core.counters.correctedReadErrors == 1)
+        #expect(h.core.superblockTemplate(member: MemberIndex(0)).cntCorrectedRead == 0)
+    }
+
+    /// A crafted events counter near its largest value is refused at assembly with a message,
+    /// instead of trapping the core at its first superblock update. Found by review.
+    @Test func anEventsCounterNearItsLargestValueIsRefusedAtAssembly() throws {
+        let members = try Simulation.makeMembers(
+            SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: false, spares: 0, stripeCacheSize: 256))
+        for m in members {
+            var sb = m.probe()!.superblock
+            sb.events = UInt64.max
+            m.write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
+        }
+        #expect(throws: AssemblyError.eventsExhausted(UInt64.max)) {
+            _ = try CoreAssembly(members: members.compactMap { $0.probe() })
+        }
+        for m in members {
+            var sb = m.probe()!.superblock
+            sb.events = UInt64.max - (1 << 32)
+            m.write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
+        }
+        let h = try Harness(members: members)
+        let w = h.submit(.write(offsetBytes: 0, data: buf(4096, 3), fua: false))
+        h.settle()
+        #expect(h.clientResults[w] == .done)
+    }
+
     /// md's chunk-aligned reads: a healthy read costs one member I/O per chunk it touches (not
     /// one per stripe unit), straight into the client's buffer, and a run that starts or ends
     /// inside a chunk reads only what it needs.
@@ -337,6 +381,61 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(h.core.arrayState == .broken, "roles \(h.core.memberRoles)")
         let after = h.submit(.read(offsetBytes: 0, length: 512))
         #expect(h.clientResults[after] == .failed(.io))
+    }
+
+    /// md allows bitmap chunks down to 512 bytes, smaller than a 4 KiB stripe unit. After an
+    /// unclean stop with only the unit's second region dirty, the bitmap-guided resync looked
+    /// at the unit's first region alone, skipped to "the next dirty region", found it in the
+    /// same unit and trapped (`a bitmap-guided resync must move forward`). Found by review.
+    @Test func aBitmapWithChunksSmallerThanAStripeUnitResyncsTheUnitsTheyTouch() throws {
+        let members = try Simulation.makeMembers(
+            SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: true, spares: 0, stripeCacheSize: 64))
+        let parityMember = try RaidGeometry(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkSectors: 16, memberDataSectors: 128).stripeRow(0).pDisk
+        for m in members {
+            var sb = m.probe()!.superblock
+            sb.resyncOffsetSectors = 0
+            m.write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
+            let at = Int(Int64(sb.superOffsetSectors) + Int64(sb.bitmapOffsetSectors)) * 512
+            var header = try MDBitmapSuperblock(decoding: Array(m.current[at..<(at + MDBitmapSuperblock.headerBytes)]))
+            header.chunkSizeBytes = 512
+            var area = header.encode()
+            area += [UInt8](repeating: 0, count: 512)
+            area[MDBitmapSuperblock.headerBytes] = 0b10  // region 1 only: member sectors 1..<2
+            m.write(offset: at, data: area, fua: true)
+        }
+        // Parity of region 1 stale, as the unclean stop may have left it.
+        let sb = members[parityMember].probe()!.superblock
+        members[parityMember].corrupt(offset: Int(sb.dataOffsetSectors + 1) * 512 + 7, length: 1, xor: 0x5a)
+        let h = try Harness(members: members)
+        h.settle()
+        #expect(h.core.syncAction == .idle, "\(h.core.syncAction)")
+        h.set("sync_action", "check")
+        h.settle()
+        #expect(h.core.mismatchCount == 0, "the resync left region 1's parity stale")
+    }
+
+    /// A spare whose own superblock puts the bitmap before the start of the device (only the
+    /// freshest member's bitmap is read at assembly) trapped the core at the first bitmap
+    /// write; one putting it over its data would have had its data overwritten. Such a member
+    /// fails instead, and the array goes on. Found by review.
+    @Test func aMemberWithAMisplacedBitmapFailsInsteadOfTakingIt() throws {
+        let members = try Simulation.makeMembers(
+            SimArrayShape(level: .raid5, layout: .leftSymmetric, raidDisks: 4, chunkKiB: 8, rows: 8, bitmap: true, spares: 2, stripeCacheSize: 64))
+        var before = members[4].probe()!.superblock
+        before.bitmapOffsetRaw = UInt32(bitPattern: -16)  // super_offset 8 - 16: sector -8
+        members[4].write(offset: 4096, data: before.withValidChecksum().encode(), fua: true)
+        var over = members[5].probe()!.superblock
+        over.bitmapOffsetRaw = UInt32(over.dataOffsetSectors - over.superOffsetSectors)  // on the data
+        members[5].write(offset: 4096, data: over.withValidChecksum().encode(), fua: true)
+        let dataBefore = Array(members[5].current[Int(over.dataOffsetSectors * 512)..<Int(over.dataOffsetSectors * 512 + 4096)])
+        let h = try Harness(members: members)
+        let w = h.submit(.write(offsetBytes: 0, data: buf(4096, 5), fua: false))
+        h.settle()
+        #expect(h.clientResults[w] == .done)
+        #expect(h.core.role(of: MemberIndex(4)) == .faulty && h.core.role(of: MemberIndex(5)) == .faulty)
+        #expect(h.core.degradedCount == 0 && !h.core.isBroken)
+        #expect(Array(h.members[5].current[Int(over.dataOffsetSectors * 512)..<Int(over.dataOffsetSectors * 512 + 4096)]) == dataBefore)
+        h.expectDataAndParity(at: 0, bytes(4096, 5))
     }
 
     @Test func bitmapBitIsOnDiskBeforeTheDataWrite() throws {

@@ -236,6 +236,8 @@ import Testing
         ("array_state", "active", true), ("array_state", "sleepy", false),
         ("stripe_cache_size", "17", true), ("stripe_cache_size", "16", false), ("stripe_cache_size", "32769", false),
         ("safe_mode_delay", "0.2", true), ("safe_mode_delay", "0.2001", false), ("safe_mode_delay", "-1", false),
+        // A digit with a combining accent is one Character that sorted between "0" and "9".
+        ("safe_mode_delay", "0.1\u{301}", false), ("safe_mode_delay", "1\u{301}", false),
         ("sync_speed_min", "system", true), ("sync_speed_min", "0", false), ("sync_speed_max", "fast", false),
         ("sync_speed_max", "4294967295", true), ("sync_speed_max", "4294967296", false), ("sync_speed_min", "20000000000000", false),
         ("sync_min", "1024", true), ("sync_min", "x", false), ("sync_max", "max", true), ("sync_max", "-3", false),

@@ -219,15 +219,21 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(h.core.attribute("stripe_cache_size") == "512")
     }
 
-    @Test func readErrorIsRebuiltRewrittenAndVerified() throws {
-        let h = try Harness.raid5()
+    /// Writes 8 KiB, makes a sector of member 0 under it unreadable, reads it back (the core
+    /// rebuilds, rewrites and verifies the block) and checks the data and the correction.
+    func readThroughABadSectorOfMemberZero(_ h: Harness, sourceLocation: SourceLocation = #_sourceLocation) {
         h.submit(.write(offsetBytes: 0, data: buf(8192, 9), fua: false))
         h.settle()
         h.members[0].badSectors.insert(48 + 3)
         let r = h.submit(.read(offsetBytes: 0, length: 8192))
         h.settle()
-        #expect(h.data(r) == bytes(8192, 9))
-        #expect(h.core.counters.correctedReadErrors == 1)
+        #expect(h.data(r) == bytes(8192, 9), sourceLocation: sourceLocation)
+        #expect(h.core.counters.correctedReadErrors == 1, sourceLocation: sourceLocation)
+    }
+
+    @Test func readErrorIsRebuiltRewrittenAndVerified() throws {
+        let h = try Harness.raid5()
+        readThroughABadSectorOfMemberZero(h)
         #expect(h.members[0].badSectors.isEmpty)
         #expect(h.core.degradedCount == 0)
     }
@@ -242,13 +248,7 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         sb.cntCorrectedRead = UInt32.max
         members[0].write(offset: 4096, data: sb.withValidChecksum().encode(), fua: true)
         let h = try Harness(members: members)
-        h.submit(.write(offsetBytes: 0, data: buf(8192, 9), fua: false))
-        h.settle()
-        h.members[0].badSectors.insert(48 + 3)
-        let r = h.submit(.read(offsetBytes: 0, length: 8192))
-        h.settle()
-        #expect(h.data(r) == bytes(8192, 9))
-        #expect(h.core.counters.correctedReadErrors == 1)
+        readThroughABadSectorOfMemberZero(h)
         #expect(h.core.superblockTemplate(member: MemberIndex(0)).cntCorrectedRead == 0)
     }
 

@@ -340,9 +340,7 @@ public final class RaidCore {
     /// More members lost than the level tolerates.
     public var isBroken: Bool {
         var lost = 0
-        for role in 0..<geometry.raidDisks {
-            guard let m = roleMember[role], members[m].isActive else { lost += 1; continue }
-        }
+        for role in 0..<geometry.raidDisks where !(roleMember[role].map { members[$0].isActive } ?? false) { lost += 1 }
         return lost > geometry.maxDegraded
     }
 

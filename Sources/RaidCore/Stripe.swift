@@ -141,9 +141,9 @@ final class Stripe {
     @exclusivity(unchecked) var coverageWritten: [Int]
     @exclusivity(unchecked) var coverageFull: [Bool]
     @exclusivity(unchecked) var coverageKnown = false
-    /// The roles the planned write needs (`writeNeeds`), valid while `writeNeedsKnown`; cleared
-    /// with the coverage and by planning again.
-    @exclusivity(unchecked) var writeNeedsRoles: [Int]
+    /// The roles the head batch needs: the planned write's (`writeNeeds`, valid while
+    /// `writeNeedsKnown`; cleared with the coverage and by planning again) or a read batch's.
+    @exclusivity(unchecked) var neededRoles: [Int]
     @exclusivity(unchecked) var writeNeedsKnown = false
     /// Scratch for the planning functions: per data index a sector mask, per role a flag.
     @exclusivity(unchecked) var sectorMasks: [UInt64]
@@ -177,8 +177,8 @@ final class Stripe {
         coverageWritten = []
         coverageWritten.reserveCapacity(raidDisks)
         coverageFull = [Bool](repeating: false, count: raidDisks)
-        writeNeedsRoles = []
-        writeNeedsRoles.reserveCapacity(raidDisks)
+        neededRoles = []
+        neededRoles.reserveCapacity(raidDisks)
         sectorMasks = [UInt64](repeating: 0, count: raidDisks)
         roleFlags = [Bool](repeating: false, count: raidDisks)
     }

@@ -300,7 +300,7 @@ extension RaidCore {
     /// once per plan).
     func writeNeeds(_ s: Stripe) -> [Int] {
         let (written, full) = writeCoverage(s)
-        if s.writeNeedsKnown { return s.writeNeedsRoles }
+        if s.writeNeedsKnown { return s.neededRoles }
         let row = s.row!
         let degraded = s.writeMode == .degraded
         for role in 0..<geometry.raidDisks { s.roleFlags[role] = degraded }
@@ -314,21 +314,25 @@ extension RaidCore {
             s.roleFlags[row.pDisk] = true
             if let q = row.qDisk { s.roleFlags[q] = true }
         }
-        s.writeNeedsRoles.removeAll(keepingCapacity: true)
-        for role in 0..<geometry.raidDisks where s.roleFlags[role] { s.writeNeedsRoles.append(role) }
+        collectFlaggedRoles(s)
         s.writeNeedsKnown = true
-        return s.writeNeedsRoles
+        return s.neededRoles
     }
 
-    /// The roles a read batch needs, in increasing order (in the stripe's `writeNeedsRoles`
-    /// storage: a stripe has a read batch or a write batch at its head, never both at once).
+    /// The roles flagged in `roleFlags`, in increasing order, into the stripe's `neededRoles`.
+    func collectFlaggedRoles(_ s: Stripe) {
+        s.neededRoles.removeAll(keepingCapacity: true)
+        for role in 0..<geometry.raidDisks where s.roleFlags[role] { s.neededRoles.append(role) }
+    }
+
+    /// The roles a read batch needs, in increasing order (in the stripe's `neededRoles`: a
+    /// stripe has a read batch or a write batch at its head, never both at once).
     func readNeeds(_ s: Stripe) -> [Int] {
         for role in 0..<geometry.raidDisks { s.roleFlags[role] = false }
         for p in s.readBatch { s.roleFlags[p.disk] = true }
         s.writeNeedsKnown = false
-        s.writeNeedsRoles.removeAll(keepingCapacity: true)
-        for role in 0..<geometry.raidDisks where s.roleFlags[role] { s.writeNeedsRoles.append(role) }
-        return s.writeNeedsRoles
+        collectFlaggedRoles(s)
+        return s.neededRoles
     }
 
     /// Where parity may be stale (a resync has not passed it, or its bitmap region is dirty

@@ -27,6 +27,8 @@ public protocol MemberDevice: AnyObject {
     /// error; the buffers' contents are then unspecified). Never blocks on I/O, so an event
     /// loop may call it.
     func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool
+    /// The same into one buffer (a small read at low queue depth: no arrays).
+    func readIfCached(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool
     /// A descriptor of the device's own to send the range from, when the page cache holds every
     /// byte of it, read in whole: what a server hands to sendfile(2) to send those bytes without
     /// reading them first (they then go from the page cache to the socket with no copy through
@@ -50,6 +52,10 @@ extension MemberDevice {
     /// Devices that cannot read without waiting (simulated ones, the fault injector, whose
     /// faults apply to every read) always say no.
     public func readIfCached(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer]) -> Bool { false }
+
+    public func readIfCached(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        readIfCached(at: offsetBytes, into: [buffer])
+    }
 
     /// The same devices have no descriptor to lend.
     public func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor? { nil }

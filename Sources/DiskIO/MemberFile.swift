@@ -240,6 +240,12 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         return n == wanted
     }
 
+    public func readIfCached(at offsetBytes: UInt64, into buffer: UnsafeMutableRawBufferPointer) -> Bool {
+        guard !options.direct, !isClosed, let base = buffer.baseAddress, buffer.count > 0 else { return false }
+        var vector = iovec(iov_base: base, iov_len: buffer.count)
+        return swraid_preadv_nowait(fd.rawValue, &vector, 1, off_t(offsetBytes)) == buffer.count
+    }
+
     /// mincore(2) of the range through the file's mapping (under the close lock, so never of a
     /// file being closed), then the file's one lent descriptor.
     public func cachedDescriptor(at offsetBytes: UInt64, count: Int) -> SharedDescriptor? {

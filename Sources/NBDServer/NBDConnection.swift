@@ -224,13 +224,24 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     /// A flush is due once the loop's current task is over.
     var flushScheduled = false
+    /// A reply was queued while `process` was taking requests: flushed when it is done.
+    var flushAfterProcessing = false
+    /// Flushes of replies `flushSoon` made (each a write to the socket, at least).
+    private(set) var replyFlushes = 0
 
     /// Flushes replies once the current task is over: the completions of one batch of member
     /// I/O go out in one write to the socket (and one wake-up of the client) instead of one
     /// each. The last reply the connection owes goes at once (at queue depth 1 the hop would
-    /// only add latency).
+    /// only add latency). A reply that comes while requests are being taken (a read the page
+    /// cache served at once) waits for the rest of them: the replies to one read of the socket
+    /// go out in one write, not one each.
     func flushSoon(_ context: ChannelHandlerContext) {
+        if processing {
+            flushAfterProcessing = true
+            return
+        }
         if inFlight == 0 && !flushScheduled {
+            replyFlushes += 1
             context.flush()
             return
         }
@@ -241,6 +252,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             let connection = bound.value
             connection.flushScheduled = false
             guard !connection.closed, let context = connection.context else { return }
+            connection.replyFlushes += 1
             context.flush()
         }
     }
@@ -259,6 +271,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         processing = true
         defer {
             processing = false
+            if flushAfterProcessing {
+                flushAfterProcessing = false
+                flushSoon(context)
+            }
             finishIfInputEnded(context)
         }
         while !closed, var buffer = cumulation, buffer.readableBytes > 0 {

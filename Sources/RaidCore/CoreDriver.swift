@@ -19,7 +19,9 @@ public protocol CoreShell: AnyObject {
     func controlCompleted(_ id: RequestID, command: ControlCommand, context: ControlContext, result: ControlResult)
     func log(_ level: CoreLogLevel, _ text: String)
     /// Every action of the events handed to the driver so far has been dispatched: the place to
-    /// submit member I/O the shell batched (md's unplug).
+    /// submit member I/O the shell batched (md's unplug). The shell may report member I/O it
+    /// completed at once here (`CoreDriver.memberIOCompleted`: a read the page cache served);
+    /// the driver dispatches what that causes before it returns, and calls this again.
     func actionsDispatched()
 }
 
@@ -206,13 +208,27 @@ public final class CoreDriver<Shell: CoreShell> {
         dispatchQueued()
     }
 
+    /// Rounds of `actionsDispatched` one dispatch may take: each round needs member I/O the
+    /// shell completed at once in the round before, and every such I/O was issued by this
+    /// dispatch, so a real run takes a handful. The bound turns a livelock (an I/O that causes
+    /// itself again) into a crash with a message rather than a hang.
+    @usableFromInline static var maxDispatchRounds: Int { 1 << 20 }
+
     @inlinable
     func dispatchQueued() {
         guard !dispatching else { return }
         dispatching = true
         defer { dispatching = false }
-        while !_isAbandoned, let action = queue.popFirst() { dispatch(action) }
-        if !_isAbandoned { shell.actionsDispatched() }
+        // A loop, not recursion: what the shell completes from `actionsDispatched` is queued
+        // (this method returns at once while `dispatching`) and dispatched by the next round.
+        var rounds = 0
+        repeat {
+            while !_isAbandoned, let action = queue.popFirst() { dispatch(action) }
+            guard !_isAbandoned else { return }
+            shell.actionsDispatched()
+            rounds += 1
+            precondition(rounds <= Self.maxDispatchRounds, "dispatch does not settle: \(rounds) rounds of member I/O completed at once")
+        } while !queue.isEmpty
     }
 
     @inlinable

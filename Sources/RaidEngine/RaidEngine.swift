@@ -97,9 +97,6 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     var timerTasks: [TimerID: Scheduled<Void>] = [:]
     let startUptimeNanos: UInt64
     let mailbox = Mailbox()
-    /// Hands results to the mailbox (the I/O threads' way in, and the loop's for reads it served
-    /// from the page cache itself).
-    var post: (@Sendable ([(MemberIOID, MemberIOResult)]) -> Void)!
     /// Member reads the loop served from the page cache without the pool (see `unplug`).
     public internal(set) var readsServedFromCache = 0
     /// Member reads left to the server's sendfile (`splice`): not read at all.
@@ -228,7 +225,6 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
             if wasEmpty, let engine = self { loop.execute { engine.drainMailbox() } }
         }
         pool = MemberIOPool(threads: threads, perMemberLimit: MemberIOPool.perMemberLimit(threads: threads, members: given.count), deliver: deliver)
-        post = deliver
         driver = CoreDriver(core: core, shell: self)
         for (name, reason) in leftOut { self.logger.warning("\(name) left out: \(reason)") }
         loop.execute { self.driver.start(now: self.now()) }
@@ -284,19 +280,37 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     /// Merges the I/O collected since the last unplug and hands it to the pool. A small read the
     /// page cache can serve whole is done here on the loop instead (preadv2 with RWF_NOWAIT, which
     /// never waits for the device): two thread hand-offs cost more than the copy, and a cached
-    /// 4 KiB read at queue depth 1 is mostly hand-offs. Its result still arrives through the
-    /// mailbox, on a later turn of the loop, as the pool's do: the driver is dispatching now.
+    /// 4 KiB read at queue depth 1 is mostly hand-offs. Its result goes to the core at once:
+    /// from `actionsDispatched` the driver dispatches what it causes in its next round (no
+    /// recursion), and from `drainMailbox`, which is outside any dispatch, each result is a
+    /// dispatch of its own. (Through the mailbox, each such read cost a task on the loop, two
+    /// locks and a second pass; measured in the README's QD1 notes.)
     func unplug() {
         guard !plugged.isEmpty else { return }
+        // One I/O, the common case at low queue depth: nothing to sort or merge, no arrays.
+        if plugged.count == 1, case .read(let buffer) = plugged[0].kind, plugged[0].purpose != .syncRead,
+            buffer.count < Self.spliceReadMinBytes, buffer.count <= Self.inlineReadMaxBytes
+        {
+            let io = plugged[0]
+            plugged.removeAll(keepingCapacity: true)
+            let device = devices[io.member.rawValue]
+            if device.readIfCached(at: io.offsetBytes, into: UnsafeMutableRawBufferPointer(start: buffer.baseAddress, count: buffer.count)) {
+                readsServedFromCache += 1
+                memberIOFinished(io.id, result: .success)
+            } else {
+                pool.submit(IOJob(device: device, io: MergedIO(member: io.member, kind: .read, offsetBytes: io.offsetBytes, requests: [io])))
+            }
+            return
+        }
         let batch = plugged
         plugged.removeAll(keepingCapacity: true)
-        var served: [(MemberIOID, MemberIOResult)] = []
+        var served: [MemberIOID] = []
         var jobs: [IOJob] = []
         for merged in plug.merge(batch) {
             let device = devices[merged.member.rawValue]
             if merged.kind == .read, splice(merged, from: device) {
                 readsSpliced += 1
-                served += merged.requests.map { ($0.id, .success) }
+                served += merged.requests.map(\.id)
                 continue
             }
             // Sync reads go to the pool, which reads them past the page cache (O_DIRECT, or
@@ -306,13 +320,13 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets)
             {
                 readsServedFromCache += 1
-                served += merged.requests.map { ($0.id, .success) }
+                served += merged.requests.map(\.id)
                 continue
             }
             jobs.append(IOJob(device: device, io: merged))
         }
         pool.submit(jobs)
-        if !served.isEmpty { post(served) }
+        for id in served { memberIOFinished(id, result: .success) }
     }
 
     /// Member reads smaller than this are copied even into a spliceable target: a sendfile costs
@@ -349,20 +363,24 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         mailbox.lock.unlock()
         guard !closed else { return }
         holdingPlug = true
-        for (id, result) in results {
-            if let io = driver.memberIOsInFlight[id] {
-                if case .failure(let e) = result { logger.warning("I/O error on \(devices[io.member.rawValue].name): \(io) failed: \(e)") }
-                if let observer {
-                    var failed = false
-                    if case .failure = result { failed = true }
-                    observer.memberIOCompleted(member: io.member, operation: MemberIOOperation(io.kind), purpose: io.purpose, bytes: io.byteCount, failed: failed)
-                }
-            }
-            driver.memberIOCompleted(id, result: result, now: now())
-        }
+        for (id, result) in results { memberIOFinished(id, result: result) }
         holdingPlug = false
         unplug()
         if !pendingCloses.isEmpty { closeIdleDevices() }
+    }
+
+    /// A member I/O has ended (on a pool thread, or on the loop from the page cache): logged,
+    /// told to the observer, fed to the core.
+    func memberIOFinished(_ id: MemberIOID, result: MemberIOResult) {
+        if let io = driver.memberIOsInFlight[id] {
+            if case .failure(let e) = result { logger.warning("I/O error on \(devices[io.member.rawValue].name): \(io) failed: \(e)") }
+            if let observer {
+                var failed = false
+                if case .failure = result { failed = true }
+                observer.memberIOCompleted(member: io.member, operation: MemberIOOperation(io.kind), purpose: io.purpose, bytes: io.byteCount, failed: failed)
+            }
+        }
+        driver.memberIOCompleted(id, result: result, now: now())
     }
 
     /// Closes the removed members' devices that no I/O is using any more.

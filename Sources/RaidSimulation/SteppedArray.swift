@@ -30,6 +30,12 @@ public final class SteppedArray: CoreShell {
     public var failingWrites: Set<Int> = []
     /// Called as each member I/O is issued (before it can complete).
     public var onIssue: ((MemberIORequest) -> Void)?
+    /// Reads complete at once, from `actionsDispatched`, as the engine completes a read the page
+    /// cache serves while the driver is dispatching.
+    public var completeReadsAtOnce = false
+    /// How deep `actionsDispatched` calls have nested (1: never inside another).
+    public private(set) var deepestActionsDispatchedNesting = 0
+    private var actionsDispatchedNesting = 0
 
     public convenience init(members: [SimMember], config: CoreConfig = CoreConfig()) throws {
         try self.init(members: members, config: config, variant: [])
@@ -65,6 +71,14 @@ public final class SteppedArray: CoreShell {
     }
 
     public func log(_ level: CoreLogLevel, _ text: String) { logLines.append(text) }
+
+    public func actionsDispatched() {
+        actionsDispatchedNesting += 1
+        defer { actionsDispatchedNesting -= 1 }
+        deepestActionsDispatchedNesting = max(deepestActionsDispatchedNesting, actionsDispatchedNesting)
+        guard completeReadsAtOnce else { return }
+        while let i = pendingIO.firstIndex(where: { if case .read = $0.kind { true } else { false } }) { completeOne(at: i) }
+    }
 
     // MARK: - stepping
 

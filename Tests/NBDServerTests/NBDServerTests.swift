@@ -107,6 +107,32 @@ import Testing
         await overTCPArray.stop()
     }
 
+    /// Reads the page cache holds are answered at once, while the connection is still taking
+    /// the requests that came with them: their replies wait for the rest and go out together
+    /// (one flush for what one read of the socket brought), not one write each.
+    @Test func repliesToReadsAnsweredAtOnceGoOutTogether() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 4, memberMiB: 8, overUnixSocket: true)
+        let raw = try RawClient(unixPath: array.socketPath!)
+        _ = try raw.negotiate(export: "served")
+        let servedBefore = await array.engine.memberReadShortcuts().servedFromCache
+        let count = 16
+        // One send: the requests arrive together.
+        raw.send((0..<count).flatMap { i in
+            NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: UInt64(i + 1), offset: UInt64(i) * 8192, length: 4096).encoded()
+        })
+        for i in 0..<count {
+            let reply = raw.simpleReply(dataBytes: 4096)
+            #expect(reply?.error == 0 && reply?.cookie == UInt64(i + 1), "reply \(i)")
+        }
+        let servedAtOnce = await array.engine.memberReadShortcuts().servedFromCache - servedBefore
+        let flushes = try await array.server.engine.eventLoop.submit {
+            try array.server.connections.open.values.map { try $0.pipeline.syncOperations.handler(type: NBDConnection.self).replyFlushes }
+        }.get()
+        await array.stop()
+        try #require(servedAtOnce == count, "the member files are not in the page cache here, so no reply came at once (\(servedAtOnce) of \(count))")
+        #expect(flushes.count == 1 && flushes[0] <= 3, "\(flushes) flushes for \(count) replies")
+    }
+
     /// The send buffer of each open connection, once `raw` has its greeting (its connection is
     /// open and set up by then).
     func sendBuffers(_ server: NBDServer, after raw: RawClient) async throws -> [SocketOptionValue] {
@@ -298,7 +324,9 @@ import Testing
     @Test func theServerBoundsBytesInFlightAcrossConnections() async throws {
         var options = NBDServerOptions()
         options.maxBytesInFlight = 2 << 20
-        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, serverOptions: options)
+        // O_DIRECT members: reads the page cache holds are answered at once and would never
+        // fill the bound.
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, serverOptions: options, direct: true)
         let readBytes = 256 << 10
         var clients: [RawClient] = []
         for _ in 0..<4 {

@@ -24,7 +24,7 @@ final class ServedArray: @unchecked Sendable {
 
     static func make(
         level: RaidLevel = .raid6, disks: Int = 5, memberMiB: UInt64 = 16, chunkKiB: UInt64 = 64, bitmap: Bool = true, name: String = "served",
-        serverOptions: NBDServerOptions = NBDServerOptions(), overUnixSocket: Bool = false
+        serverOptions: NBDServerOptions = NBDServerOptions(), overUnixSocket: Bool = false, direct: Bool = false
     ) async throws -> ServedArray {
         let dir = TemporaryDirectory()
         var request = CreateRequest(
@@ -39,7 +39,7 @@ final class ServedArray: @unchecked Sendable {
         let paths = (0..<disks).map { dir.file("m\($0).img") }
         try ArrayCreator(paths: paths, request: request, options: CreateOptions()).run()
         let socketPath = overUnixSocket ? dir.file("nbd.sock") : nil
-        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions, socketPath: socketPath)
+        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions, socketPath: socketPath, direct: direct)
         return ServedArray(dir: dir, paths: paths, engine: engine, server: server, port: port, socketPath: socketPath)
     }
 
@@ -52,9 +52,14 @@ final class ServedArray: @unchecked Sendable {
         self.port = port
     }
 
-    static func serve(_ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions(), socketPath: String? = nil) async throws -> (RaidEngine, NBDServer, Int) {
+    /// `direct`: members opened O_DIRECT, so that every member read goes to the I/O threads and
+    /// stays in flight a while (one the page cache holds is answered at once, on the loop).
+    static func serve(
+        _ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions(), socketPath: String? = nil, direct: Bool = false
+    ) async throws -> (RaidEngine, NBDServer, Int) {
         var options = EngineOptions()
         options.readOnly = readOnly
+        options.direct = direct
         options.ioThreads = 4
         let engine = try RaidEngine.assemble(paths: paths, options: options, logger: quietLogger)
         var serverOptions = serverOptions

@@ -301,6 +301,31 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
     /// healthy (member reads straight into it), degraded (rebuilt through stripes, then copied
     /// into it) and around a read error; the bytes around the window are not touched. A
     /// destination of the wrong size is refused and left alone.
+    /// The engine completes a read the page cache holds while the driver is still dispatching
+    /// (from `actionsDispatched`). The driver dispatches what such a completion causes before it
+    /// returns, in rounds, never by recursion: here a 4 KiB write's pre-reads complete at once
+    /// and its data and parity writes go out within the same `submit`; a chain of parked writes
+    /// to one stripe (each waits for the one before) goes round after round.
+    @Test func readsCompletedWhileDispatchingAreDispatchedInRoundsNotByRecursion() throws {
+        let h = try Harness.raid5(cache: 17)
+        h.completeReadsAtOnce = true
+        let r = h.submit(.read(offsetBytes: 8192, length: 4096))
+        #expect(h.data(r) == [UInt8](repeating: 0, count: 4096), "a read served at once answers within its submit")
+        // The first write marks the array dirty (superblock writes first); the ones after it
+        // need only their own I/O.
+        h.submit(.write(offsetBytes: 65536, data: buf(4096, 9), fua: false))
+        h.settle()
+        let first = h.submit(.write(offsetBytes: 0, data: buf(4096, 20), fua: false))
+        #expect(h.pendingIO.filter(\.isWrite).count == 2, "the pre-reads completed at once, and the data and parity writes they allow did not go out")
+        h.settle()
+        #expect(h.clientResult(first) == .done)
+        let writes = (0..<24).map { i in h.submit(.write(offsetBytes: UInt64(i % 3) * 4096, data: buf(4096, UInt8(i)), fua: false)) }
+        h.settle()
+        for w in writes { #expect(h.clientResult(w) == .done) }
+        #expect(h.deepestActionsDispatchedNesting == 1, "actionsDispatched nested \(h.deepestActionsDispatchedNesting) deep")
+        h.expectDataAndParity(at: 0, bytes(4096, 21) + bytes(4096, 22) + bytes(4096, 23))
+    }
+
     @Test func aReadLandsInTheBufferItIsGivenAndNowhereElse() throws {
         let h = try Harness.raid5()
         let chunk = h.core.geometry.chunkBytes

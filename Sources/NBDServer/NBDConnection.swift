@@ -387,9 +387,11 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         let finish: @Sendable (ClientResult) -> Void = { result in bound.value.complete(cookie, request, bytes: bytes, result) }
         switch request {
         case .read(let offset, let length):
+            // A read too small for the engine to leave to sendfile gets a plain reply (no
+            // target to record member ranges in).
             let reply = ReadReply(
-                cookie: cookie, offset: offset, length: length, structured: session?.structuredReplies ?? false, spliceable: options.sendfileReads,
-                registry: registry, allocator: context.channel.allocator)
+                cookie: cookie, offset: offset, length: length, structured: session?.structuredReplies ?? false,
+                spliceable: options.sendfileReads && length >= RaidEngine.spliceReadMinBytes, registry: registry, allocator: context.channel.allocator)
             engine.submit(.read(offsetBytes: offset, length: length, into: reply.destination)) { result in
                 bound.value.complete(cookie, request, bytes: bytes, result, reply: reply)
             }
@@ -438,15 +440,18 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             // The core answers a read with the destination it was given (`ClientOp.buffer`).
             guard let reply, reply.holds(data) else { preconditionFailure("a read answered with memory other than its reply's") }
             let buffer = reply.buffer
-            // Once the socket took it, the buffer serves a later reply (see `replyBuffer`).
-            let promise = context.eventLoop.makePromise(of: Void.self)
-            let registry = self.registry
+            // Once the socket took it, a large buffer serves a later reply (see `replyBuffer`);
+            // a small one goes back to the allocator, with no promise to wait on.
+            let promise = ConnectionRegistry.keepsReplyBuffers(ofCapacity: buffer.capacity) ? context.eventLoop.makePromise(of: Void.self) : nil
             if let target = reply.spliceTarget, !target.extents.isEmpty {
                 writeSpliced(context, buffer, headerBytes: reply.headerBytes, target.extentsInOrder(), promise: promise)
             } else {
                 context.write(wrapOutboundOut(.byteBuffer(buffer)), promise: promise)
             }
-            promise.futureResult.whenSuccess { registry.keepReplyBuffer(buffer) }
+            if let promise {
+                let registry = self.registry
+                promise.futureResult.whenSuccess { registry.keepReplyBuffer(buffer) }
+            }
         case .done:
             send(context, NBDReply.done(cookie: cookie))
         case .failed(let error):
@@ -471,7 +476,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// last user lets go). A sendfile that fails (an I/O error on a page evicted since the
     /// engine looked, which is unlikely: it was read in a moment before) fails the channel as
     /// any write error does: the client sees the connection close, never wrong data.
-    func writeSpliced(_ context: ChannelHandlerContext, _ buffer: ByteBuffer, headerBytes: Int, _ extents: [SpliceableReadTarget.Extent], promise: EventLoopPromise<Void>) {
+    func writeSpliced(_ context: ChannelHandlerContext, _ buffer: ByteBuffer, headerBytes: Int, _ extents: [SpliceableReadTarget.Extent], promise: EventLoopPromise<Void>?) {
         var handles: [NIOFileHandle] = []
         handles.reserveCapacity(extents.count)
         var pieces: [IOData] = []
@@ -506,10 +511,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             for h in regionHandles { _ = try? h.takeDescriptorOwnership() }
             withExtendedLifetime(extents) {}
             switch result {
-            case .success: promise.succeed()
+            case .success: promise?.succeed()
             case .failure(let error):
                 logger.warning("a read reply sent from the member files failed (\(error)); the connection closes")
-                promise.fail(error)
+                promise?.fail(error)
             }
         }
     }

@@ -231,8 +231,16 @@ final class ConnectionRegistry: @unchecked Sendable {
     static let maxSpareReplyBytes = 4 << 20
     static let maxSpareReplyBuffers = 64
 
+    /// Replies smaller than this are not kept: the allocator's own free lists serve them at no
+    /// cost to the RSS, and keeping one costs a promise and a callback per reply (a 4 KiB read
+    /// at queue depth 1 is mostly such fixed costs).
+    static let minKeptReplyBytes = 64 << 10
+
+    static func keepsReplyBuffers(ofCapacity capacity: Int) -> Bool { capacity >= minKeptReplyBytes }
+
     /// An empty buffer for a reply of `capacity` bytes: a spare one that fits, or a new one.
     func replyBuffer(capacity: Int, allocator: ByteBufferAllocator) -> ByteBuffer {
+        guard Self.keepsReplyBuffers(ofCapacity: capacity) else { return allocator.buffer(capacity: capacity) }
         if let i = spareReplyBuffers.lastIndex(where: { $0.capacity >= capacity && $0.capacity <= 2 * capacity }) {
             var buffer = spareReplyBuffers.remove(at: i)
             spareReplyBytes -= buffer.capacity
@@ -244,7 +252,7 @@ final class ConnectionRegistry: @unchecked Sendable {
 
     /// A reply buffer the socket is done with.
     func keepReplyBuffer(_ buffer: ByteBuffer) {
-        guard spareReplyBytes + buffer.capacity <= Self.maxSpareReplyBytes, spareReplyBuffers.count < Self.maxSpareReplyBuffers else { return }
+        guard Self.keepsReplyBuffers(ofCapacity: buffer.capacity), spareReplyBytes + buffer.capacity <= Self.maxSpareReplyBytes, spareReplyBuffers.count < Self.maxSpareReplyBuffers else { return }
         spareReplyBuffers.append(buffer)
         spareReplyBytes += buffer.capacity
     }

@@ -332,7 +332,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     /// Member reads smaller than this are copied even into a spliceable target: a sendfile costs
     /// two system calls more than the copy (mincore, and a write of its own for the reply's
     /// header), and a cached 4 KiB read at queue depth 1 is all system calls.
-    static let spliceReadMinBytes = 64 << 10
+    public static let spliceReadMinBytes = 64 << 10
 
     /// A read into spliceable targets only (a server's replies), of a member range the page cache
     /// holds whole, is not read: each target records the member range its bytes are in, and the

@@ -3,10 +3,14 @@
 # nbdkit, ...) with both servers running, and the CPU ticks each server spent on each
 # measurement: on this noisy 2-vCPU machine only figures taken side by side compare.
 #
-#   tools/bench/alternate.sh read|randwrite [--reps N] [--level 5|6] [--swraid BIN] [-- RUN-OPTIONS...]
+#   tools/bench/alternate.sh read|randwrite|qd1 [--reps N] [--level 5|6] [--swraid BIN] [--fio-cpu N] [-- RUN-OPTIONS...]
 #
 #   read       nbdcopy 1 GiB to null: (4 connections), after one warming read of each
 #   randwrite  fio's nbd engine, 4 KiB random writes at QD32 for 5 s, each after a `sync`
+#   qd1        fio's nbd engine, 4 KiB random reads at QD1 for 5 s, the servers on CPU 0 and fio
+#              on CPU 0 too (or --fio-cpu N): mean latency, and the user and system CPU each
+#              server spent per request (where a request's time goes when the wake-ups between
+#              CPUs are taken out)
 #
 # Both over Unix sockets; RAID5 of 4 (default) or RAID6 of 5 member files of 1 GiB of data,
 # 512K chunks, no bitmap, against one 1 GiB file. RUN-OPTIONS go to `swraid run` (for example
@@ -15,10 +19,11 @@ set -euo pipefail
 
 what=${1:-}
 shift || true
-reps=4 level=5 bin=""
+reps=4 level=5 bin="" fioCPU=0
 while [ $# -gt 0 ]; do
     case $1 in
         --reps) reps=$2; shift 2 ;;
+        --fio-cpu) fioCPU=$2; shift 2 ;;
         --level) level=$2; shift 2 ;;
         --swraid) bin=$2; shift 2 ;;
         --) shift; break ;;
@@ -26,10 +31,11 @@ while [ $# -gt 0 ]; do
     esac
 done
 runOptions=("$@")
-case $what in read | randwrite) ;; *) echo "usage: alternate.sh read|randwrite [--reps N] [--level 5|6] [--swraid BIN] [-- RUN-OPTIONS...]" >&2; exit 2 ;; esac
+case $what in read | randwrite | qd1) ;; *) echo "usage: alternate.sh read|randwrite|qd1 [--reps N] [--level 5|6] [--swraid BIN] [--fio-cpu N] [-- RUN-OPTIONS...]" >&2; exit 2 ;; esac
+[[ $fioCPU =~ ^[0-9]+$ ]] || { echo "alternate.sh: --fio-cpu takes a CPU number" >&2; exit 2; }
 case $level in 5 | 6) ;; *) echo "alternate.sh: --level takes 5 or 6" >&2; exit 2 ;; esac
 [[ $reps =~ ^[1-9][0-9]*$ ]] || { echo "alternate.sh: --reps takes a positive count" >&2; exit 2; }
-for tool in nbdkit nbdcopy python3 $([ "$what" = randwrite ] && echo fio); do
+for tool in nbdkit nbdcopy python3 $([ "$what" != read ] && echo fio) $([ "$what" = qd1 ] && echo taskset); do
     command -v "$tool" >/dev/null || { echo "alternate.sh: $tool is missing" >&2; exit 77; }
 done
 cd "$(dirname "$0")/../.."
@@ -56,10 +62,12 @@ for i in $(seq 0 $((disks - 1))); do members+=("$dir/m$i.img"); done
     --assume-clean --name alt "${members[@]}" >/dev/null
 head -c $size /dev/urandom >"$dir/source.img"
 truncate -s $size "$dir/file.img"
-"$bin" run "${runOptions[@]}" --socket "$dir/swraid.sock" --control "$dir/control.sock" "${members[@]}" >"$dir/run.log" 2>&1 &
+pin=()  # qd1: both servers on CPU 0
+[ "$what" = qd1 ] && pin=(taskset -c 0)
+"${pin[@]}" "$bin" run "${runOptions[@]}" --socket "$dir/swraid.sock" --control "$dir/control.sock" "${members[@]}" >"$dir/run.log" 2>&1 &
 spid=$!
 pids+=($spid)
-nbdkit -f -U "$dir/nbdkit.sock" file "$dir/file.img" >"$dir/nbdkit.log" 2>&1 &
+"${pin[@]}" nbdkit -f -U "$dir/nbdkit.sock" file "$dir/file.img" >"$dir/nbdkit.log" 2>&1 &
 kpid=$!
 pids+=($kpid)
 for _ in $(seq 100); do [ -S "$dir/swraid.sock" ] && [ -S "$dir/nbdkit.sock" ] && break; sleep 0.1; done
@@ -76,6 +84,29 @@ nbdcopy "$S" null:
 nbdcopy "$K" null:
 
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+# qd1: "latency_us requests" of 5 s of 4 KiB random reads at QD1
+qd1() {
+    taskset -c "$fioCPU" fio --name=alt --ioengine=nbd --uri="$1" --rw=randread --bs=4k --iodepth=1 --size=900m --iomem_align=4096 \
+        --time_based --runtime=5 --output-format=json 2>/dev/null | sed -n '/^{/,$p' |
+        python3 -c 'import json, sys; r = json.load(sys.stdin)["jobs"][0]["read"]; print(round(r["lat_ns"]["mean"] / 1e3, 1), r["total_ios"])'
+}
+if [ "$what" = qd1 ]; then
+    hz=$(getconf CLK_TCK)
+    echo "# 4 KiB random reads at QD1, servers on CPU 0, fio on CPU $fioCPU; swraid RAID$level of $disks (${runOptions[*]:-default options}) against nbdkit file"
+    perRequest() { # pid command... -> "latency us, user us, system us" per request
+        local pid=$1 u0 s0 u1 s1 lat n
+        shift
+        read -r u0 s0 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+        read -r lat n < <("$@")
+        read -r u1 s1 < <(awk '{print $14, $15}' "/proc/$pid/stat")
+        python3 -c "import sys; l, n, du, ds, hz = map(float, sys.argv[1:]); print(f'{l} us, user {du / hz * 1e6 / n:.1f} us, system {ds / hz * 1e6 / n:.1f} us')" \
+            "$lat" "$n" $((u1 - u0)) $((s1 - s0)) "$hz"
+    }
+    for rep in $(seq "$reps"); do
+        echo "rep $rep: nbdkit $(perRequest $kpid qd1 "$K")  swraid $(perRequest $spid qd1 "$S")"
+    done
+    exit 0
+fi
 measure() { # uri -> figure
     if [ "$what" = read ]; then
         local t0 t1

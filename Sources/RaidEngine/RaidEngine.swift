@@ -447,24 +447,32 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     /// Hands a request to the array; `completion` runs on the loop with its one result (or at
     /// once with ESHUTDOWN after a stop). The cheapest entry, for a server already on the loop.
     public func submit(_ request: ClientRequest, completion: @escaping @Sendable (ClientResult) -> Void) {
+        // On the loop (a server's connection), the loop is alive while this runs and `closed`
+        // says whether the array still takes requests: no gate to pass (two locks) and no
+        // closure to hop with.
+        if eventLoop.inEventLoop { return submitOnLoop(request, completion: completion) }
         guard gate.enter() else { return completion(.failed(.shutdown)) }
-        onLoop {
+        eventLoop.execute {
             defer { self.gate.leave() }
-            guard !self.closed else { return completion(.failed(.shutdown)) }
-            let started = self.now()
-            guard let observer = self.observer else {
-                _ = self.driver.submit(request, context: completion, now: started)
-                return
-            }
-            let kind = ClientRequestKind(request)
-            let bytes = request.byteCount
-            _ = self.driver.submit(request, context: { result in
-                var failed = false
-                if case .failed = result { failed = true }
-                observer.clientRequestCompleted(kind: kind, bytes: bytes, latencyNanoseconds: self.now() - started, failed: failed)
-                completion(result)
-            }, now: started)
+            self.submitOnLoop(request, completion: completion)
         }
+    }
+
+    func submitOnLoop(_ request: ClientRequest, completion: @escaping @Sendable (ClientResult) -> Void) {
+        guard !closed else { return completion(.failed(.shutdown)) }
+        let started = now()
+        guard let observer else {
+            _ = driver.submit(request, context: completion, now: started)
+            return
+        }
+        let kind = ClientRequestKind(request)
+        let bytes = request.byteCount
+        _ = driver.submit(request, context: { result in
+            var failed = false
+            if case .failed = result { failed = true }
+            observer.clientRequestCompleted(kind: kind, bytes: bytes, latencyNanoseconds: self.now() - started, failed: failed)
+            completion(result)
+        }, now: started)
     }
 
     /// Member reads the loop did itself from the page cache, and those left to a server's

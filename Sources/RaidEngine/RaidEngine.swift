@@ -288,8 +288,8 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     func unplug() {
         guard !plugged.isEmpty else { return }
         // One I/O, the common case at low queue depth: nothing to sort or merge, no arrays.
-        if plugged.count == 1, case .read(let buffer) = plugged[0].kind, plugged[0].purpose != .syncRead,
-            buffer.count < Self.spliceReadMinBytes, buffer.count <= Self.inlineReadMaxBytes
+        if plugged.count == 1, case .read(let buffer) = plugged[0].kind, buffer.count < Self.spliceReadMinBytes,
+            Self.readsOnLoop(purpose: plugged[0].purpose, byteCount: buffer.count)
         {
             let io = plugged[0]
             plugged.removeAll(keepingCapacity: true)
@@ -313,10 +313,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 served += merged.requests.map(\.id)
                 continue
             }
-            // Sync reads go to the pool, which reads them past the page cache (O_DIRECT, or
-            // RWF_DONTCACHE where refused; see `MemberFile`): the loop's would keep the pages
-            // readahead brought in.
-            if merged.kind == .read, merged.purpose != .syncRead, merged.byteCount <= Self.inlineReadMaxBytes,
+            if merged.kind == .read, Self.readsOnLoop(purpose: merged.purpose, byteCount: merged.byteCount),
                 device.readIfCached(at: merged.offsetBytes, into: merged.buffers.readTargets)
             {
                 readsServedFromCache += 1
@@ -327,6 +324,14 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         }
         pool.submit(jobs)
         for id in served { memberIOFinished(id, result: .success) }
+    }
+
+    /// Whether a member read is tried from the page cache on the loop. Sync reads go to the
+    /// pool, which reads them past the page cache (O_DIRECT, or RWF_DONTCACHE where refused; see
+    /// `MemberFile`): the loop's would keep the pages readahead brought in. Large ones go to the
+    /// pool too (`inlineReadMaxBytes`).
+    static func readsOnLoop(purpose: MemberIOPurpose, byteCount: Int) -> Bool {
+        purpose != .syncRead && byteCount <= inlineReadMaxBytes
     }
 
     /// Member reads smaller than this are copied even into a spliceable target: a sendfile costs

@@ -297,10 +297,6 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         #expect(reads(chunk + 512, 1024) == [1024])
     }
 
-    /// A read given its destination (an NBD reply's buffer) lands there and answers with it,
-    /// healthy (member reads straight into it), degraded (rebuilt through stripes, then copied
-    /// into it) and around a read error; the bytes around the window are not touched. A
-    /// destination of the wrong size is refused and left alone.
     /// The engine completes a read the page cache holds while the driver is still dispatching
     /// (from `actionsDispatched`). The driver dispatches what such a completion causes before it
     /// returns, in rounds, never by recursion: here a 4 KiB write's pre-reads complete at once
@@ -326,6 +322,10 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
         h.expectDataAndParity(at: 0, bytes(4096, 21) + bytes(4096, 22) + bytes(4096, 23))
     }
 
+    /// A read given its destination (an NBD reply's buffer) lands there and answers with it,
+    /// healthy (member reads straight into it), degraded (rebuilt through stripes, then copied
+    /// into it) and around a read error; the bytes around the window are not touched. A
+    /// destination of the wrong size is refused and left alone.
     @Test func aReadLandsInTheBufferItIsGivenAndNowhereElse() throws {
         let h = try Harness.raid5()
         let chunk = h.core.geometry.chunkBytes

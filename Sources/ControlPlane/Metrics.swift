@@ -39,8 +39,13 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
         .milliseconds(500), .seconds(1), .seconds(5),
     ]
 
-    public init(engine: RaidEngine, name: String) {
+    /// How the NBD server's connections polled for their next request (spells, spells the
+    /// request came in, nanoseconds), read at each scrape; nil without a server.
+    let serverPolls: (@Sendable () async -> (spells: Int, caught: Int, nanos: UInt64))?
+
+    public init(engine: RaidEngine, name: String, serverPolls: (@Sendable () async -> (spells: Int, caught: Int, nanos: UInt64))? = nil) {
         self.engine = engine
+        self.serverPolls = serverPolls
         arrayLabel = ("array", name)
         var requests: [ClientRequestKind: Counter] = [:]
         var requestBytes: [ClientRequestKind: Counter] = [:]
@@ -101,6 +106,12 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
         for (how, count) in [("loop_from_page_cache", shortcuts.servedFromCache), ("sendfile", shortcuts.spliced)] {
             gauge("member_read_shortcuts", "count", "Member reads not handed to the I/O threads: done on the event loop from the page cache (loop_from_page_cache), or not done at all, their bytes sent to the client from the member file with sendfile (sendfile).", [("how", how)])
                 .set(Int64(count))
+        }
+        if let serverPolls {
+            let polls = await serverPolls()
+            gauge("nbd_poll_spells", "count", "Times an NBD connection that owed its client nothing polled its socket for the next request instead of letting the loop sleep.").set(Int64(polls.spells))
+            gauge("nbd_poll_caught", "count", "Poll spells the client's next request came in.").set(Int64(polls.caught))
+            gauge("nbd_poll", "seconds", "Time spent polling.").set(Double(polls.nanos) / 1e9)
         }
         return registry.emitToBuffer()
     }

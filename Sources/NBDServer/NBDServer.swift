@@ -55,6 +55,12 @@ public struct NBDServerOptions: Sendable {
     /// with no copy through user space. By hand, a cached 1 GiB file sent over a Unix socket in
     /// 256 KiB pieces took half the CPU of pread-then-send. Off, every read is copied.
     public var sendfileReads = true
+    /// The longest a connection that owes its client nothing polls its socket for the next
+    /// request before the loop sleeps; each connection polls only while that pays
+    /// (`AdaptivePoll`). 0 never polls.
+    public var pollMaxNanos = AdaptivePoll.defaultMaxNanos
+    /// Tests: the poll window starts at its maximum and stays there, whatever the gaps.
+    package var pollWindowPinnedOpen = false
 
     public init() {}
 
@@ -150,6 +156,13 @@ public final class NBDServer: @unchecked Sendable {
         return (try? await engine.eventLoop.submit { registry.splicedReplies }.get()) ?? 0
     }
 
+    /// How the connections polled for their next request so far: spells, spells the request
+    /// came in, and the time spent.
+    public func pollCounts() async -> (spells: Int, caught: Int, nanos: UInt64) {
+        let registry = connections
+        return (try? await engine.eventLoop.submit { (registry.pollSpells, registry.pollSpellsCaught, registry.pollNanos) }.get()) ?? (0, 0, 0)
+    }
+
     /// Stops accepting, and closes every connection once its requests in flight are answered.
     public func stop() async {
         try? await listener.close().get()
@@ -182,6 +195,11 @@ final class ConnectionRegistry: @unchecked Sendable {
 
     /// Read replies sent partly or wholly with sendfile (on the loop only).
     var splicedReplies = 0
+    /// Times a connection polled its socket for the next request (`AdaptivePoll`), times the
+    /// request came while it did, and the nanoseconds it took (on the loop only).
+    var pollSpells = 0
+    var pollSpellsCaught = 0
+    var pollNanos: UInt64 = 0
 
     /// The most bytes ever in flight at once (tests check the bound with it).
     private(set) var peakBytesInFlight = 0

@@ -255,6 +255,14 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     var core: RaidCore { driver.core }
 
+    /// No member I/O is on its way (on the loop only): nothing will complete by itself, so the
+    /// loop may spend a few microseconds polling a connection's socket (the NBD server's
+    /// `AdaptivePoll`) without holding up a completion.
+    public var memberIOIdle: Bool {
+        eventLoop.assertInEventLoop()
+        return driver.memberIOsInFlight.isEmpty && plugged.isEmpty
+    }
+
     // MARK: - CoreShell (on the loop)
 
     public func performMemberIO(_ io: MemberIORequest) {

@@ -35,6 +35,9 @@ struct Run: AsyncParsableCommand {
     @Flag(inversion: .prefixedNo, help: "Send the bytes of healthy reads the members' page cache holds with sendfile, from the member files, instead of copying them into each reply first.")
     var sendfile = true
 
+    @Option(name: .customLong("poll-max-us"), help: "Longest time in microseconds a connection that owes its client nothing polls its socket for the next request before the server sleeps (0 to 1000; 0 never polls). As QEMU's I/O threads poll, and only while it pays: after three spells in a row that the request did not come in, a connection stops polling, and tries again one idle spell in 32. Cuts queue-depth-1 latency, at the cost of a CPU kept busy while such a client runs.")
+    var pollMaxUs = Int(AdaptivePoll.defaultMaxNanos / 1000)
+
     @Option(name: .customLong("io-threads"), help: "Threads running member system calls (1 to 64; default: per member, the processors per member from 1 to 4). One member may hold at most its even share (N / members, at least 1), so with N at least the member count a stalled member holds up only the I/O that needs it.")
     var ioThreads: Int?
 
@@ -55,6 +58,9 @@ struct Run: AsyncParsableCommand {
     func validate() throws {
         guard sendBufferKib >= 0, sendBufferKib <= 1 << 20 else {
             throw ValidationError("--send-buffer-kib takes 0 (the system's default) to 1048576")
+        }
+        guard pollMaxUs >= 0, UInt64(pollMaxUs) * 1000 <= AdaptivePoll.limitNanos else {
+            throw ValidationError("--poll-max-us takes 0 (never poll) to \(AdaptivePoll.limitNanos / 1000)")
         }
         if let ioThreads, !(1...64).contains(ioThreads) {
             throw ValidationError("--io-threads takes 1 to 64")
@@ -77,6 +83,7 @@ struct Run: AsyncParsableCommand {
         var serverOptions = NBDServerOptions()
         serverOptions.sendBufferBytes = sendBufferKib == 0 ? nil : sendBufferKib << 10
         serverOptions.sendfileReads = sendfile
+        serverOptions.pollMaxNanos = UInt64(pollMaxUs) * 1000
         var options = EngineOptions()
         options.readOnly = readonly
         options.force = force
@@ -166,7 +173,7 @@ struct ArrayService: Service {
         }
         var metricsServer: MetricsServer?
         if let (host, port) = metricsAddress {
-            let metrics = ArrayMetrics(engine: engine, name: name)
+            let metrics = ArrayMetrics(engine: engine, name: name, serverPolls: { await server.pollCounts() })
             await engine.setObserver(metrics)
             do {
                 metricsServer = try await MetricsServer.start(metrics: metrics, host: host, port: port, logger: logger)

@@ -122,14 +122,16 @@ import Testing
         #expect(members.map { fileBytes($0) } == before)
     }
 
-    /// A send buffer out of range is refused before anything is opened.
-    @Test func aSendBufferOrThreadCountOutOfRangeIsRefused() throws {
+    /// A send buffer, thread count or poll window out of range is refused before anything is
+    /// opened.
+    @Test func aSendBufferThreadCountOrPollWindowOutOfRangeIsRefused() throws {
         let dir = TemporaryDirectory()
         let members = try makeArray(dir)
         let before = members.map { fileBytes($0) }
         let cases = [
             ("--send-buffer-kib=-1", "--send-buffer-kib takes 0"), ("--send-buffer-kib=2000000", "--send-buffer-kib takes 0"),
             ("--io-threads=0", "--io-threads takes 1 to 64"), ("--io-threads=65", "--io-threads takes 1 to 64"),
+            ("--poll-max-us=-1", "--poll-max-us takes 0"), ("--poll-max-us=1001", "--poll-max-us takes 0"),
         ]
         for (bad, message) in cases {
             // `timeout`: a run that took the value would serve until stopped.

@@ -57,6 +57,8 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     var poll: AdaptivePoll
     /// A poll of the socket is queued on the loop.
     var pollScheduled = false
+    /// NIO was asked for the socket's descriptor (once: see `socketDescriptor`).
+    var socketDescriptorAsked = false
     /// NIO is handing this connection what it read from the socket (`channelRead` until
     /// `channelReadComplete`).
     var readingBurst = false
@@ -327,8 +329,9 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         guard mayPoll else { return }
         let spellNanos = poll.spellNanos()
         guard spellNanos > 0 else { return }
-        if socketDescriptor == nil {
-            socketDescriptor = (try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }) ?? nil
+        if !socketDescriptorAsked {
+            socketDescriptorAsked = true
+            socketDescriptor = try? context.pipeline.syncOperations.withUnsafeTransportIfAvailable(of: NIOBSDSocket.Handle.self) { $0 }
         }
         // A channel without a socket to poll (none in this server) just does not poll.
         guard let fd = socketDescriptor, context.channel.isActive else { return }
@@ -345,7 +348,8 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     static let maxPollsPerSpell = 1 << 14
 
     /// Non-blocking polls of `fd` for input (or its end, or an error: whatever NIO should see)
-    /// until the deadline; true when there was some. Between polls the CPU is offered to
+    /// until the deadline (which one yield may overrun); true when there was some. Between
+    /// polls the CPU is offered to
     /// whatever else waits for it there (`sched_yield` returns at once when nothing does): a
     /// client on the same CPU is what the poll waits for, and it would otherwise wait for the
     /// poll (by hand, fio on the server's CPU: 52-64 µs per read against 38-42 without
@@ -445,6 +449,11 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             // A refused write's data still follows the header: drop it to stay in step.
             discardRemaining = header.payloadBytes
             send(context, NBDReply.error(cookie: header.cookie, error, message: Self.explain(error, header), structured: session.structuredReplies))
+            // Out with the other replies. Not only when the read of the socket is over: a
+            // request parsed after a bound lifted (`resumeIfBelowBound`) has no such read, and
+            // its reply waited for the client's next bytes, which a client waiting for the
+            // reply never sends (test `anErrorReplyToARequestParsedAfterABoundLiftsIsSent`).
+            flushSoon(context)
         case .success(.disconnect):
             disconnecting = true
             if inFlight == 0 { finishDisconnect(context) }

@@ -64,11 +64,24 @@ public struct NBDServerOptions: Sendable {
 
     public init() {}
 
+    /// Options the server cannot run with, said before it listens (rather than a trap on the
+    /// loop at the first connection).
+    public func validate() throws(NBDServerOptionsError) {
+        guard pollMaxNanos <= AdaptivePoll.limitNanos else {
+            throw NBDServerOptionsError(message: "pollMaxNanos \(pollMaxNanos) is past the limit of \(AdaptivePoll.limitNanos)")
+        }
+    }
+
     /// What the engine's core must accept so that the server's own bounds are the ones hit
     /// first (a request the core refused as busy would be an error the client did not earn).
     public func coreBounds(maxBlockBytes: Int) -> (requests: Int, bytes: Int) {
         (maxConnections * maxRequestsPerConnection, maxBytesInFlight + maxBlockBytes)
     }
+}
+
+public struct NBDServerOptionsError: Error, CustomStringConvertible {
+    public let message: String
+    public var description: String { message }
 }
 
 /// Serves one array over NBD (fixed newstyle), on the engine's own event loop: connections
@@ -110,6 +123,7 @@ public final class NBDServer: @unchecked Sendable {
     /// Starts listening. TCP listens where told (loopback by default in the CLI); a Unix socket
     /// path is replaced if a stale socket is there.
     public static func start(engine: RaidEngine, address: NBDListenAddress, options: NBDServerOptions = NBDServerOptions(), logger: Logger? = nil) async throws -> NBDServer {
+        try options.validate()
         let export = Self.export(for: engine, readOnly: options.readOnly || engine.readOnly)
         let log = logger ?? engine.logger
         let registry = ConnectionRegistry(limit: options.maxConnections, maxBytesInFlight: options.maxBytesInFlight)

@@ -62,13 +62,14 @@ extension Demo {
 
         let written = try await workload.finish()
         section("Verify every byte over NBD")
+        let pollsBefore = await server.pollCounts()
         let verified = try await verifyOverNBD(port: port, export: server.export.name, expected: written)
+        let pollsAfter = await server.pollCounts()
         say(verified.bad == 0
             ? "\(verified.blocks) MiB read back over NBD: every byte as written (\(written.requests) requests by 4 clients)"
             : "\(verified.bad) of \(verified.blocks) MiB read back WRONG (this is a bug)")
         say("\(await server.splicedReplies()) read replies went out from the member files with sendfile (no copy through swraid)")
-        let polls = await server.pollCounts()
-        say("the lone verifying connection: the server polled for its next request \(polls.spells) times, \(polls.caught) came while it did (--poll-max-us; this client checks each MiB before asking again, so after three misses in a row polling closed, probing once in 32 requests)")
+        say("the lone verifying connection: the server polled for its next request \(pollsAfter.spells - pollsBefore.spells) times, \(pollsAfter.caught - pollsBefore.caught) came while it did (--poll-max-us; this client checks each MiB before asking again, so after three misses in a row polling closed, probing once in 32 requests)")
         await cli(["detail"])
 
         section("Stop cleanly: requests finished, every superblock marked clean")

@@ -59,7 +59,7 @@ struct Run: AsyncParsableCommand {
         guard sendBufferKib >= 0, sendBufferKib <= 1 << 20 else {
             throw ValidationError("--send-buffer-kib takes 0 (the system's default) to 1048576")
         }
-        guard pollMaxUs >= 0, UInt64(pollMaxUs) * 1000 <= AdaptivePoll.limitNanos else {
+        guard (0...Int(AdaptivePoll.limitNanos / 1000)).contains(pollMaxUs) else {
             throw ValidationError("--poll-max-us takes 0 (never poll) to \(AdaptivePoll.limitNanos / 1000)")
         }
         if let ioThreads, !(1...64).contains(ioThreads) {

@@ -132,6 +132,8 @@ import Testing
             ("--send-buffer-kib=-1", "--send-buffer-kib takes 0"), ("--send-buffer-kib=2000000", "--send-buffer-kib takes 0"),
             ("--io-threads=0", "--io-threads takes 1 to 64"), ("--io-threads=65", "--io-threads takes 1 to 64"),
             ("--poll-max-us=-1", "--poll-max-us takes 0"), ("--poll-max-us=1001", "--poll-max-us takes 0"),
+            // Microseconds that would overflow when made nanoseconds: refused, not a trap.
+            ("--poll-max-us=99999999999999999", "--poll-max-us takes 0"),
         ]
         for (bad, message) in cases {
             // `timeout`: a run that took the value would serve until stopped.

@@ -1,6 +1,11 @@
+import DiskIO
+import Glibc
+import MDFormat
 import NBDProtocol
 @testable import NBDServer
 import NIOCore
+import RaidCore
+import TestSupport
 import Testing
 
 /// Whether an idle connection polls for its client's next request (`AdaptivePoll`): the rules
@@ -56,23 +61,139 @@ import Testing
         let client = try RawClient(unixPath: array.socketPath!)
         _ = try client.negotiate(export: "served")
         let reads = 32
-        func readAtQueueDepthOne(_ first: Int) {
-            for i in first..<(first + reads) {
-                client.request(.read, cookie: UInt64(i + 1), offset: UInt64(i % 64) * 4096, length: 4096)
-                let reply = client.simpleReply(dataBytes: 4096)
-                #expect(reply?.error == 0 && reply?.cookie == UInt64(i + 1), "read \(i)")
-            }
-        }
-        readAtQueueDepthOne(0)
+        readAtQueueDepthOne(client, first: 0, count: reads)
+        // Counted on the loop after the last spell: the spell after a reply is queued (or runs
+        // at the end of the burst) before the client, which has the reply, can ask.
         let alone = await array.server.pollCounts().spells
         let other = try RawClient(unixPath: array.socketPath!)
         _ = try other.negotiate(export: "served")
-        readAtQueueDepthOne(reads)
+        readAtQueueDepthOne(client, first: reads, count: reads)
         let beside = await array.server.pollCounts().spells - alone
         await array.stop()
-        // Every reply left the lone connection idle: one spell each (the last may not have run
-        // yet when counted).
-        #expect(alone >= reads - 1, "\(alone) poll spells for \(reads) reads on the only connection")
+        #expect(alone == reads, "\(alone) poll spells for \(reads) reads on the only connection: one after each reply")
         #expect(beside == 0, "\(beside) poll spells with a second connection open")
     }
+
+    /// While the array has member I/O on its way (here member 0's flush, which the test holds
+    /// on a pool thread), a lone idle connection does not poll: the completion would wait for
+    /// the spell. The reads go to member 1 (RAID5 of 3, left-symmetric: array bytes 64 KiB to
+    /// 128 KiB are its first chunk), whose thread is free. Once the flush is done, the same
+    /// reads poll again (so the zero is not polling being off).
+    @Test func aConnectionDoesNotPollWhileItsArrayHasMemberIOOnItsWay() async throws {
+        var options = NBDServerOptions()
+        options.pollMaxNanos = 20_000
+        options.pollWindowPinnedOpen = true
+        let gate = FlushGate()
+        let array = try await ServedArray.make(
+            level: .raid5, disks: 3, memberMiB: 8, bitmap: false, serverOptions: options, overUnixSocket: true,
+            wrappingDevices: { devices in devices.enumerated().map { $0.offset == 0 ? HeldFlushDevice(wrapping: $0.element, gate: gate) : $0.element } })
+        let client = try RawClient(unixPath: array.socketPath!)
+        _ = try client.negotiate(export: "served")
+        // Something to flush, then a flush from inside (not this connection's) held at the members.
+        try await array.engine.write(offsetBytes: 1 << 20, data: IOBuffer([UInt8](repeating: 0x5a, count: 4096)))
+        gate.shut()
+        let flushing = Task { try await array.engine.flush() }
+        await gate.heldFlush()
+        let reads = 16
+        let before = await array.server.pollCounts().spells
+        let onMemberOne: (Int) -> UInt64 = { UInt64(64 << 10) + UInt64($0 % 16) * 4096 }
+        readAtQueueDepthOne(client, first: 0, count: reads, offsetBytes: onMemberOne)
+        let whileHeld = await array.server.pollCounts().spells - before
+        gate.open()
+        try await flushing.value
+        readAtQueueDepthOne(client, first: reads, count: reads, offsetBytes: onMemberOne)
+        let afterwards = await array.server.pollCounts().spells - before - whileHeld
+        await array.stop()
+        #expect(whileHeld == 0, "\(whileHeld) poll spells while a member flush was in flight")
+        #expect(afterwards == reads, "\(afterwards) poll spells for \(reads) reads once the flush was done")
+    }
+
+    /// The poll itself, on a socket pair: input there (or the peer gone) is seen at once, and
+    /// with none the poll gives up at its deadline.
+    @Test func thePollSeesInputOrTheEndAndOtherwiseStopsAtItsDeadline() throws {
+        var fds: [CInt] = [0, 0]
+        try #require(socketpair(AF_UNIX, CInt(SOCK_STREAM.rawValue), 0, &fds) == 0)
+        defer { Glibc.close(fds[0]) }
+        let soon = NIODeadline.now().uptimeNanoseconds + 2_000_000
+        #expect(!NBDConnection.waitUntilReadable(fds[0], untilUptimeNanos: soon), "nothing sent, yet the poll saw input")
+        #expect(NIODeadline.now().uptimeNanoseconds >= soon, "the poll gave up before its deadline")
+        var byte: UInt8 = 1
+        #expect(Glibc.write(fds[1], &byte, 1) == 1)
+        let far = NIODeadline.now().uptimeNanoseconds + 60_000_000_000
+        #expect(NBDConnection.waitUntilReadable(fds[0], untilUptimeNanos: far), "a byte was there")
+        #expect(Glibc.read(fds[0], &byte, 1) == 1)
+        Glibc.close(fds[1])
+        #expect(NBDConnection.waitUntilReadable(fds[0], untilUptimeNanos: far), "the peer closed: NIO should see the end")
+    }
+}
+
+/// QD1 reads of 4 KiB on `client`, each answered before the next is sent; the i-th at
+/// `offsetBytes(i)`.
+func readAtQueueDepthOne(_ client: RawClient, first: Int, count: Int, offsetBytes: (Int) -> UInt64 = { UInt64($0 % 64) * 4096 }) {
+    for i in first..<(first + count) {
+        client.request(.read, cookie: UInt64(i + 1), offset: offsetBytes(i), length: 4096)
+        let reply = client.simpleReply(dataBytes: 4096)
+        #expect(reply?.error == 0 && reply?.cookie == UInt64(i + 1), "read \(i)")
+    }
+}
+
+/// Holds member flushes while shut (on the pool's threads), and says when one is held (to an
+/// awaiting test, without blocking one of the few threads of Swift's pool).
+final class FlushGate: @unchecked Sendable {
+    private let lock = ConditionLock()
+    private var shutNow = false
+    private var held = 0
+    private var waiter: CheckedContinuation<Void, Never>?
+
+    func shut() { lock.withLock { shutNow = true } }
+    func open() { lock.withLock { shutNow = false; lock.broadcast() } }
+
+    func heldFlush() async {
+        await withCheckedContinuation { (continuation: CheckedContinuation<Void, Never>) in
+            lock.lock()
+            if held > 0 {
+                lock.unlock()
+                continuation.resume()
+            } else {
+                waiter = continuation
+                lock.unlock()
+            }
+        }
+    }
+
+    func pass() {
+        lock.lock()
+        held += 1
+        let waiting = waiter
+        waiter = nil
+        lock.unlock()
+        waiting?.resume()
+        lock.lock()
+        while shutNow { lock.wait() }
+        held -= 1
+        lock.unlock()
+    }
+}
+
+/// A member file whose flushes wait at the gate; everything else goes straight to the file.
+final class HeldFlushDevice: MemberDevice, @unchecked Sendable {
+    let base: MemberDevice
+    let gate: FlushGate
+    init(wrapping base: MemberDevice, gate: FlushGate) {
+        self.base = base
+        self.gate = gate
+    }
+    var name: String { base.name }
+    func sizeBytes() throws(MemberIOError) -> UInt64 { try base.sizeBytes() }
+    func read(at offsetBytes: UInt64, into buffers: [UnsafeMutableRawBufferPointer], purpose: MemberIOPurpose) throws(MemberIOError) {
+        try base.read(at: offsetBytes, into: buffers, purpose: purpose)
+    }
+    func write(at offsetBytes: UInt64, from buffers: [UnsafeRawBufferPointer], fua: Bool, purpose: MemberIOPurpose) throws(MemberIOError) {
+        try base.write(at: offsetBytes, from: buffers, fua: fua, purpose: purpose)
+    }
+    func flush(purpose: MemberIOPurpose) throws(MemberIOError) {
+        gate.pass()
+        try base.flush(purpose: purpose)
+    }
+    func close() { base.close() }
 }

@@ -245,6 +245,28 @@ import Testing
         await array.stop()
     }
 
+    /// A bad request that waited behind a write holding the connection at its byte bound is
+    /// parsed once the write completes, outside any read of the socket: its error reply must
+    /// still go out (it waited for the client's next bytes, which a client waiting for that
+    /// reply never sends).
+    @Test func anErrorReplyToARequestParsedAfterABoundLiftsIsSent() async throws {
+        var options = NBDServerOptions()
+        options.maxBytesPerConnection = 64 << 10
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, serverOptions: options)
+        let raw = try RawClient(port: array.port)
+        let (size, _) = try raw.negotiate(export: "served")
+        let data = [UInt8](repeating: 0x3c, count: 64 << 10)
+        // One send: a write that fills the connection's byte bound, then a read past the end.
+        raw.send(
+            NBDRequestHeader(flags: [], type: NBDCommand.write.rawValue, cookie: 1, offset: 0, length: UInt32(data.count)).encoded() + data
+                + NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: 2, offset: size, length: 512).encoded())
+        let written = raw.simpleReply()
+        let refused = raw.simpleReply()
+        await array.stop()
+        #expect(written?.cookie == 1 && written?.error == 0, "the write's reply: \(String(describing: written))")
+        #expect(refused?.cookie == 2 && refused?.error == NBDError.invalid.rawValue, "the bad read's reply: \(String(describing: refused))")
+    }
+
     @Test func garbageHandshakesCloseOnlyTheirOwnConnection() async throws {
         let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8)
         // HTTP instead of NBD.

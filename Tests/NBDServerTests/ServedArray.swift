@@ -24,7 +24,8 @@ final class ServedArray: @unchecked Sendable {
 
     static func make(
         level: RaidLevel = .raid6, disks: Int = 5, memberMiB: UInt64 = 16, chunkKiB: UInt64 = 64, bitmap: Bool = true, name: String = "served",
-        serverOptions: NBDServerOptions = NBDServerOptions(), overUnixSocket: Bool = false, direct: Bool = false
+        serverOptions: NBDServerOptions = NBDServerOptions(), overUnixSocket: Bool = false, direct: Bool = false,
+        wrappingDevices wrap: (([MemberDevice]) -> [MemberDevice])? = nil
     ) async throws -> ServedArray {
         let dir = TemporaryDirectory()
         var request = CreateRequest(
@@ -39,7 +40,7 @@ final class ServedArray: @unchecked Sendable {
         let paths = (0..<disks).map { dir.file("m\($0).img") }
         try ArrayCreator(paths: paths, request: request, options: CreateOptions()).run()
         let socketPath = overUnixSocket ? dir.file("nbd.sock") : nil
-        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions, socketPath: socketPath, direct: direct)
+        let (engine, server, port) = try await serve(paths, serverOptions: serverOptions, socketPath: socketPath, direct: direct, wrappingDevices: wrap)
         return ServedArray(dir: dir, paths: paths, engine: engine, server: server, port: port, socketPath: socketPath)
     }
 
@@ -55,13 +56,14 @@ final class ServedArray: @unchecked Sendable {
     /// `direct`: members opened O_DIRECT, so that every member read goes to the I/O threads and
     /// stays in flight a while (one the page cache holds is answered at once, on the loop).
     static func serve(
-        _ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions(), socketPath: String? = nil, direct: Bool = false
+        _ paths: [String], readOnly: Bool = false, serverOptions: NBDServerOptions = NBDServerOptions(), socketPath: String? = nil, direct: Bool = false,
+        wrappingDevices wrap: (([MemberDevice]) -> [MemberDevice])? = nil
     ) async throws -> (RaidEngine, NBDServer, Int) {
         var options = EngineOptions()
         options.readOnly = readOnly
         options.direct = direct
         options.ioThreads = 4
-        let engine = try RaidEngine.assemble(paths: paths, options: options, logger: quietLogger)
+        let engine = try RaidEngine.assemble(paths: paths, options: options, logger: quietLogger, wrappingDevices: wrap)
         var serverOptions = serverOptions
         serverOptions.readOnly = readOnly
         let address: NBDListenAddress = socketPath.map { .unix(path: $0) } ?? .tcp(host: "127.0.0.1", port: 0)

@@ -130,7 +130,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
         isBlockDevice = fstat(descriptor, &st) == 0 && (st.st_mode & S_IFMT) == S_IFBLK
         // Opened before the lock below, and closed with `descriptor` where that fails.
         directSyncReadFd = options.direct ? -1 : Glibc.open(path, O_RDONLY | O_CLOEXEC | swraid_o_direct())
-        if options.exclusive && flock(descriptor, (options.mode == .readOnly ? LOCK_SH : LOCK_EX) | LOCK_NB) != 0 {
+        if options.exclusive && !Self.lock(descriptor, shared: options.mode == .readOnly) {
             let busy = errno == EWOULDBLOCK
             let reason = lastErrorText()
             _ = Glibc.close(descriptor)
@@ -138,6 +138,29 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
             closed = true
             throw busy ? DiskIOError.inUse(path: path) : DiskIOError.open(path: path, reason: "cannot lock: \(reason)")
         }
+    }
+
+    /// Waits between attempts to lock a member someone else holds, in microseconds: the lock is
+    /// asked again after each (doubling from 1 ms, at most 50 ms each, about a quarter of a
+    /// second in all) before the member is called in use.
+    static let lockRetryDelaysMicros: [UInt32] = [1_000, 2_000, 4_000, 8_000, 16_000, 32_000, 50_000, 50_000, 50_000, 50_000]
+
+    /// Takes the member's lock, asking again a few times while another holder has it: as
+    /// mdadm's `open_dev_excl` does, a member held for a moment is not in use. Such moments are
+    /// real: udev probing a block device after it was written and closed, or a child process
+    /// between its fork and its exec, holding (until the exec closes it) a copy of the
+    /// descriptor of the member's last user, whose lock goes with it (a clean-clone `.ci/run`
+    /// saw a test's assembly refused so, right after its create closed the members, while the
+    /// other tests spawned processes). False with `errno` set when the lock was not had.
+    /// (`pause` waits between attempts; tests pass their own.)
+    static func lock(_ descriptor: CInt, shared: Bool, pause: (UInt32) -> Void = { usleep($0) }) -> Bool {
+        let operation = (shared ? LOCK_SH : LOCK_EX) | LOCK_NB
+        for delay in lockRetryDelaysMicros {
+            if flock(descriptor, operation) == 0 { return true }
+            guard errno == EWOULDBLOCK else { return false }
+            pause(delay)
+        }
+        return flock(descriptor, operation) == 0
     }
 
     /// Creates a new, empty member file of `sizeBytes` (sparse); fails if it exists.

@@ -1,4 +1,4 @@
-import DiskIO
+@testable import DiskIO
 import Foundation
 import MDFormat
 import TestSupport
@@ -206,6 +206,32 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
         first.close()
         let second = try MemberFile(path: path, options: MemberOpenOptions(mode: .readWrite, exclusive: true))
         second.close()
+    }
+
+    /// A lock held for a moment (udev probing, a spawned child between fork and exec) is not
+    /// "in use": the lock is asked again between pauses, as mdadm's `open_dev_excl` does. Here
+    /// the other holder lets go during the first pause; one that never does is refused after
+    /// every pause, with EWOULDBLOCK.
+    @Test func aLockHeldForAMomentIsAskedAgainAndOneHeldThroughoutIsRefused() throws {
+        let (path, cleanup) = try scratchFile(4096)
+        defer { cleanup() }
+        let holder = open(path, O_RDWR | O_CLOEXEC)
+        let asker = open(path, O_RDWR | O_CLOEXEC)
+        defer { close(holder); close(asker) }
+        try #require(holder >= 0 && asker >= 0 && flock(holder, LOCK_EX | LOCK_NB) == 0)
+        var pauses = 0
+        #expect(MemberFile.lock(asker, shared: false) { _ in
+            pauses += 1
+            if pauses == 1 { flock(holder, LOCK_UN) }
+        }, "the lock was let go during the first pause")
+        #expect(pauses == 1)
+        flock(asker, LOCK_UN)
+        try #require(flock(holder, LOCK_EX | LOCK_NB) == 0)
+        pauses = 0
+        let had = MemberFile.lock(asker, shared: true) { _ in pauses += 1 }
+        let lockErrno = errno
+        #expect(!had && lockErrno == EWOULDBLOCK, "a lock held throughout was had, or failed otherwise (errno \(lockErrno))")
+        #expect(pauses == MemberFile.lockRetryDelaysMicros.count)
     }
 
     @Test func readersShareAMemberAndAWriterExcludesThem() throws {

@@ -89,6 +89,10 @@ import Testing
             wrappingDevices: { devices in devices.enumerated().map { $0.offset == 0 ? HeldFlushDevice(wrapping: $0.element, gate: gate) : $0.element } })
         let client = try RawClient(unixPath: array.socketPath!)
         _ = try client.negotiate(export: "served")
+        // No superblock write to mark the array clean during the test (md's safe mode, 200 ms
+        // after the last write by default): its member I/O would skip spells of the reads after
+        // the flush, as the condition under test says it must.
+        try await array.engine.set("safe_mode_delay", "60")
         // Something to flush, then a flush from inside (not this connection's) held at the members.
         try await array.engine.write(offsetBytes: 1 << 20, data: IOBuffer([UInt8](repeating: 0x5a, count: 4096)))
         gate.shut()

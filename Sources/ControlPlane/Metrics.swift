@@ -39,11 +39,13 @@ public final class ArrayMetrics: EngineObserver, @unchecked Sendable {
         .milliseconds(500), .seconds(1), .seconds(5),
     ]
 
-    /// How the NBD server's connections polled for their next request (spells, spells the
-    /// request came in, nanoseconds), read at each scrape; nil without a server.
-    let serverPolls: (@Sendable () async -> (spells: Int, caught: Int, nanos: UInt64))?
+    /// How an NBD server's connections polled for their next request (`NBDServer.pollCounts`).
+    public typealias PollCounts = (spells: Int, caught: Int, nanos: UInt64)
 
-    public init(engine: RaidEngine, name: String, serverPolls: (@Sendable () async -> (spells: Int, caught: Int, nanos: UInt64))? = nil) {
+    /// The server's poll counts, read at each scrape; nil without a server.
+    let serverPolls: (@Sendable () async -> PollCounts)?
+
+    public init(engine: RaidEngine, name: String, serverPolls: (@Sendable () async -> PollCounts)? = nil) {
         self.engine = engine
         self.serverPolls = serverPolls
         arrayLabel = ("array", name)

@@ -57,13 +57,13 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     var poll: AdaptivePoll
     /// A poll of the socket is queued on the loop.
     var pollScheduled = false
-    /// NIO was asked for the socket's descriptor (once: see `socketDescriptor`).
-    var socketDescriptorAsked = false
     /// NIO is handing this connection what it read from the socket (`channelRead` until
     /// `channelReadComplete`).
     var readingBurst = false
     /// The connection went idle during the burst: it polls at the burst's end.
     var pollDueAfterBurst = false
+    /// NIO was asked for the socket's descriptor (once: see `socketDescriptor`).
+    var socketDescriptorAsked = false
     /// The socket's descriptor, asked of NIO once (asking costs a cast to a generic existential,
     /// which the Swift runtime resolves by demangling its type: several µs each time). Used only
     /// while the channel is open, on the loop, where NIO would close it.
@@ -349,11 +349,10 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
 
     /// Non-blocking polls of `fd` for input (or its end, or an error: whatever NIO should see)
     /// until the deadline (which one yield may overrun); true when there was some. Between
-    /// polls the CPU is offered to
-    /// whatever else waits for it there (`sched_yield` returns at once when nothing does): a
-    /// client on the same CPU is what the poll waits for, and it would otherwise wait for the
-    /// poll (by hand, fio on the server's CPU: 52-64 µs per read against 38-42 without
-    /// polling).
+    /// polls the CPU is offered to whatever else waits for it there (`sched_yield` returns at
+    /// once when nothing does): a client on the same CPU is what the poll waits for, and it
+    /// would otherwise wait for the poll (by hand, fio on the server's CPU: 52-64 µs per read
+    /// against 38-42 without polling).
     static func waitUntilReadable(_ fd: CInt, untilUptimeNanos deadline: UInt64) -> Bool {
         var entry = pollfd(fd: fd, events: Int16(POLLIN), revents: 0)
         for _ in 0..<maxPollsPerSpell {

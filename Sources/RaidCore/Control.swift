@@ -182,7 +182,7 @@ extension RaidCore {
         }
     }
 
-    var controlWaiters: Int { superblocks.waiterCount + sync.stopWaiters.count }
+    var controlWaiters: Int { superblocks.waiterCount + sync.stopWaiters.count + (readOnlyWaiter == nil ? 0 : 1) }
 
     func commandMayWait(_ command: ControlCommand) -> Bool {
         switch command {
@@ -274,6 +274,15 @@ extension RaidCore {
             // (__md_stop_writes); from then on nothing is written.
             if writesPending > 0 { return fail(.busy("writes in flight")) }
             if readOnly { return done() }
+            if superblockWorkOutstanding {
+                // md_set_readonly waits for the superblock writes in flight (sb_wait) before it
+                // stops writes. Taken up again once they have landed: read-only at once, the
+                // updates queued behind the one in flight would never be written (a read-only
+                // array writes nothing) and the commands waiting for them never answered.
+                guard readOnlyWaiter == nil else { return fail(.busy("another readonly request waits for the superblock update in flight")) }
+                readOnlyWaiter = id
+                return
+            }
             if sync.running != nil { interruptSync(waiter: nil) }
             if !superblocks.inSync && metadataWritable {
                 superblocks.inSync = true
@@ -469,6 +478,10 @@ extension RaidCore {
         }
         // Also after the final update (or with nothing to write): the array is stopped.
         stopState = .stopped
+        if let waiter = readOnlyWaiter {
+            readOnlyWaiter = nil
+            out.append(.completeControl(waiter, .failed(.stopped)))
+        }
         log(.info, "stopped\(superblocks.inSync ? ", clean" : "")")
         for w in waiters { out.append(.completeControl(w, .done)) }
     }

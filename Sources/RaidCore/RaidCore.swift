@@ -118,6 +118,9 @@ public final class RaidCore {
     // Array state.
     @exclusivity(unchecked) var readAuto = true
     @exclusivity(unchecked) var readOnly = false
+    /// A `readonly` write to array_state waiting for the superblock work in flight to land
+    /// (see `setArrayState`); at most one.
+    @exclusivity(unchecked) var readOnlyWaiter: RequestID?
     @exclusivity(unchecked) var stopState = StopState.running
     @exclusivity(unchecked) var superblocks: SuperblockProtocol
     @exclusivity(unchecked) var sync: SyncEngine

@@ -111,6 +111,11 @@ extension RaidCore {
         scheduleBitmapWrite()
     }
 
+    /// A superblock update is in flight, held back, or asked for by commands waiting on it.
+    var superblockWorkOutstanding: Bool {
+        superblocks.update != nil || superblockUpdateDeferred || !superblocks.waiters.isEmpty
+    }
+
     /// The broken variant: md 5.4 could not write the superblock while a sync stop held the lock.
     var superblockUpdateDeferred: Bool {
         variant.contains(.deferSuperblockWhileStopPending) && sync.stopPending
@@ -225,6 +230,12 @@ extension RaidCore {
         if superblocks.updateRequested && !superblockUpdateDeferred && metadataWritable {
             superblocks.updateRequested = false
             startSuperblockUpdate()
+        }
+        // A `readonly` that waited for this work: taken up now that none is left (while
+        // stopping, the stop answers it).
+        if let waiter = readOnlyWaiter, !superblockWorkOutstanding, case .running = stopState {
+            readOnlyWaiter = nil
+            setArrayState(.readonly, id: waiter)
         }
     }
 

@@ -151,6 +151,47 @@ func noise(_ n: Int, _ seed: UInt8) -> [UInt8] {
     }
 }
 
+extension ArrayStateTests {
+    /// A `readonly` written while a superblock update is in flight waits for it, as md's
+    /// md_set_readonly waits on sb_wait. Made read-only at once, the update queued behind the
+    /// one in flight (its own, writing the array clean) was never written and its answer never
+    /// came; a stop then waited for it for ever.
+    @Test func readonlyWhileASuperblockUpdateIsInFlightWaitsForItAndIsAnswered() throws {
+        let h = try Harness.raid5()
+        let active = h.set("array_state", "active")
+        #expect(h.controlResults[active] == nil, "the dirty superblock is in flight")
+        let ro = h.set("array_state", "readonly")
+        #expect(h.controlResults[ro] == nil, "readonly waits for the update in flight")
+        let second = h.set("array_state", "readonly")
+        guard case .failed(.busy)? = h.controlResults[second] else {
+            Issue.record("a second readonly while one waits: \(String(describing: h.controlResults[second]))")
+            return
+        }
+        h.settle()
+        #expect(h.controlResults[active] == .done)
+        #expect(h.controlResults[ro] == .done)
+        #expect(h.core.arrayState == .readonly)
+        for m in 0..<4 {
+            #expect(h.superblock(m).resyncOffsetSectors == UInt64.max, "member \(m) was left dirty on disk")
+        }
+        let stop = h.control(.stop)
+        h.settle()
+        #expect(h.controlResults[stop] == .done)
+    }
+
+    /// A `readonly` still waiting when the array stops is answered by the stop.
+    @Test func aStopAnswersAReadonlyThatWaits() throws {
+        let h = try Harness.raid5()
+        let active = h.set("array_state", "active")
+        let ro = h.set("array_state", "readonly")
+        let stop = h.control(.stop)
+        h.settle()
+        #expect(h.controlResults[active] == .done)
+        #expect(h.controlResults[stop] == .done)
+        #expect(h.controlResults[ro] != nil, "the readonly was never answered")
+    }
+}
+
 @Suite struct RequestTests {
     @Test func writeReadRoundTripAndBadRequests() throws {
         let h = try Harness.raid6()

@@ -150,18 +150,22 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         inFlightBytes -= cut.buffer.count
     }
 
-    /// While a write's data is arriving, checks every `writeDataTimeout` that some came: a
-    /// connection that sent none for a whole period is closed (its write dropped).
+    /// While a write's data is arriving, checks every `writeDataTimeout` that enough came
+    /// (`writeDataMinBytes`, or the rest of the write): a connection that sent less in a whole
+    /// period is closed (its write dropped). Started wherever a write's header is taken: in a
+    /// read of the socket, or when a bound lifted (`resumeIfBelowBound`), after which no read
+    /// may ever come.
     func watchWriteData(_ context: ChannelHandlerContext) {
-        guard writeDataTimer == nil, receiving != nil, !closed else { return }
+        guard writeDataTimer == nil, let r = receiving, !closed else { return }
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
         let receivedAtStart = receivedBytes
+        let wanted = min(options.writeDataMinBytes, r.buffer.count - r.filled)
         writeDataTimer = context.eventLoop.scheduleTask(in: options.writeDataTimeout) {
             let me = bound.value
             me.writeDataTimer = nil
             guard let r = me.receiving, !me.closed, let context = me.context else { return }
-            if me.receivedBytes == receivedAtStart {
-                me.logger.notice("closed a connection whose write data stopped arriving (\(r.filled) of \(r.buffer.count) bytes)")
+            if me.receivedBytes - receivedAtStart < wanted {
+                me.logger.notice("closed a connection whose write data stopped arriving (\(r.filled) of \(r.buffer.count) bytes, \(me.receivedBytes - receivedAtStart) in the last \(me.options.writeDataTimeout))")
                 me.close(context)
             } else {
                 me.watchWriteData(context)
@@ -273,25 +277,45 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             becameIdle(context)
             return
         }
-        afterThisTask(context, pending: \.flushScheduled) { connection, context in
+        afterThisTask(context, .replyFlush) { connection, context in
             guard !connection.closed else { return }
             connection.replyFlushes += 1
             context.flush()
         }
     }
 
-    /// Runs `body` in a task of its own on the loop once the current one is over; `pending` is
-    /// set meanwhile, and while it is, asking again does nothing.
+    /// What a connection defers to a task of its own on the loop, each with its flag (a switch,
+    /// not a key path: reading a flag through a key path is a runtime call, once per reply).
+    enum DeferredTask {
+        case replyFlush
+        case poll
+    }
+
+    func isScheduled(_ task: DeferredTask) -> Bool {
+        switch task {
+        case .replyFlush: flushScheduled
+        case .poll: pollScheduled
+        }
+    }
+
+    func setScheduled(_ task: DeferredTask, _ value: Bool) {
+        switch task {
+        case .replyFlush: flushScheduled = value
+        case .poll: pollScheduled = value
+        }
+    }
+
+    /// Runs `body` in a task of its own on the loop once the current one is over; `task`'s flag
+    /// is set meanwhile, and while it is, asking again does nothing.
     func afterThisTask(
-        _ context: ChannelHandlerContext, pending: ReferenceWritableKeyPath<NBDConnection, Bool>,
-        _ body: @escaping (NBDConnection, ChannelHandlerContext) -> Void
+        _ context: ChannelHandlerContext, _ task: DeferredTask, _ body: @escaping (NBDConnection, ChannelHandlerContext) -> Void
     ) {
-        guard !self[keyPath: pending] else { return }
-        self[keyPath: pending] = true
-        let bound = NIOLoopBound((self, body, pending), eventLoop: context.eventLoop)
+        guard !isScheduled(task) else { return }
+        setScheduled(task, true)
+        let bound = NIOLoopBound((self, body), eventLoop: context.eventLoop)
         context.eventLoop.execute {
-            let (connection, body, pending) = bound.value
-            connection[keyPath: pending] = false
+            let (connection, body) = bound.value
+            connection.setScheduled(task, false)
             guard let context = connection.context else { return }
             body(connection, context)
         }
@@ -312,7 +336,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             pollDueAfterBurst = true
             return
         }
-        afterThisTask(context, pending: \.pollScheduled) { connection, context in connection.pollForNextRequest(context) }
+        afterThisTask(context, .poll) { connection, context in connection.pollForNextRequest(context) }
     }
 
     /// Whether the loop may spend the window on this connection's socket: only while nothing
@@ -463,6 +487,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
                 inFlight += 1
                 inFlightBytes += length
                 receiving = (header.cookie, request, IOBuffer(uninitializedCount: length), 0)
+                watchWriteData(context)
             } else {
                 dispatch(context, header.cookie, request, data: nil, accountedBytes: nil)
             }
@@ -640,11 +665,27 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         }
     }
 
-    /// NBD_CMD_DISC: every outstanding request has been answered; close.
+    /// NBD_CMD_DISC (or the client's end of input): every outstanding request has been
+    /// answered; the connection closes once the socket has taken every reply. NIO's close fails
+    /// the writes still queued, so closing at once cut off a reply larger than the socket's
+    /// buffer; closing the output first waits for them (and the client sees the end after the
+    /// last reply).
     func finishDisconnect(_ context: ChannelHandlerContext) {
+        guard !closed, !closingOutput else { return }
+        closingOutput = true
         context.flush()
-        close(context)
+        let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
+        let outputClosed = context.eventLoop.makePromise(of: Void.self)
+        outputClosed.futureResult.whenComplete { _ in
+            let me = bound.value
+            guard let context = me.context else { return }
+            me.close(context)
+        }
+        context.close(mode: .output, promise: outputClosed)
     }
+
+    /// `finishDisconnect` is waiting for the replies to go out.
+    var closingOutput = false
 }
 
 /// Appends received bytes to what waits to be parsed, dropping what was parsed first. A stream

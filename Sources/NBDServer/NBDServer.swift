@@ -48,6 +48,10 @@ public struct NBDServerOptions: Sendable {
     /// count against `maxBytesInFlight` from its header on, so a client stalled in the middle of
     /// a large write would otherwise hold up every other connection.
     public var writeDataTimeout: TimeAmount = .seconds(30)
+    /// Bytes of a write's data that must arrive in each `writeDataTimeout` (or the rest of the
+    /// write, when less is left): a client that trickles a byte now and then would otherwise hold
+    /// its write's bytes against the server's bound for ever. 64 KiB per 30 s is about 2 KiB/s.
+    public var writeDataMinBytes = 64 << 10
     public var readOnly = false
     /// Read replies send the bytes of healthy chunk-aligned reads that the members' page cache
     /// holds with sendfile(2), from the member files, instead of reading them into the reply
@@ -69,6 +73,9 @@ public struct NBDServerOptions: Sendable {
     public func validate() throws(NBDServerOptionsError) {
         guard pollMaxNanos <= AdaptivePoll.limitNanos else {
             throw NBDServerOptionsError(message: "pollMaxNanos \(pollMaxNanos) is past the limit of \(AdaptivePoll.limitNanos)")
+        }
+        guard writeDataMinBytes >= 1 else {
+            throw NBDServerOptionsError(message: "writeDataMinBytes must be at least 1 (a write whose data stopped would never be closed)")
         }
     }
 

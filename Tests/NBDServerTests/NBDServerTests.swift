@@ -440,6 +440,72 @@ import Testing
         try await secondClientIsServedAfterAStalledWrite(options) { _ in }
     }
 
+    /// A client that trickles a byte now and then into a write is closed too: a period counts
+    /// only when `writeDataMinBytes` came (or the rest of the write). Before, one byte per
+    /// period kept the write, and every other client, waiting for ever.
+    @Test func aClientTricklingAWritesDataIsClosedAndTheOthersGoOn() async throws {
+        var options = NBDServerOptions()
+        options.writeDataTimeout = .milliseconds(200)
+        try await secondClientIsServedAfterAStalledWrite(options) { stalled in
+            let socket = stalled.fd
+            // Pacing, not synchronisation: a byte every 20 ms until the server closes.
+            Thread {
+                var byte: UInt8 = 1
+                while Glibc.send(socket, &byte, 1, Int32(MSG_NOSIGNAL)) == 1 { usleep(20_000) }
+            }.start()
+        }
+    }
+
+    /// A write whose header is parsed when a bound lifts (after a read completed, with no read
+    /// of the socket to follow) is watched for its data as one parsed during a read is. Before,
+    /// its timer was started only at the end of a read of the socket, so a client that then
+    /// sent nothing held the write's bytes for ever.
+    @Test func aWriteParsedWhenABoundLiftsIsClosedWhenItsDataStops() async throws {
+        var options = NBDServerOptions()
+        options.maxBytesPerConnection = 64 << 10
+        options.writeDataTimeout = .milliseconds(200)
+        // O_DIRECT members: the read goes to the I/O threads and completes after the parse
+        // stopped at the bound (one the page cache holds would complete inside the parse).
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, serverOptions: options, direct: true)
+        let raw = try RawClient(port: array.port)
+        _ = try raw.negotiate(export: "served")
+        // One send: a read that fills the connection's byte bound, then a write's header alone.
+        raw.send(
+            NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 64 << 10).encoded()
+                + NBDRequestHeader(flags: [], type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: 1 << 20).encoded())
+        let read = raw.simpleReply(dataBytes: 64 << 10)
+        #expect(read?.cookie == 1 && read?.error == 0)
+        let closed = await onThread { raw.serverClosed }
+        #expect(closed, "the connection whose write data never came was not closed")
+        let server = array.server
+        let left = try await array.engine.eventLoop.submit { server.connections.bytesInFlight }.get()
+        #expect(left == 0, "\(left) bytes still counted in flight")
+        await array.stop()
+    }
+
+    /// NBD_CMD_DISC, or the client's end of input, after a read larger than the socket's
+    /// buffers: the whole reply goes out before the connection closes. Before, the close came
+    /// right after the flush and NIO dropped what the socket had not taken yet.
+    @Test func aDisconnectAfterALargeReadSendsTheWholeReplyFirst() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 8, overUnixSocket: true)
+        let length = 8 << 20
+        for endByDisconnect in [true, false] {
+            let raw = try RawClient(unixPath: array.socketPath!)
+            _ = try raw.negotiate(export: "served")
+            raw.request(.read, cookie: 1, offset: 0, length: UInt32(length))
+            if endByDisconnect {
+                raw.request(.disconnect, cookie: 2, offset: 0, length: 0)
+            } else {
+                raw.finishSending()
+            }
+            let (reply, rest) = await onThread { (raw.simpleReply(dataBytes: length), raw.receiveAll()) }
+            #expect(reply?.cookie == 1 && reply?.error == 0, "\(endByDisconnect ? "disconnect" : "end of input"): reply \(String(describing: reply.map { ($0.cookie, $0.error) }))")
+            #expect(reply?.data.count == length, "\(endByDisconnect ? "disconnect" : "end of input"): \(reply?.data.count ?? 0) of \(length) bytes of the read's data came")
+            #expect(rest.isEmpty, "bytes after the reply")
+        }
+        await array.stop()
+    }
+
     /// A client that shuts its sending side in the middle of a write: the write is dropped and
     /// its bytes go back at once (they held the very bound its connection waited on).
     @Test func aWriteCutByTheClientsEndOfInputGivesItsBytesBack() async throws {

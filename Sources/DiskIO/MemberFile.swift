@@ -238,7 +238,7 @@ public final class MemberFile: MemberDevice, @unchecked Sendable {
             }
             return
         }
-        if purpose == .syncRead && directSyncReadFd >= 0 && !directSyncReadRefused.load(ordering: .relaxed)
+        if purpose.readsFromTheDevice && directSyncReadFd >= 0 && !directSyncReadRefused.load(ordering: .relaxed)
             && Self.aligned(buffers.map { UnsafeRawBufferPointer($0) }, offsetBytes) {
             do throws(MemberIOError) {
                 try transfer(read: true, offsetBytes, buffers, descriptor: directSyncReadFd)

@@ -30,6 +30,11 @@ public enum MemberIOPurpose: String, Sendable, CaseIterable, CustomStringConvert
     /// Purposes whose failure the core may treat as "the member holds metadata it cannot
     /// update": superblock and bitmap I/O and the barrier flushes before them.
     public var isMetadata: Bool { self == .superblock || self == .bitmap || self == .metadataBarrier }
+
+    /// Reads that must come from the device itself, not from a copy the system keeps (a file's
+    /// page cache): a check or repair compares what is on the medium, and the read after a
+    /// rewrite verifies that the sector took the write (md re-reads from the disk).
+    public var readsFromTheDevice: Bool { self == .syncRead || self == .rewrite }
 }
 
 /// A member I/O that failed, with the errno the system (or a fault injector) gave.

@@ -83,7 +83,10 @@ struct IOPlug {
         }
         for io in sorted {
             let kind = Self.kind(io)
+            // Reads that must come from the device never merge with reads that may come from
+            // the page cache: the merged call has one purpose, its first request's.
             let extends = !run.isEmpty && run[0].member == io.member && runKind == kind
+                && (kind != .read || run[0].purpose.readsFromTheDevice == io.purpose.readsFromTheDevice)
                 && (kind == .flush || (io.offsetBytes == runEnd && run.count < maxBuffers
                     && runBytes + io.byteCount <= (io.purpose == .syncRead ? syncReadMaxBytes : maxBytes)))
             if !extends {

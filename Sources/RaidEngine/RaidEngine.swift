@@ -334,12 +334,13 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
         for id in served { memberIOFinished(id, result: .success) }
     }
 
-    /// Whether a member read is tried from the page cache on the loop. Sync reads go to the
-    /// pool, which reads them past the page cache (O_DIRECT, or RWF_DONTCACHE where refused; see
-    /// `MemberFile`): the loop's would keep the pages readahead brought in. Large ones go to the
-    /// pool too (`inlineReadMaxBytes`).
+    /// Whether a member read is tried from the page cache on the loop. Sync reads and the read
+    /// that verifies a rewrite go to the pool, which reads them from the device (O_DIRECT, or
+    /// RWF_DONTCACHE where refused; see `MemberFile`): from the page cache a check would compare
+    /// cached copies, not the medium, and the verifying read would find the page its own rewrite
+    /// just left there. Large ones go to the pool too (`inlineReadMaxBytes`).
     static func readsOnLoop(purpose: MemberIOPurpose, byteCount: Int) -> Bool {
-        purpose != .syncRead && byteCount <= inlineReadMaxBytes
+        !purpose.readsFromTheDevice && byteCount <= inlineReadMaxBytes
     }
 
     /// Member reads smaller than this are copied even into a spliceable target: a sendfile costs
@@ -663,22 +664,27 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     func readd(index m: MemberIndex) async -> ControlResult {
         await call(stopped: .failed(.stopped)) {
             // 1. On the loop: reserve the change; learn whether the device must be reopened.
-            let plan: (path: String, reopen: Bool)?? = await onLoop {
+            // `closeWasDue`: the member was removed and waits to be closed (its I/O still on its
+            // way); a refused re-add puts it back on that list rather than leave it open, its
+            // descriptors and lock held until the array stops.
+            let plan: (path: String, reopenWith: MemberOpenOptions?, closeWasDue: Bool)?? = await onLoop {
                 guard !self.closed else { return nil }
                 guard !self.membershipChangeInProgress else { return .some(nil) }
                 guard m.rawValue >= 0, m.rawValue < self.devices.count else { return .some(nil) }
                 self.membershipChangeInProgress = true
-                self.pendingCloses.remove(m)
+                let closeWasDue = self.pendingCloses.remove(m) != nil
                 let device = self.devices[m.rawValue]
-                return .some((device.name, (device as? MemberFile)?.isClosed ?? false))
+                // Opened again as it was first opened (direct I/O, lock).
+                let file = device as? MemberFile
+                return .some((device.name, file?.isClosed == true ? file?.options : nil, closeWasDue))
             }
             guard let reserved = plan else { return .failed(.stopped) }
             guard let plan = reserved else { return .failed(.busy("another add or re-add is in progress, or no member \(m)")) }
             // 2. Off the loop: open the device again (with its lock).
             var opened: MemberFile?
-            if plan.reopen {
+            if let reopenWith = plan.reopenWith {
                 do {
-                    opened = try MemberFile(path: plan.path, options: MemberOpenOptions(mode: readOnly ? .readOnly : .readWrite, exclusive: true))
+                    opened = try MemberFile(path: plan.path, options: reopenWith)
                 } catch {
                     await onLoop { self.membershipChangeInProgress = false }
                     return .failed(.invalid("cannot open \(plan.path) again: \(error)"))
@@ -696,7 +702,7 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                     if let reopened { self.devices[m.rawValue] = reopened }
                     self.driver.control(.readd(m), context: { result in
                         self.membershipChangeInProgress = false
-                        if case .failed = result, reopened != nil {
+                        if case .failed = result, reopened != nil || plan.closeWasDue {
                             self.pendingCloses.insert(m)
                             self.closeIdleDevices()
                         }

@@ -127,6 +127,37 @@ import Testing
         #expect(try array.read(offsetBytes: 0, byteCount: 1 << 20) == data.bytes)
     }
 
+    /// A re-add the core refuses (the removed member's device number went to a spare added
+    /// since) leaves the member waiting to be closed, as if it had not been asked: it closes once
+    /// its last I/O ends. Before, the refusal took it off that list and it stayed open, its
+    /// descriptors and lock held until the array stopped.
+    @Test func aRefusedReaddStillClosesTheRemovedMemberOnceItsIOEnds() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 3)
+        let spare = dir.file("spare.img")
+        _ = try MemberFile(creating: spare, sizeBytes: try MemberFile(path: paths[0], mode: .readOnly).size())
+        let files = try paths.map { try MemberFile(path: $0, options: MemberOpenOptions(mode: .readWrite, exclusive: true)) }
+        let faulty = files.map { FaultyMember($0) }
+        let engine = try RaidEngine(devices: faulty, options: testOptions(), logger: quietLogger)
+        // Member 2's writes are held: one is in flight when the member fails and is removed.
+        let gate = FaultGate()
+        faulty[2].add(FaultyMember.Rule([.write], purposes: [.data, .parity], stall: gate, failsAfterStall: false))
+        async let write: ClientResult = engine.perform(.write(offsetBytes: 0, data: IOBuffer(pseudoRandomData(1 << 20, seed: 3)), fua: false))
+        gate.waitForWaiters(1)
+        try await engine.fail(member: paths[2])
+        try await engine.remove(member: paths[2])
+        try await engine.add(path: spare)
+        var refusal: ControlError?
+        do throws(ControlError) { try await engine.readd(member: paths[2]) } catch { refusal = error }
+        #expect(refusal != nil, "the re-add was not refused: the test proves nothing")
+        faulty[2].removeAllRules()
+        gate.open()
+        _ = await write
+        _ = await engine.snapshot()  // a turn of the loop after the write's member I/O ended
+        #expect(files[2].isClosed, "the removed member was left open")
+        await engine.stop()
+    }
+
     @Test func manyConcurrentStopsStopOnce() async throws {
         let dir = TemporaryDirectory()
         let paths = try makeArray(in: dir, level: .raid6, disks: 4)

@@ -45,6 +45,26 @@ import Testing
         #expect(merged[0].buffers.count == 2)
     }
 
+    /// Reads that must come from the device (a check's, a rewrite's verification) never merge
+    /// with a client's neighbouring read: the merged call has one purpose, and a client's may be
+    /// served from the page cache. Before, a data read followed on the device by a check's read
+    /// made one call tagged `.data`, and the check compared cached copies for those blocks.
+    @Test mutating func readsThatMustComeFromTheDeviceDoNotMergeWithOthers() {
+        let b = { IOBuffer(uninitializedCount: 4096) }
+        let batch = [
+            io(0, 0, .read(into: b()), .data), io(0, 4096, .read(into: b()), .syncRead), io(0, 8192, .read(into: b()), .syncRead),
+            io(1, 0, .read(into: b()), .parity), io(1, 4096, .read(into: b()), .rewrite),
+            io(2, 0, .write(from: b(), fua: false), .data), io(2, 4096, .write(from: b(), fua: false), .rewrite),
+        ]
+        let merged = IOPlug().merge(batch)
+        #expect(merged.map(\.requests.count) == [1, 2, 1, 1, 2])
+        #expect(merged.map(\.purpose) == [.data, .syncRead, .parity, .rewrite, .data])
+        // Nor are they tried from the page cache on the loop.
+        #expect(RaidEngine.readsOnLoop(purpose: .data, byteCount: 4096))
+        #expect(!RaidEngine.readsOnLoop(purpose: .syncRead, byteCount: 4096))
+        #expect(!RaidEngine.readsOnLoop(purpose: .rewrite, byteCount: 4096))
+    }
+
     @Test mutating func runsStopAtTheIovecAndByteBounds() {
         let batch = (0..<1500).map { i in io(0, UInt64(i) * 4096, .read(into: IOBuffer(uninitializedCount: 4096))) }
         #expect(IOPlug().merge(batch).map(\.requests.count) == [1024, 476])

@@ -11,10 +11,17 @@ public struct ControlClient {
     public static let maxReplyBytes = 1 << 20
 
     public func request(_ request: ControlRequest) throws(SystemError) -> ControlReply {
+        // One request is one line: a line break inside an argument (`swraid set sync_action
+        // $'idle\nstop'`, a path with a newline) would send a second request the daemon serves
+        // after the first, with nobody waiting for its answer.
+        let line = request.line
+        guard !line.contains(where: { $0.isNewline }) else {
+            throw SystemError("an argument contains a line break, which the control protocol cannot carry")
+        }
         let socket = try StreamSocketClient(path: path)
         var sendError: SystemError?
         // The daemon may refuse before reading (the peer check): its answer is still there to read.
-        do { try socket.send(request.line + "\n") } catch { sendError = error }
+        do { try socket.send(line + "\n") } catch { sendError = error }
         var received: [UInt8] = []
         while true {
             let chunk: [UInt8]

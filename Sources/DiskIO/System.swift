@@ -125,6 +125,15 @@ public enum FileSystem {
 
     public static func exists(_ path: String) -> Bool { MemberFile.exists(path) }
 
+    /// `path` made absolute against this process's working directory (unchanged when it is
+    /// absolute already, or when the working directory cannot be had).
+    public static func absolute(_ path: String) -> String {
+        guard !path.hasPrefix("/"), let cwd = getcwd(nil, 0) else { return path }
+        defer { free(cwd) }
+        let directory = String(cString: cwd)
+        return (directory.hasSuffix("/") ? directory : directory + "/") + path
+    }
+
     /// Removes an empty directory (fine if it is not there).
     public static func removeDirectory(_ path: String) { rmdir(path) }
 

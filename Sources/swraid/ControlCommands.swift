@@ -28,6 +28,14 @@ struct ControlTarget: ParsableArguments {
     }
 }
 
+/// A member named on the command line as the daemon must see it: the daemon resolves relative
+/// paths against its own working directory, so a file that exists here goes as an absolute path
+/// (the daemon matches members by file identity); anything else (an index, the name of a member
+/// whose file is gone) goes as it is.
+func memberAsTheDaemonSeesIt(_ name: String) -> String {
+    FileSystem.exists(name) ? FileSystem.absolute(name) : name
+}
+
 /// Sends one request and prints its output; an error reply becomes one line on stderr and the
 /// errno as the exit status (EBUSY 16, EINVAL 22, ...).
 func performControl(_ request: ControlRequest, target: ControlTarget) throws {
@@ -129,7 +137,7 @@ struct FailCommand: ParsableCommand {
         commandName: "fail", abstract: "mdadm --fail: mark a member faulty.")
     @OptionGroup var target: ControlTarget
     @Argument(help: "The member: its path, or its index.") var member: String
-    func run() throws { try performControl(.fail(member), target: target) }
+    func run() throws { try performControl(.fail(memberAsTheDaemonSeesIt(member)), target: target) }
 }
 
 struct InjectCommand: ParsableCommand {
@@ -152,7 +160,7 @@ struct RemoveCommand: ParsableCommand {
         commandName: "remove", abstract: "mdadm --remove: a faulty or spare member leaves the array.")
     @OptionGroup var target: ControlTarget
     @Argument(help: "The member: its path, or its index.") var member: String
-    func run() throws { try performControl(.remove(member), target: target) }
+    func run() throws { try performControl(.remove(memberAsTheDaemonSeesIt(member)), target: target) }
 }
 
 struct AddCommand: ParsableCommand {
@@ -161,14 +169,14 @@ struct AddCommand: ParsableCommand {
         abstract: "mdadm --add: a new device joins as a spare (recovery starts when a slot is empty).")
     @OptionGroup var target: ControlTarget
     @Argument(help: "The device or file (its contents are overwritten).") var path: String
-    func run() throws { try performControl(.add(path), target: target) }
+    func run() throws { try performControl(.add(FileSystem.absolute(path)), target: target) }
 }
 
 struct ReAddCommand: ParsableCommand {
     static let configuration = CommandConfiguration(commandName: "re-add", abstract: "mdadm --re-add: a removed member comes back.")
     @OptionGroup var target: ControlTarget
     @Argument(help: "The member: its path, or its index.") var member: String
-    func run() throws { try performControl(.readd(member), target: target) }
+    func run() throws { try performControl(.readd(memberAsTheDaemonSeesIt(member)), target: target) }
 }
 
 struct WaitCommand: ParsableCommand {

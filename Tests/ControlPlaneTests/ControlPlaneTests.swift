@@ -299,6 +299,24 @@ final class ControlledArray: @unchecked Sendable {
         await array.stop()
     }
 
+    /// One request is one line: an argument with a line break in it is refused by the client
+    /// before anything is sent. Sent, `idle` then `stop` were two requests, the second served
+    /// (if the connection lived long enough) with nobody waiting for its answer.
+    @Test func anArgumentWithALineBreakIsRefusedBeforeItIsSent() async throws {
+        let array = try await ControlledArray()
+        for value in ["idle\nstop", "idle\r\nstop"] {
+            do {
+                let reply = try await array.ask(.set("sync_action", value))
+                Issue.record("sent, and answered \(reply)")
+            } catch {
+                #expect("\(error)".contains("line break"), "\(error)")
+            }
+        }
+        #expect(try await array.ask(.get("array_state")) != .ok(["inactive"]))
+        #expect(try await array.ask(.get("sync_action")) == .ok(["idle"]), "the array no longer answers: the second line was served")
+        await array.stop()
+    }
+
     @Test func garbageGetsAnErrorAndTheConnectionLivesOnUntilALineIsTooLong() async throws {
         let array = try await ControlledArray()
         let mixed = Array("frobnicate\nget\n\u{1}\u{2}\u{3}\nget sync_action\n".utf8)

@@ -248,6 +248,18 @@ func pattern(_ n: Int, _ seed: UInt8) -> [UInt8] { (0..<n).map { UInt8(truncatin
     }
 }
 
+@Suite struct FileSystemTests {
+    /// What the CLI sends the daemon for `add` and member names: an absolute path, as the
+    /// daemon's working directory is not the caller's.
+    @Test func aRelativePathIsMadeAbsoluteAgainstTheWorkingDirectory() throws {
+        let cwd = FileManager.default.currentDirectoryPath
+        #expect(FileSystem.absolute("m0.img") == (cwd == "/" ? "/m0.img" : cwd + "/m0.img"))
+        #expect(FileSystem.absolute("sub/m0.img").hasSuffix("/sub/m0.img"))
+        #expect(FileSystem.absolute("sub/m0.img").hasPrefix("/"))
+        #expect(FileSystem.absolute("/dev/sdb") == "/dev/sdb")
+    }
+}
+
 @Suite struct FaultyMemberTests {
     @Test func rulesMatchByOperationRangePurposeAndCount() throws {
         let (path, cleanup) = try scratchFile(1 << 20)

@@ -85,6 +85,7 @@ let package = Package(
                 .product(name: "NIOCore", package: "swift-nio"),
                 .product(name: "NIOPosix", package: "swift-nio"),
                 .product(name: "Logging", package: "swift-log"),
+                .product(name: "DequeModule", package: "swift-collections"),
             ]),
         // The control socket (md's attributes and mdadm's verbs over a line protocol) and the
         // reports in /proc/mdstat's and mdadm --detail's formats.

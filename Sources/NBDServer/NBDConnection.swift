@@ -537,28 +537,41 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
         case .flush:
             engine.submit(.flush, completion: finish)
         case .trim(let offset, let length, let fua):
-            inPieces(offset, length, flushAfter: fua, { .trim(offsetBytes: $0, length: $1) }, finish)
+            inPieces(context, offset, length, flushAfter: fua, { .trim(offsetBytes: $0, length: $1) }, finish)
         case .writeZeroes(let offset, let length, let fua):
-            inPieces(offset, length, flushAfter: false, { .writeZeroes(offsetBytes: $0, length: $1, fua: fua) }, finish)
+            inPieces(context, offset, length, flushAfter: false, { .writeZeroes(offsetBytes: $0, length: $1, fua: fua) }, finish)
         case .disconnect:
             preconditionFailure("a disconnect is not dispatched")
         }
     }
 
     /// A TRIM or WRITE_ZEROES larger than the array takes at once, one piece after another (a
-    /// trim with FUA is followed by a flush, the core's trim having no FUA of its own).
-    func inPieces(_ offset: UInt64, _ length: Int, flushAfter: Bool, _ make: @escaping @Sendable (UInt64, Int) -> ClientRequest, _ finish: @escaping @Sendable (ClientResult) -> Void) {
+    /// trim with FUA is followed by a flush, the core's trim having no FUA of its own). Each
+    /// piece waits for room under the server's zeroing bound (`maxZeroingBytesInFlight`), and
+    /// the next starts in a task of its own on the loop, however the engine answered (no
+    /// recursion through completions). A connection that closed sends no more pieces.
+    func inPieces(
+        _ context: ChannelHandlerContext, _ offset: UInt64, _ length: Int, flushAfter: Bool, _ make: @escaping @Sendable (UInt64, Int) -> ClientRequest,
+        _ finish: @escaping @Sendable (ClientResult) -> Void
+    ) {
         let engine = self.engine
+        let loop = context.eventLoop
+        let bound = NIOLoopBound(self, eventLoop: loop)
         let end = offset + UInt64(length)
         @Sendable func step(_ at: UInt64) {
             guard at < end else {
                 if flushAfter { engine.submit(.flush, completion: finish) } else { finish(.done) }
                 return
             }
+            if bound.value.closed { return finish(.failed(.shutdown)) }
             let n = Int(min(UInt64(Self.pieceBytes), end - at))
-            engine.submit(make(at, n)) { result in
-                if case .failed = result { return finish(result) }
-                step(at + UInt64(n))
+            let registry = bound.value.registry
+            registry.startZeroing(n, on: loop) {
+                engine.submit(make(at, n)) { result in
+                    registry.zeroingDone(n, on: loop)
+                    if case .failed = result { return finish(result) }
+                    loop.execute { step(at + UInt64(n)) }
+                }
             }
         }
         step(offset)

@@ -1,3 +1,4 @@
+import DequeModule
 import Logging
 import NBDProtocol
 import NIOCore
@@ -30,6 +31,12 @@ public struct NBDServerOptions: Sendable {
     /// request memory however many clients connect. Past it, connections stop taking requests
     /// until some finish (one request may go past it, as one may on a connection).
     public var maxBytesInFlight = 12 << 20
+    /// Bytes of TRIM and WRITE_ZEROES in the array at once, on every connection together. They
+    /// carry no data, so the byte bounds above do not count them, but the array counts each
+    /// piece (up to 32 MiB) against its own bounds: unbounded, 64 such requests of one client
+    /// filled them and every other client's reads and writes were refused (EIO). Past it, the
+    /// next piece waits for one to finish, oldest first.
+    public var maxZeroingBytesInFlight = 64 << 20
     /// Reply bytes queued on one connection, not yet taken by the socket, past which it stops
     /// taking requests (the high mark) and below which it takes them again (the low one).
     public var replyWaterMark = ChannelOptions.Types.WriteBufferWaterMark(low: 1 << 20, high: 2 << 20)
@@ -74,6 +81,9 @@ public struct NBDServerOptions: Sendable {
         guard pollMaxNanos <= AdaptivePoll.limitNanos else {
             throw NBDServerOptionsError(message: "pollMaxNanos \(pollMaxNanos) is past the limit of \(AdaptivePoll.limitNanos)")
         }
+        guard maxZeroingBytesInFlight >= NBDConnection.pieceBytes else {
+            throw NBDServerOptionsError(message: "maxZeroingBytesInFlight must hold one piece of \(NBDConnection.pieceBytes) bytes")
+        }
         guard writeDataMinBytes >= 1 else {
             throw NBDServerOptionsError(message: "writeDataMinBytes must be at least 1 (a write whose data stopped would never be closed)")
         }
@@ -81,8 +91,12 @@ public struct NBDServerOptions: Sendable {
 
     /// What the engine's core must accept so that the server's own bounds are the ones hit
     /// first (a request the core refused as busy would be an error the client did not earn).
-    public func coreBounds(maxBlockBytes: Int) -> (requests: Int, bytes: Int) {
-        (maxConnections * maxRequestsPerConnection, maxBytesInFlight + maxBlockBytes)
+    /// `pieces`: the stripe-unit pieces those requests can be cut into (at most one per 4 KiB,
+    /// plus the two partial ends of each).
+    public func coreBounds(maxBlockBytes: Int) -> (requests: Int, bytes: Int, pieces: Int) {
+        let requests = maxConnections * maxRequestsPerConnection
+        let bytes = maxBytesInFlight + maxBlockBytes + maxZeroingBytesInFlight
+        return (requests, bytes, bytes / 4096 + 2 * requests)
     }
 }
 
@@ -133,7 +147,7 @@ public final class NBDServer: @unchecked Sendable {
         try options.validate()
         let export = Self.export(for: engine, readOnly: options.readOnly || engine.readOnly)
         let log = logger ?? engine.logger
-        let registry = ConnectionRegistry(limit: options.maxConnections, maxBytesInFlight: options.maxBytesInFlight)
+        let registry = ConnectionRegistry(limit: options.maxConnections, maxBytesInFlight: options.maxBytesInFlight, maxZeroingBytesInFlight: options.maxZeroingBytesInFlight)
         let sendBufferBytes = options.sendBufferBytes
         let bootstrap = ServerBootstrap(group: engine.eventLoop)
             .serverChannelOption(.backlog, value: 64)
@@ -206,10 +220,52 @@ final class ConnectionRegistry: @unchecked Sendable {
     /// The loop every connection runs on (known once one waits).
     private var waitersLoop: EventLoop?
 
-    init(limit: Int, maxBytesInFlight: Int) {
+    init(limit: Int, maxBytesInFlight: Int, maxZeroingBytesInFlight: Int) {
         precondition(maxBytesInFlight > 0, "the server's byte bound must be positive")
         self.limit = limit
         self.maxBytesInFlight = maxBytesInFlight
+        self.maxZeroingBytesInFlight = maxZeroingBytesInFlight
+    }
+
+    // MARK: - TRIM and WRITE_ZEROES pieces (on the loop only)
+
+    /// Bytes of zeroing pieces in the engine now (`NBDServerOptions.maxZeroingBytesInFlight`).
+    private(set) var zeroingBytesInFlight = 0
+    let maxZeroingBytesInFlight: Int
+    /// Pieces waiting for room, oldest first: at most one per TRIM or WRITE_ZEROES in flight,
+    /// which the connections' request bounds hold.
+    private var zeroingWaiters = Deque<(bytes: Int, start: () -> Void)>()
+    private var zeroingStartScheduled = false
+
+    /// Runs `start` (which submits a piece of `bytes`) once the bound has room for it, in
+    /// arrival order; `zeroingDone` gives the bytes back.
+    func startZeroing(_ bytes: Int, on loop: EventLoop, _ start: @escaping () -> Void) {
+        precondition(bytes <= maxZeroingBytesInFlight, "a zeroing piece larger than the bound would wait for ever")
+        if zeroingWaiters.isEmpty && zeroingBytesInFlight + bytes <= maxZeroingBytesInFlight {
+            zeroingBytesInFlight += bytes
+            start()
+        } else {
+            zeroingWaiters.append((bytes, start))
+        }
+    }
+
+    /// A piece finished. Waiting pieces start in a task of their own on the loop: not inside
+    /// the completion, which may come from inside a `start` (the engine can answer at once).
+    func zeroingDone(_ bytes: Int, on loop: EventLoop) {
+        precondition(zeroingBytesInFlight >= bytes, "zeroing bytes in flight would go below zero")
+        zeroingBytesInFlight -= bytes
+        guard !zeroingWaiters.isEmpty, !zeroingStartScheduled else { return }
+        zeroingStartScheduled = true
+        loop.execute { self.startZeroingWaiters() }
+    }
+
+    private func startZeroingWaiters() {
+        zeroingStartScheduled = false
+        while let first = zeroingWaiters.first, zeroingBytesInFlight + first.bytes <= maxZeroingBytesInFlight {
+            zeroingWaiters.removeFirst()
+            zeroingBytesInFlight += first.bytes
+            first.start()
+        }
     }
 
     var atByteBound: Bool { bytesInFlight >= maxBytesInFlight }

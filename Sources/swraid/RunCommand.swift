@@ -91,6 +91,7 @@ struct Run: AsyncParsableCommand {
         let bounds = serverOptions.coreBounds(maxBlockBytes: 32 << 20)
         options.config.maxRequestsInFlight = max(options.config.maxRequestsInFlight, bounds.requests)
         options.config.maxBytesInFlight = max(options.config.maxBytesInFlight, bounds.bytes)
+        options.config.maxParkedItems = max(options.config.maxParkedItems, bounds.pieces)
         let engine: RaidEngine
         var injection: FaultInjection?
         let wrap: ([MemberDevice]) -> [MemberDevice] = { devices in

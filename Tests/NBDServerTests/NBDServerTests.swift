@@ -506,6 +506,31 @@ import Testing
         await array.stop()
     }
 
+    /// TRIM and WRITE_ZEROES carry no data, yet the array counts each piece against its own
+    /// bounds: ten of 32 MiB at once from one client (as fstrim or qemu-img's zero detection
+    /// send) went past them, and the array refused the last ones (EIO), with any other client's
+    /// request that came meanwhile. The server holds them to `maxZeroingBytesInFlight`.
+    @Test func manyWriteZeroesAtOnceAreAllDoneAndOtherClientsAreServed() async throws {
+        let array = try await ServedArray.make(level: .raid5, disks: 3, memberMiB: 24, bitmap: false)
+        let zeroer = try RawClient(port: array.port)
+        _ = try zeroer.negotiate(export: "served")
+        let count = 10
+        var batch: [UInt8] = []
+        for i in 0..<count {
+            batch += NBDRequestHeader(flags: [], type: NBDCommand.writeZeroes.rawValue, cookie: UInt64(i), offset: 0, length: 32 << 20).encoded()
+        }
+        zeroer.send(batch)
+        let other = try RawClient(port: array.port)
+        _ = try other.negotiate(export: "served")
+        other.request(.read, cookie: 99, offset: 40 << 20, length: 4096)
+        let read = await onThread { other.simpleReply(dataBytes: 4096) }
+        let replies = await onThread { (0..<count).map { _ in zeroer.simpleReply() } }
+        await array.stop()
+        #expect(read?.cookie == 99 && read?.error == 0, "the other client's read: \(String(describing: read.map { ($0.cookie, $0.error) }))")
+        #expect(replies.map { $0?.error } == Array(repeating: 0, count: count), "\(replies.map { $0.map { ($0.cookie, $0.error) } })")
+        #expect(Set(replies.compactMap { $0?.cookie }) == Set((0..<count).map(UInt64.init)))
+    }
+
     /// A client that shuts its sending side in the middle of a write: the write is dropped and
     /// its bytes go back at once (they held the very bound its connection waited on).
     @Test func aWriteCutByTheClientsEndOfInputGivesItsBytesBack() async throws {

@@ -201,6 +201,7 @@ public final class MetricsServer: @unchecked Sendable {
             .serverChannelOption(.socketOption(.so_reuseaddr), value: 1)
             .childChannelInitializer { channel in
                 channel.pipeline.configureHTTPServerPipeline(withErrorHandling: false).flatMapThrowing {
+                    try channel.pipeline.syncOperations.addHandler(ReadsWhileWritable(), position: .first)
                     try channel.pipeline.syncOperations.addHandler(MetricsHandler(metrics: metrics))
                 }
             }
@@ -210,6 +211,34 @@ public final class MetricsServer: @unchecked Sendable {
     }
 
     public func stop() async { try? await channel.close().get() }
+}
+
+/// Reads a connection's socket only while its replies drain: NIO's HTTP pipelining handler
+/// reads the next request as soon as a response's end is written, not sent, so a client that
+/// pipelines requests and never reads its responses had the daemon scrape for each of them and
+/// queue every response in memory. Read requests wait while the channel is past its write
+/// high-water mark and go out when it drains. First in the pipeline, so that it sees every read.
+final class ReadsWhileWritable: ChannelDuplexHandler {
+    typealias InboundIn = NIOAny
+    typealias OutboundIn = NIOAny
+
+    private var readHeld = false
+
+    func read(context: ChannelHandlerContext) {
+        if context.channel.isWritable {
+            context.read()
+        } else {
+            readHeld = true
+        }
+    }
+
+    func channelWritabilityChanged(context: ChannelHandlerContext) {
+        if context.channel.isWritable && readHeld {
+            readHeld = false
+            context.read()
+        }
+        context.fireChannelWritabilityChanged()
+    }
 }
 
 final class MetricsHandler: ChannelInboundHandler {

@@ -262,6 +262,10 @@ extension RaidCore {
             if superblocks.inSync {
                 markDirtyIfClean()
                 requestSuperblockUpdate(waiter: id)
+                // Dirty with no write to follow: safe mode takes it back to clean after
+                // safe_mode_delay as after a last write (md leaves a clean array clean here;
+                // left dirty until some write came, a crash meanwhile cost a resync).
+                armSafeMode()
             } else if superblocks.update != nil || superblocks.changePending {
                 // md's escape from write-pending; here the pending write always lands anyway.
                 requestSuperblockUpdate(waiter: id)

@@ -179,6 +179,24 @@ extension ArrayStateTests {
         #expect(h.controlResults[stop] == .done)
     }
 
+    /// `active` written to a clean array makes it dirty with no write to come: safe mode takes
+    /// it back to clean after safe_mode_delay, as after a last write. Before, it stayed dirty
+    /// until some write came, and a crash meanwhile cost a resync.
+    @Test func activeWrittenToACleanArrayGoesBackToCleanInSafeMode() throws {
+        let h = try Harness.raid5()
+        let clean = h.set("array_state", "clean")
+        h.settle()
+        #expect(h.controlResults[clean] == .done && h.core.arrayState == .clean)
+        let active = h.set("array_state", "active")
+        h.settle()
+        #expect(h.controlResults[active] == .done)
+        #expect(h.core.arrayState == .active)
+        h.fireNextTimer(.safeMode)
+        h.settle()
+        #expect(h.core.arrayState == .clean, "still \(h.core.arrayState) after safe_mode_delay with no write")
+        #expect(h.superblock(0).resyncOffsetSectors == UInt64.max, "clean in memory, dirty on disk")
+    }
+
     /// A `readonly` still waiting when the array stops is answered by the stop.
     @Test func aStopAnswersAReadonlyThatWaits() throws {
         let h = try Harness.raid5()

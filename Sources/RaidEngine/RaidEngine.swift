@@ -497,7 +497,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
 
     /// Sets who is told of completed requests and member I/O (on the loop, from then on).
     public func setObserver(_ observer: EngineObserver?) async {
-        await onLoop { self.observer = observer }
+        // Through the gate as every call is: after a stop the loop is gone, and a task sent to
+        // it would never run (nor this call return).
+        await call(stopped: ()) { await onLoop { self.observer = observer } }
     }
 
     public func perform(_ request: ClientRequest) async -> ClientResult {

@@ -169,6 +169,8 @@ import Testing
         }
         #expect(await engine.snapshot().isStopped)
         #expect(try OfflineArray(paths: paths).plan.superblock.isClean)
+        // Calls after the stop return (setObserver hopped to the loop, which was gone).
+        await engine.setObserver(nil)
         // Members are free again.
         await (try RaidEngine.assemble(paths: paths, options: testOptions(), logger: quietLogger)).stop()
     }

@@ -473,9 +473,8 @@ import Testing
         raw.send(
             NBDRequestHeader(flags: [], type: NBDCommand.read.rawValue, cookie: 1, offset: 0, length: 64 << 10).encoded()
                 + NBDRequestHeader(flags: [], type: NBDCommand.write.rawValue, cookie: 2, offset: 0, length: 1 << 20).encoded())
-        let read = raw.simpleReply(dataBytes: 64 << 10)
+        let (read, closed) = await onThread { (raw.simpleReply(dataBytes: 64 << 10), raw.serverClosed) }
         #expect(read?.cookie == 1 && read?.error == 0)
-        let closed = await onThread { raw.serverClosed }
         #expect(closed, "the connection whose write data never came was not closed")
         let server = array.server
         let left = try await array.engine.eventLoop.submit { server.connections.bytesInFlight }.get()

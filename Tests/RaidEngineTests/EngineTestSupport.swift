@@ -193,3 +193,16 @@ func verifyOffline(_ paths: [String], _ shadow: Shadow, sourceLocation: SourceLo
         offset += chunk.count
     })
 }
+
+/// Waits, on a thread of its own, until `gate` holds `count` I/Os. Not on the cooperative
+/// pool: the I/O is submitted by a task (an `async let`) that needs one of the pool's threads
+/// to start, and two tests blocking in `waitForWaiters` at once held both threads of a 2-core
+/// machine, so that neither's I/O ever came (a clean-clone CI run hung so).
+func waitUntilHeld(_ gate: FaultGate, _ count: Int) async {
+    await withCheckedContinuation { (done: CheckedContinuation<Void, Never>) in
+        OSThread.start {
+            gate.waitForWaiters(count)
+            done.resume()
+        }
+    }
+}

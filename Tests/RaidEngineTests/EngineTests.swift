@@ -109,7 +109,7 @@ import Testing
         faulty[2].add(FaultyMember.Rule([.write], purposes: [.data, .parity], stall: gate, failsAfterStall: false))
         let data = IOBuffer(pseudoRandomData(1 << 20, seed: 1))
         async let write: ClientResult = engine.perform(.write(offsetBytes: 0, data: data, fua: false))
-        gate.waitForWaiters(1)
+        await waitUntilHeld(gate, 1)
         async let stopped: Void = engine.stop()
         // Requests after the stop began are refused at once (a read far from the held write,
         // which it would otherwise queue behind); the held write still runs.
@@ -143,7 +143,7 @@ import Testing
         let gate = FaultGate()
         faulty[2].add(FaultyMember.Rule([.write], purposes: [.data, .parity], stall: gate, failsAfterStall: false))
         async let write: ClientResult = engine.perform(.write(offsetBytes: 0, data: IOBuffer(pseudoRandomData(1 << 20, seed: 3)), fua: false))
-        gate.waitForWaiters(1)
+        await waitUntilHeld(gate, 1)
         try await engine.fail(member: paths[2])
         try await engine.remove(member: paths[2])
         try await engine.add(path: spare)

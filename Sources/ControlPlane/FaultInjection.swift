@@ -23,6 +23,14 @@ public final class FaultInjection: @unchecked Sendable {
     private let lock = ConditionLock()
     /// The open stall per member (under `lock`).
     private var stalls: [FaultGate?]
+    /// The most I/Os of one member the engine runs at once (its share of the I/O threads),
+    /// once known (under `lock`): `wait-held` for more would wait for ever.
+    private var heldLimitPerMember: Int?
+
+    /// Tells the injector how many I/Os of one member can be in flight at once.
+    public func limitHeld(perMember limit: Int) {
+        lock.withLock { heldLimitPerMember = limit }
+    }
 
     public static let usage =
         "inject MEMBER ACTION  fault injection (run --fault-injection): read-error SECTOR COUNT, write-error, stall, resume, wait-held N, vanish, clear, status"
@@ -50,6 +58,9 @@ public final class FaultInjection: @unchecked Sendable {
         guard words.first == "wait-held" else { return try apply(member: index, action: text) }
         guard words.count == 2, let count = Int(words[1]), (1...1024).contains(count) else {
             throw ControlError.invalid("wait-held takes a count of I/Os (1 to 1024)")
+        }
+        if let limit = lock.withLock({ heldLimitPerMember }), count > limit {
+            throw ControlError.invalid("at most \(limit) I/O of one member run at once (its share of the I/O threads): \(count) would never be held")
         }
         guard index.rawValue >= 0, index.rawValue < members.count,
             let gate = lock.withLock({ stalls[index.rawValue] })

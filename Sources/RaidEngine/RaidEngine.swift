@@ -496,6 +496,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
     }
 
     /// Sets who is told of completed requests and member I/O (on the loop, from then on).
+    /// The most I/Os of one member the I/O threads run at once (its share of them).
+    public var ioThreadsPerMember: Int { pool.perMemberLimit }
+
     public func setObserver(_ observer: EngineObserver?) async {
         // Through the gate as every call is: after a stop the loop is gone, and a task sent to
         // it would never run (nor this call return).

@@ -103,6 +103,7 @@ struct Run: AsyncParsableCommand {
             printError("\(error)")
             throw ExitCode(1)
         }
+        injection?.limitHeld(perMember: engine.ioThreadsPerMember)
         let name = Run.reportName(engine.arrayName)
         let service = ArrayService(
             engine: engine, name: name, address: address, options: serverOptions, faultInjection: injection,

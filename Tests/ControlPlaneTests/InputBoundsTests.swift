@@ -1,5 +1,8 @@
+import DiskIO
 import NIOCore
 import NIOEmbedded
+import RaidCore
+import TestSupport
 import Testing
 
 @testable import ControlPlane
@@ -38,5 +41,25 @@ import Testing
         channel.pipeline.fireChannelWritabilityChanged()
         #expect(counter.reads == 2, "a read went out that nobody asked for")
         _ = try channel.finish()
+    }
+}
+
+/// `inject MEMBER wait-held N` for more I/Os than the engine runs at once on one member waited
+/// for ever (the rest wait in the pool's queue, never at the gate): now refused, with the limit.
+@Suite struct FaultInjectionTests {
+    @Test func waitHeldForMoreThanTheMembersShareIsRefused() async throws {
+        let dir = TemporaryDirectory()
+        let file = try MemberFile(creating: dir.file("m0.img"), sizeBytes: 1 << 20)
+        let injection = FaultInjection(wrapping: [file])
+        injection.limitHeld(perMember: 2)
+        _ = try await injection.perform(member: MemberIndex(0), action: "stall")
+        do {
+            _ = try await injection.perform(member: MemberIndex(0), action: "wait-held 3")
+            Issue.record("wait-held 3 was taken")
+        } catch {
+            #expect("\(error)".contains("at most 2"), "\(error)")
+        }
+        _ = try await injection.perform(member: MemberIndex(0), action: "resume")
+        file.close()
     }
 }

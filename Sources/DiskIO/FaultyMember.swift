@@ -48,64 +48,83 @@ public final class FaultyMember: MemberDevice, @unchecked Sendable {
 
     public let inner: MemberDevice
     public var name: String { inner.name }
-    private let lock = ConditionLock()
-    private var rules: [(rule: Rule, seen: Int)] = []
-    private var vanished = false
-    private var badRanges: [Range<UInt64>] = []
+
+    /// The rules and what they did, shared by the wrappers of one member: a member removed,
+    /// closed and opened again for a re-add is a new wrapper over a new file, and the faults
+    /// set on the old one (by a test, or `swraid inject`) still apply (see `reopened`).
+    final class Faults: @unchecked Sendable {
+        let lock = ConditionLock()
+        var rules: [(rule: Rule, seen: Int)] = []
+        var vanished = false
+        var badRanges: [Range<UInt64>] = []
+        var injected: [Operation: Int] = [:]
+        var calls: [String: Int] = [:]
+    }
+    private let faults: Faults
+
     /// Faults injected so far (by operation), for tests to check a rule fired.
-    public private(set) var injected: [Operation: Int] = [:]
-    /// Every call that reached the device, by operation and purpose (faulted or not).
-    private var calls: [String: Int] = [:]
+    public var injected: [Operation: Int] { locked { faults.injected } }
 
     /// How many calls of `op` for `purpose` reached the device.
-    public func callCount(_ op: Operation, _ purpose: MemberIOPurpose) -> Int { locked { calls["\(op) \(purpose)", default: 0] } }
+    public func callCount(_ op: Operation, _ purpose: MemberIOPurpose) -> Int { locked { faults.calls["\(op) \(purpose)", default: 0] } }
 
     public init(_ inner: MemberDevice) {
         self.inner = inner
+        faults = Faults()
     }
 
-    private func locked<T>(_ body: () -> T) -> T { lock.withLock(body) }
+    private init(_ inner: MemberDevice, sharing faults: Faults) {
+        self.inner = inner
+        self.faults = faults
+    }
 
-    public func add(_ rule: Rule) { locked { rules.append((rule, 0)) } }
+    /// The same member over `inner` (its file opened again), with this wrapper's faults: what
+    /// is set on either applies to both.
+    public func reopened(over inner: MemberDevice) -> FaultyMember { FaultyMember(inner, sharing: faults) }
+
+    private func locked<T>(_ body: () -> T) -> T { faults.lock.withLock(body) }
+
+    public func add(_ rule: Rule) { locked { faults.rules.append((rule, 0)) } }
 
     /// A latent bad sector range, as on a real disk: every read touching it fails with EIO
     /// until a write covers the whole range (the disk remaps it), and then it reads normally.
-    public func addBadRange(_ range: Range<UInt64>) { locked { badRanges.append(range) } }
+    public func addBadRange(_ range: Range<UInt64>) { locked { faults.badRanges.append(range) } }
 
     /// Bad ranges not rewritten yet.
-    public var remainingBadRanges: [Range<UInt64>] { locked { badRanges } }
+    public var remainingBadRanges: [Range<UInt64>] { locked { faults.badRanges } }
 
-    public func removeAllRules() { locked { rules.removeAll() } }
+    public func removeAllRules() { locked { faults.rules.removeAll() } }
 
     /// From now on every I/O fails with ENXIO, as when a disk drops off the bus.
-    public func vanish() { locked { vanished = true } }
+    public func vanish() { locked { faults.vanished = true } }
 
-    public var injectedCount: Int { locked { injected.values.reduce(0, +) } }
+    public var injectedCount: Int { locked { faults.injected.values.reduce(0, +) } }
 
     /// The fault (if any) for this call: an error to throw, and a gate to wait on first.
     private func decide(_ op: Operation, _ range: Range<UInt64>?, _ purpose: MemberIOPurpose) -> (MemberIOError?, FaultGate?) {
         locked {
-            calls["\(op) \(purpose)", default: 0] += 1
-            if vanished {
-                injected[op, default: 0] += 1
+            let f = faults
+            f.calls["\(op) \(purpose)", default: 0] += 1
+            if f.vanished {
+                f.injected[op, default: 0] += 1
                 return (MemberIOError(errno: ENXIO, message: "device vanished"), nil)
             }
             if let range {
-                if op == .read, badRanges.contains(where: { $0.overlaps(range) }) {
-                    injected[op, default: 0] += 1
+                if op == .read, f.badRanges.contains(where: { $0.overlaps(range) }) {
+                    f.injected[op, default: 0] += 1
                     return (MemberIOError(errno: EIO, message: "injected fault: unreadable sector"), nil)
                 }
             }
-            for i in rules.indices {
-                let rule = rules[i].rule
+            for i in f.rules.indices {
+                let rule = f.rules[i].rule
                 guard rule.operations.contains(op), rule.remaining.map({ $0 > 0 }) ?? true else { continue }
                 if let purposes = rule.purposes, !purposes.contains(purpose) { continue }
                 if let wanted = rule.byteRange, let range, !(wanted.overlaps(range)) { continue }
-                rules[i].seen += 1
-                guard rules[i].seen % rule.everyNth == 0 else { continue }
-                if let left = rule.remaining { rules[i].rule.remaining = left - 1 }
+                f.rules[i].seen += 1
+                guard f.rules[i].seen % rule.everyNth == 0 else { continue }
+                if let left = rule.remaining { f.rules[i].rule.remaining = left - 1 }
                 let error = rule.failsAfterStall ? MemberIOError(errno: rule.errno, message: "injected fault: \(String(cString: strerror(rule.errno)))") : nil
-                if error != nil { injected[op, default: 0] += 1 }
+                if error != nil { f.injected[op, default: 0] += 1 }
                 return (error, rule.stall)
             }
             return (nil, nil)
@@ -132,7 +151,7 @@ public final class FaultyMember: MemberDevice, @unchecked Sendable {
         try apply(.write, range, purpose)
         try inner.write(at: offsetBytes, from: buffers, fua: fua, purpose: purpose)
         // A completed write over a whole bad range remaps it.
-        locked { badRanges.removeAll { range.lowerBound <= $0.lowerBound && $0.upperBound <= range.upperBound } }
+        locked { faults.badRanges.removeAll { range.lowerBound <= $0.lowerBound && $0.upperBound <= range.upperBound } }
     }
 
     public func flush(purpose: MemberIOPurpose) throws(MemberIOError) {

@@ -679,8 +679,9 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                 self.membershipChangeInProgress = true
                 let closeWasDue = self.pendingCloses.remove(m) != nil
                 let device = self.devices[m.rawValue]
-                // Opened again as it was first opened (direct I/O, lock).
-                let file = device as? MemberFile
+                // Opened again as it was first opened (direct I/O, lock); a file behind a fault
+                // injector too, which then wraps the new file with the same faults.
+                let file = (device as? MemberFile) ?? ((device as? FaultyMember)?.inner as? MemberFile)
                 return .some((device.name, file?.isClosed == true ? file?.options : nil, closeWasDue))
             }
             guard let reserved = plan else { return .failed(.stopped) }
@@ -704,7 +705,10 @@ public final class RaidEngine: CoreShell, @unchecked Sendable {
                         self.membershipChangeInProgress = false
                         return continuation.resume(returning: .failed(.stopped))
                     }
-                    if let reopened { self.devices[m.rawValue] = reopened }
+                    if let reopened {
+                        let faulty = self.devices[m.rawValue] as? FaultyMember
+                        self.devices[m.rawValue] = faulty?.reopened(over: reopened) ?? reopened
+                    }
                     self.driver.control(.readd(m), context: { result in
                         self.membershipChangeInProgress = false
                         if case .failed = result, reopened != nil || plan.closeWasDue {

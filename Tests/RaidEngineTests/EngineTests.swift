@@ -158,6 +158,29 @@ import Testing
         await engine.stop()
     }
 
+    /// A member behind a fault injector (`swraid run --fault-injection`), removed (its file
+    /// closed) and re-added, is opened again behind the same injector: before, the re-add kept
+    /// the wrapper over the closed file, every I/O failed with EBADF and the member failed again.
+    @Test func aMemberBehindTheFaultInjectorComesBackFromARemoveAndReadd() async throws {
+        let dir = TemporaryDirectory()
+        let paths = try makeArray(in: dir, level: .raid5, disks: 4)
+        let (engine, faulty) = try faultyEngine(paths)
+        let data = IOBuffer(pseudoRandomData(2 << 20, seed: 23))
+        try await engine.write(offsetBytes: 0, data: data)
+        try await engine.fail(member: paths[1])
+        try await engine.remove(member: paths[1])
+        try await engine.readd(member: paths[1])
+        await engine.waitForSync()
+        #expect(await engine.snapshot().degraded == 0, "the re-added member failed again")
+        #expect(await engine.snapshot().members[1].role == .active(slot: Role(1)))
+        // The faults set on the wrapper the test holds still reach the member.
+        faulty[1].vanish()
+        #expect(try await engine.read(offsetBytes: 0, length: 2 << 20) == data)
+        try await engine.write(offsetBytes: 0, data: data)
+        #expect(await engine.snapshot().degraded == 1, "a fault set on the old wrapper did not reach the reopened member")
+        await engine.stop()
+    }
+
     @Test func manyConcurrentStopsStopOnce() async throws {
         let dir = TemporaryDirectory()
         let paths = try makeArray(in: dir, level: .raid6, disks: 4)

@@ -566,7 +566,7 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
             if bound.value.closed { return finish(.failed(.shutdown)) }
             let n = Int(min(UInt64(Self.pieceBytes), end - at))
             let registry = bound.value.registry
-            registry.startZeroing(n, on: loop) {
+            registry.startZeroing(n) {
                 engine.submit(make(at, n)) { result in
                     registry.zeroingDone(n, on: loop)
                     if case .failed = result { return finish(result) }
@@ -681,20 +681,20 @@ final class NBDConnection: ChannelInboundHandler, RemovableChannelHandler {
     /// NBD_CMD_DISC (or the client's end of input): every outstanding request has been
     /// answered; the connection closes once the socket has taken every reply. NIO's close fails
     /// the writes still queued, so closing at once cut off a reply larger than the socket's
-    /// buffer; closing the output first waits for them (and the client sees the end after the
-    /// last reply).
+    /// buffer. An empty write queued behind the replies completes after them (writes complete in
+    /// order); the close waits for it. (Closing the output first is no help: with the client's
+    /// input already ended NIO turns that into a full close.)
     func finishDisconnect(_ context: ChannelHandlerContext) {
         guard !closed, !closingOutput else { return }
         closingOutput = true
-        context.flush()
         let bound = NIOLoopBound(self, eventLoop: context.eventLoop)
-        let outputClosed = context.eventLoop.makePromise(of: Void.self)
-        outputClosed.futureResult.whenComplete { _ in
+        let repliesSent = context.eventLoop.makePromise(of: Void.self)
+        repliesSent.futureResult.whenComplete { _ in
             let me = bound.value
             guard let context = me.context else { return }
             me.close(context)
         }
-        context.close(mode: .output, promise: outputClosed)
+        context.writeAndFlush(wrapOutboundOut(.byteBuffer(context.channel.allocator.buffer(capacity: 0))), promise: repliesSent)
     }
 
     /// `finishDisconnect` is waiting for the replies to go out.

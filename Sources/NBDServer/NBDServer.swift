@@ -239,7 +239,7 @@ final class ConnectionRegistry: @unchecked Sendable {
 
     /// Runs `start` (which submits a piece of `bytes`) once the bound has room for it, in
     /// arrival order; `zeroingDone` gives the bytes back.
-    func startZeroing(_ bytes: Int, on loop: EventLoop, _ start: @escaping () -> Void) {
+    func startZeroing(_ bytes: Int, _ start: @escaping () -> Void) {
         precondition(bytes <= maxZeroingBytesInFlight, "a zeroing piece larger than the bound would wait for ever")
         if zeroingWaiters.isEmpty && zeroingBytesInFlight + bytes <= maxZeroingBytesInFlight {
             zeroingBytesInFlight += bytes

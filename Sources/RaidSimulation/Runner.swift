@@ -15,7 +15,7 @@ public enum SimRunner {
             } catch {
                 return SimResult(
                     seed: seed, scenario: name, failure: SimFailure(kind: .invariant, message: "setting up the run failed: \(error)"),
-                    traceHash: 0, events: 0, simulatedNanos: 0, report: [], stats: [:])
+                    traceHash: 0, events: 0, memberIOs: 0, simulatedNanos: 0, report: [], stats: [:])
             }
         }
         let first = once()
@@ -25,7 +25,7 @@ public enum SimRunner {
             return SimResult(
                 seed: seed, scenario: name,
                 failure: SimFailure(kind: .determinism, message: "two runs of seed \(seed) diverged (trace \(String(first.traceHash, radix: 16)) vs \(String(second.traceHash, radix: 16)))"),
-                traceHash: first.traceHash, events: first.events, simulatedNanos: first.simulatedNanos, report: first.report, stats: first.stats)
+                traceHash: first.traceHash, events: first.events, memberIOs: first.memberIOs, simulatedNanos: first.simulatedNanos, report: first.report, stats: first.stats)
         }
         return first
     }

@@ -59,6 +59,8 @@ public struct SimResult: Sendable {
     public let failure: SimFailure?
     public let traceHash: UInt64
     public let events: Int
+    /// Member I/Os the simulated members performed (reads, writes, flushes; faults included).
+    public let memberIOs: Int
     public let simulatedNanos: Nanoseconds
     /// For a failure: the requests still waiting and the last events before it.
     public let report: [String]
@@ -248,6 +250,8 @@ public final class Simulation: LivenessSubject, CoreShell {
     var epoch = 0
     var trace = TraceHasher()
     public private(set) var eventCount = 0
+    /// Member I/Os completed so far, failed ones included (what `SimResult.memberIOs` reports).
+    public private(set) var memberIOCount = 0
     /// The last events, for failure reports (bounded; formatted only when reported).
     var recent: [(Nanoseconds, RecentEvent)] = []
     var recentHead = 0
@@ -362,7 +366,7 @@ public final class Simulation: LivenessSubject, CoreShell {
         count("gathered rows continued late", driver.core.counters.gathersLate)
         count("gathered rows released with nothing else in flight", driver.core.counters.gathersReleasedIdle)
         return SimResult(
-            seed: seed, scenario: scenario.name, failure: failure, traceHash: trace.value, events: eventCount, simulatedNanos: now,
+            seed: seed, scenario: scenario.name, failure: failure, traceHash: trace.value, events: eventCount, memberIOs: memberIOCount, simulatedNanos: now,
             report: failure == nil ? [] : failureReport(), stats: stats)
     }
 
@@ -542,6 +546,7 @@ public final class Simulation: LivenessSubject, CoreShell {
     /// Performs the I/O on its member now (with the profile's faults) and tells the driver.
     func completeIO(_ id: MemberIOID) {
         guard let io = driver.memberIOsInFlight[id] else { preconditionFailure("completion scheduled for unknown member I/O \(id)") }
+        memberIOCount += 1
         let m = io.member.rawValue
         let member = members[m]
         let mayFault = !faultsHealed && !io.purpose.isMetadata && io.purpose != .clientFlush

@@ -11,6 +11,7 @@ final class SimTally: @unchecked Sendable {
     private(set) var runs = 0
     private(set) var failures = 0
     private(set) var events = 0
+    private(set) var memberIOs = 0
     private(set) var failed: [(UInt64, String, SimResult, String)] = []
     private var nextIndex: UInt64 = 0
 
@@ -30,13 +31,14 @@ final class SimTally: @unchecked Sendable {
         defer { lock.unlock() }
         runs += 1
         events += result.events
+        memberIOs += result.memberIOs
         if let failure = result.failure {
             failures += 1
             print("FAIL seed \(seed) scenario \(scenario) faults \(profile): \(failure)")
             if single || failures <= 3 { for line in result.report { print("  " + line) } }
             failed.append((seed, scenario, result, profile))
         } else if verbose || single {
-            print("ok   seed \(seed) scenario \(scenario) faults \(profile): \(result.events) events, \(formatTime(result.simulatedNanos)) simulated, trace \(String(result.traceHash, radix: 16))")
+            print("ok   seed \(seed) scenario \(scenario) faults \(profile): \(result.events) events, \(result.memberIOs) member I/Os, \(formatTime(result.simulatedNanos)) simulated, trace \(String(result.traceHash, radix: 16))")
             // What the checkers counted (the way to pick a regression seed for a rare path).
             if !result.stats.isEmpty {
                 print("     " + result.stats.sorted { $0.key < $1.key }.map { "\($0.key): \($0.value)" }.joined(separator: ", "))
@@ -159,10 +161,14 @@ struct Sim: ParsableCommand {
             let runs = tally.runs
             let failures = tally.failures
             let events = tally.events
+            let memberIOs = tally.memberIOs
             bar?.finish()
-            let elapsed = monotonicSeconds() - start
-            let seedsPerSecond = Double(range.count) / max(elapsed, 1e-9)
-            print("\(runs) runs (\(range.count) seeds x \(scenarios.count) scenarios\(noDeterminism ? "" : ", each replayed"), \(workers) jobs), \(failures) failures, \(events) events, \(formatFixed(elapsed, digits: 1)) s, \(formatFixed(seedsPerSecond, digits: 1)) seeds/s")
+            let elapsed = max(monotonicSeconds() - start, 1e-9)
+            let seedsPerSecond = Double(range.count) / elapsed
+            // As with the events, the member I/Os are each run's first pass: a replay (the
+            // determinism check) does the same I/O again inside the time measured.
+            let memberIOsPerSecond = Double(memberIOs) / elapsed
+            print("\(runs) runs (\(range.count) seeds x \(scenarios.count) scenarios\(noDeterminism ? "" : ", each replayed"), \(workers) jobs), \(failures) failures, \(events) events, \(memberIOs) member I/Os, \(formatFixed(elapsed, digits: 1)) s, \(formatFixed(seedsPerSecond, digits: 1)) seeds/s, \(formatFixed(memberIOsPerSecond / 1000, digits: 1)) k member I/Os/s")
             if failures > 0 { throw ExitCode(1) }
         }
     }

@@ -191,6 +191,18 @@ func listDirectory(_ path: String) -> [String] { ((try? FileManager.default.cont
         #expect(result.status == 0, "\(result.stdoutText)\(result.stderr)")
         #expect(result.stdoutText.contains("4 runs (4 seeds x 1 scenarios, each replayed, 1 jobs), 0 failures"))
         #expect(result.stdoutText.contains("seeds/s"))
+        // The simulated member I/Os are counted (issue 11 asks for their rate), and a run of
+        // the random scenario does thousands of them, each ended by an event of its own.
+        let summary = result.stdoutText.split(separator: "\n").last { $0.contains("runs (") }.map(String.init) ?? ""
+        func count(before word: String) -> Int {
+            guard let r = summary.range(of: " " + word + ", ") else { return 0 }
+            return Int(summary[..<r.lowerBound].split(separator: " ").last ?? "") ?? 0
+        }
+        let memberIOs = count(before: "member I/Os")
+        let events = count(before: "events")
+        #expect(memberIOs > 1000, "\(summary)")
+        #expect(memberIOs < events, "\(summary)")
+        #expect(summary.contains(" k member I/Os/s"), "\(summary)")
     }
 
     @Test func aFailingSeedPrintsWhatItNeedsToBeReplayed() throws {

@@ -11,7 +11,7 @@
 #      read with 4 connections; fio's nbd engine: 4 KiB random read and write at QD1 and QD32,
 #      1 MiB sequential read at QD8. Peak RSS and CPU seconds of each server under that load;
 #   4. check and rebuild (sync_speed_max raised) against a plain sequential read of all members;
-#   5. the simulator's throughput.
+#   5. the simulator's throughput (seeds, events and simulated member I/Os per second).
 #
 # Needs (Debian): nbdkit fio libnbd-bin libisal2 python3. --quick runs each fio job 2 s and each
 # measurement once (the recorded runs use the default: 5 s, median of 3). Scratch files go to DIR
@@ -263,6 +263,11 @@ import re, sys
 line = sys.stdin.read()
 events = int(re.search(r"(\d+) events", line).group(1)); seconds = float(re.search(r"([\d.]+) s,", line).group(1))
 print("%.0f" % (events / seconds))')" events/s
+record "simulator member I/Os per second" "$(echo "$simOut" | python3 -c '
+import re, sys
+line = sys.stdin.read()
+ios = int(re.search(r"(\d+) member I/Os,", line).group(1)); seconds = float(re.search(r"([\d.]+) s,", line).group(1))
+print("%.0f" % (ios / seconds))')" I/Os/s
 
 # --- the table ---------------------------------------------------------------------------------
 echo "## 3-5. End to end, check and rebuild, simulator"

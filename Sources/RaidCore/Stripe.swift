@@ -60,6 +60,30 @@ struct Piece {
     let isWrite: Bool
 }
 
+/// Pieces of a read that follow each other on one member, read by one member I/O straight into
+/// the client's buffer: kept as the bytes of the request they cover, not as the pieces (only a
+/// failed read, retried through the stripes, needs them, and `split` makes them again).
+struct DirectReadRun {
+    let op: ClientOp
+    /// Bytes of the request the run reads.
+    let requestRange: Range<Int>
+    /// Stripe-unit pieces in it: what it finishes of its request.
+    let pieceCount: Int
+
+    /// A run while `routeReads` grows it.
+    struct Builder {
+        let disk: Int
+        let firstUnit: UInt64
+        let firstOffsetInBlock: Int
+        let startInRequest: Int
+        var endInRequest: Int
+        var lastUnit: UInt64
+        /// The last piece reaches the end of its block (a piece of the next unit may follow).
+        var lastEndsAtUnitEnd: Bool
+        var pieceCount: Int
+    }
+}
+
 /// One sync step: the stripe unit the sync engine asks a stripe to handle.
 struct SyncUnit {
     let generation: UInt64

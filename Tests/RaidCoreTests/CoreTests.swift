@@ -356,6 +356,36 @@ extension ArrayStateTests {
         #expect(reads(chunk + 512, 1024) == [1024])
     }
 
+    /// A read over a stripe that is busy (a write to it is reading) reads the rest straight
+    /// from the members, each chunk's run cut where the stripe's unit is, and that unit through
+    /// the stripe, after the write it queued behind: the client sees the write's data there and
+    /// the old data everywhere else.
+    @Test func aReadOverABusyStripeReadsAroundItAndTheUnitThroughTheStripe() throws {
+        let h = try Harness.raid5()  // 8 KiB chunks: two 4 KiB stripe units per chunk
+        let chunk = h.core.geometry.chunkBytes
+        let old = noise(4 * chunk, 7)
+        h.submit(.write(offsetBytes: 0, data: IOBuffer(old), fua: false))
+        h.settle()
+        // The second unit of the array's second chunk: its stripe reads for the write.
+        let busyAt = chunk + 4096
+        let new = noise(4096, 99)
+        let w = h.submit(.write(offsetBytes: UInt64(busyAt), data: IOBuffer(new), fua: false))
+        #expect(h.core.stripeCacheActive == 1)
+        let before = h.issued.count
+        let r = h.submit(.read(offsetBytes: 512, length: 3 * chunk - 1024))
+        let reads = h.issued[before...].filter { if case .read = $0.kind { return true } else { return false } }.map(\.byteCount)
+        // The busy stripe is the row's second unit on every member: each chunk's first unit
+        // is read directly (chunk 0's from its second sector), and the three second units wait
+        // in the stripe, which the write's reconstruct-write has filled with what they need.
+        #expect(reads == [4096 - 512, 4096, 4096], "\(reads)")
+        h.settle()
+        #expect(h.clientResult(w) == .done)
+        var expected = old
+        expected.replaceSubrange(busyAt..<(busyAt + 4096), with: new)
+        let readBack = h.data(r) == Array(expected[512..<(3 * chunk - 512)])
+        #expect(readBack, "the read did not give the write's data in the busy unit and the old data around it")
+    }
+
     /// The engine completes a read the page cache holds while the driver is still dispatching
     /// (from `actionsDispatched`). The driver dispatches what such a completion causes before it
     /// returns, in rounds, never by recursion: here a 4 KiB write's pre-reads complete at once

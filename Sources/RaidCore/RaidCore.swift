@@ -512,8 +512,9 @@ public final class RaidCore {
 
     /// A read's pieces, in request order: healthy ones bypass the stripe cache, as md's
     /// chunk-aligned reads do, straight into the client's buffer, with the pieces that follow
-    /// each other on one member read by one member I/O (at most a chunk: the next array byte
-    /// after a chunk lives on another member). The rest go through their stripes.
+    /// each other on one member read by one member I/O (usually a chunk's; where a layout puts
+    /// a row's last data chunk and the next row's first on one member, as right-asymmetric
+    /// RAID5 of 3 does, the run goes on into the next row). The rest go through their stripes.
     ///
     /// Walked a chunk at a time: when every unit of the request's part of a chunk may be read
     /// directly (no stripe active on it, none parked, its member readable there), that part joins
@@ -567,7 +568,9 @@ public final class RaidCore {
             let partBytes = min(chunkBytes - offsetInChunk, Int(end - pos))
             let units = (offsetInBlock + partBytes + unitBytes - 1) / unitBytes
             let lastUnit = unit + UInt64(units - 1)
-            // Readable at the last unit means readable at every one before it (a rebuild goes up).
+            // Readable at the last unit means readable at every one before it: a member being
+            // rebuilt is readable below its rebuilt offset only, a test that gets harder as the
+            // unit grows.
             var direct = !hasStripeWaiters && roleReadable(at.disk, unit: lastUnit)
             if direct && !stripeByUnit.isEmpty {
                 for u in unit...lastUnit where stripeByUnit[u] != nil {

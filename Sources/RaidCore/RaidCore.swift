@@ -520,7 +520,7 @@ public final class RaidCore {
     /// directly (no stripe active on it, none parked, its member readable there), that part joins
     /// the run whole, as its pieces one by one would have; only a part with a unit that needs its
     /// stripe is cut into pieces. A 1 MiB read was 256 pieces made, looked up and copied into
-    /// runs, a tenth of the core's time for it; the member I/Os issued, and their order, are the
+    /// runs, most of the core's time for it; the member I/Os issued, and their order, are the
     /// same.
     func routeReads(_ op: ClientOp) {
         guard case .read(let start, let length, _) = op.request else { preconditionFailure("routeReads of a request that is not a read") }
@@ -557,7 +557,7 @@ public final class RaidCore {
                 run!.pieceCount += units
             }
         }
-        let chunkBytes = Int(geometry.chunkSectors) * 512
+        let chunkBytes = geometry.chunkBytes
         var pos = start
         let end = start + UInt64(length)
         while pos < end {

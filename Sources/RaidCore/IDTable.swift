@@ -74,17 +74,20 @@ public struct IDTable<Key: IDTableKey, Value> {
     /// Sets the value for `key`; returns the one it replaced.
     @inlinable
     @discardableResult
-    public mutating func updateValue(_ value: Value, forKey key: Key) -> Value? {
+    public mutating func updateValue(_ value: consuming Value, forKey key: Key) -> Value? {
+        // Values are moved in and out (`consuming`, `take()`), never copied: a copy of a value
+        // holding references (a member I/O's buffer, a stripe) is a retain and a release, and
+        // both tables of member I/Os see every I/O go in and out.
         if let i = slot(of: key) {
-            let old = slots[i]
-            slots[i] = value
+            let old = slots[i].take()
+            slots[i] = consume value
             return old
         }
         if (occupied + 1) * 2 > keys.count { grow() }
         var i = home(key)
         while keys[i] != nil { i = (i + 1) & mask }
         keys[i] = key
-        slots[i] = value
+        slots[i] = consume value
         occupied += 1
         return nil
     }
@@ -93,7 +96,7 @@ public struct IDTable<Key: IDTableKey, Value> {
     @discardableResult
     public mutating func removeValue(forKey key: Key) -> Value? {
         guard var hole = slot(of: key) else { return nil }
-        let removed = slots[hole]
+        let removed = slots[hole].take()
         // Shift back each following entry whose home is not between the hole and itself
         // (cyclically), so every entry stays reachable from its home without tombstones.
         var next = (hole + 1) & mask
@@ -102,7 +105,7 @@ public struct IDTable<Key: IDTableKey, Value> {
             let stays = hole <= next ? (hole < h && h <= next) : (hole < h || h <= next)
             if !stays {
                 keys[hole] = k
-                slots[hole] = slots[next]
+                slots[hole] = slots[next].take()
                 hole = next
             }
             next = (next + 1) & mask

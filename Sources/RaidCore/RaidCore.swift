@@ -59,7 +59,10 @@ public final class RaidCore {
     /// `roleMember[slot]` = member holding the slot (in sync or rebuilding), nil if empty.
     @exclusivity(unchecked) var roleMember: [MemberIndex?]
     @exclusivity(unchecked) var now: Nanoseconds = 0
-    @exclusivity(unchecked) var out: [CoreAction] = []
+    /// Actions of the event being handled. A deque, so that the driver can take them whole
+    /// (`handle(_:now:appendingTo:)` swaps it with the driver's empty queue): copying them over
+    /// and emptying this one retained and released every action once more.
+    @exclusivity(unchecked) var out = Deque<CoreAction>()
 
     // Stripe cache.
     @exclusivity(unchecked) var stripes: [Stripe] = []
@@ -234,8 +237,11 @@ public final class RaidCore {
     @usableFromInline
     func handle(_ event: CoreEvent, now: Nanoseconds, appendingTo actions: inout Deque<CoreAction>) {
         process(event, now: now)
-        actions.append(contentsOf: out)
-        out.removeAll(keepingCapacity: true)
+        if actions.isEmpty {
+            swap(&actions, &out)
+        } else {
+            while let action = out.popFirst() { actions.append(action) }
+        }
     }
 
     func process(_ event: CoreEvent, now: Nanoseconds) {
@@ -252,7 +258,7 @@ public final class RaidCore {
     }
 
     func takeActions() -> [CoreAction] {
-        let actions = out
+        let actions = Array(out)
         out.removeAll(keepingCapacity: true)
         return actions
     }
@@ -265,7 +271,9 @@ public final class RaidCore {
     func issue(_ context: IOContext, member: MemberIndex, offsetBytes: UInt64, kind: MemberIOKind, purpose: MemberIOPurpose) {
         let id = MemberIOID(nextIOID)
         nextIOID += 1
-        ioContexts[id] = context
+        // IDs are never reused, so a context already there would be a bookkeeping bug.
+        let replaced = ioContexts.updateValue(context, forKey: id)
+        precondition(replaced == nil, "member I/O \(id) issued twice")
         out.append(.memberIO(MemberIORequest(id: id, member: member, offsetBytes: offsetBytes, kind: kind, purpose: purpose)))
     }
 
@@ -692,7 +700,7 @@ public final class RaidCore {
             preconditionFailure("completion for unknown member I/O \(id)")
         }
         let failure: MemberIOError? = { if case .failure(let e) = result { return e } else { return nil } }()
-        switch context {
+        switch consume context {
         case .stripeRead(let stripe, let role, let m):
             stripe.ioCompleted()
             stripe.reading[role] = false

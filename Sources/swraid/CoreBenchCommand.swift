@@ -87,6 +87,10 @@ final class MemoryArray: CoreShell {
     private(set) var driver: CoreDriver<MemoryArray>!
     /// Member I/O issued and not yet performed (bounded by the core's own bounds).
     private var pending: [MemberIORequest] = []
+    /// The round being performed: swapped with `pending`, so that neither array is copied
+    /// (`let batch = pending` then emptying `pending` made Swift copy it, a fresh allocation per
+    /// round) and the requests are read in place rather than copied out one by one.
+    private var performing: [MemberIORequest] = []
     private var timers: [(timer: TimerID, at: Nanoseconds, token: UInt64)] = []
     private var now: Nanoseconds = 0
     private var inFlight = 0
@@ -191,21 +195,23 @@ final class MemoryArray: CoreShell {
             _ = driver.timerFired(t.timer, token: t.token, now: now)
             return false
         }
-        let batch = pending
-        pending.removeAll(keepingCapacity: true)
+        precondition(performing.isEmpty, "a round began inside another")
+        swap(&pending, &performing)
         // The batch's copies first, timed apart from the core (two clock reads per batch),
         // then its completions: what a figure owes to the members' memory, not the core.
         let copyStart = Clock.monotonicNanoseconds()
-        for io in batch {
-            let base = members[io.member.rawValue] + Int(io.offsetBytes)
-            switch io.kind {
+        for i in performing.indices {
+            let base = members[performing[i].member.rawValue] + Int(performing[i].offsetBytes)
+            switch performing[i].kind {
             case .read(let buffer): buffer.baseAddress.copyMemory(from: base, byteCount: buffer.count)
             case .write(let buffer, _): base.copyMemory(from: buffer.baseAddress, byteCount: buffer.count)
             case .flush: break
             }
         }
         copyNanos += Clock.monotonicNanoseconds() - copyStart
-        for io in batch { driver.memberIOCompleted(io.id, result: .success, now: now) }
+        // Completions may issue new member I/O: it goes to `pending`, for the next round.
+        for i in performing.indices { driver.memberIOCompleted(performing[i].id, result: .success, now: now) }
+        performing.removeAll(keepingCapacity: true)
         return true
     }
 

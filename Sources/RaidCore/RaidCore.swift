@@ -286,6 +286,16 @@ public final class RaidCore {
         readyStripes.append(s)
     }
 
+    /// One of the stripe's member reads or writes completed: the stripe is handled once the last
+    /// of them is in. Before that `runStripe` returns at once (a stripe never moves on with I/O
+    /// of its own in flight), and queueing it for nothing cost a trip through the ready queue
+    /// per member I/O. The broken md-5.4-like variant is queued on every completion as before:
+    /// `runStripe` freezes a stripe there before it looks at the I/O in flight.
+    func handleStripeAfterIO(_ s: Stripe) {
+        if s.pendingIO > 0 && !variant.contains(.deferSuperblockWhileStopPending) { return }
+        handleStripe(s)
+    }
+
     /// Handles ready stripes until none is left. Each turn moves one stripe on as far as it can
     /// go; a stripe that becomes ready again goes to the back. The bound is far above any real
     /// run (every turn finishes a batch, a sync unit or a parked item, or waits) and is there to
@@ -712,11 +722,11 @@ public final class RaidCore {
                 // The member left the role meanwhile: rebuild the block instead.
                 stripe.readFailed[role] = true
             }
-            handleStripe(stripe)
+            handleStripeAfterIO(stripe)
         case .stripeWrite(let stripe, _, let m):
             stripe.ioCompleted()
             if let failure { failMember(m, reason: "write error: \(failure)") }
-            handleStripe(stripe)
+            handleStripeAfterIO(stripe)
         case .stripeRewrite(let stripe, let role, let m):
             stripe.ioCompleted()
             if let failure {

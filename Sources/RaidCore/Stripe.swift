@@ -245,6 +245,25 @@ final class Stripe {
 
     var head: StripeItem? { queueHead < queue.count ? queue[queueHead] : nil }
 
+    /// The head item's piece, moved out of the queue, when the head is a write (`write`) or a
+    /// read (not `write`); nil, with the queue as it was, otherwise. Moved rather than copied
+    /// into the batch: a copy retains the piece's request, and the queue's own copy is released
+    /// later when the queue empties.
+    func takeHeadPiece(write: Bool) -> Piece? {
+        guard queueHead < queue.count else { return nil }
+        // A trivial placeholder holds the slot while the item is out.
+        var item = StripeItem.sync(SyncUnit(generation: 0, unit: 0))
+        swap(&item, &queue[queueHead])
+        switch consume item {
+        case .write(let p) where write, .read(let p) where !write:
+            popHead()
+            return p
+        case let other:
+            queue[queueHead] = other
+            return nil
+        }
+    }
+
     func popHead() {
         queueHead += 1
         if queueHead == queue.count {

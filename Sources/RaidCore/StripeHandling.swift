@@ -31,16 +31,10 @@ extension RaidCore {
                 }
                 switch head {
                 case .read:
-                    while case .read(let p)? = s.head {
-                        s.readBatch.append(p)
-                        s.popHead()
-                    }
+                    while let p = s.takeHeadPiece(write: false) { s.readBatch.append(p) }
                     s.phase = .reading
                 case .write:
-                    while case .write(let p)? = s.head {
-                        s.writeBatch.append(p)
-                        s.popHead()
-                    }
+                    while let p = s.takeHeadPiece(write: true) { s.writeBatch.append(p) }
                     s.forgetCoverage()
                     s.phase = .preparingWrite
                     planWrite(s)
@@ -135,9 +129,8 @@ extension RaidCore {
             // Activated: take the writes queued meanwhile and plan again.
             s.delayed = false
             var joined = false
-            while case .write(let p)? = s.head {
+            while let p = s.takeHeadPiece(write: true) {
                 s.writeBatch.append(p)
-                s.popHead()
                 joined = true
             }
             if joined {

@@ -222,7 +222,7 @@ public final class CoreDriver<Shell: CoreShell> {
         // A loop, not recursion: what the shell completes from `actionsDispatched` is queued
         // (this method returns at once while `dispatching`) and dispatched by the next round.
         // One strong reference to the shell for the whole dispatch: each use of the `unowned`
-        // property is an atomic check-and-retain and a release, a dozen pairs per 4 KiB write.
+        // property is an atomic check-and-retain and a release, about six pairs per 4 KiB write.
         let shell = self.shell
         var rounds = 0
         repeat {

@@ -140,7 +140,7 @@ final class Stripe {
     @exclusivity(unchecked) var row: StripeRow!
     /// The row's placement, copied out of `row` at `reset` into storage the stripe keeps: the hot
     /// paths read these instead of copying `row`, whose two arrays cost a retain and a release
-    /// each time it is copied (about a tenth of the reference counting of a 4 KiB write).
+    /// each time it is copied (several times per 4 KiB write).
     /// `dataDisk[dd]` = role of the dd-th data block; `qDisk` is -1 without Q.
     @exclusivity(unchecked) private(set) var dataDisk: [Int]
     @exclusivity(unchecked) private(set) var pDisk = 0

@@ -279,11 +279,8 @@ extension RaidCore {
     func planWrite(_ s: Stripe) {
         computeWriteCoverage(s)
         s.writeNeedsKnown = false
-        var everyRoleReadable = true
-        for role in 0..<geometry.raidDisks where !roleReadable(role, unit: s.unit) || s.readFailed[role] {
-            everyRoleReadable = false
-            break
-        }
+        // Over a range, not an array: `allSatisfy` copies nothing here.
+        let everyRoleReadable = (0..<geometry.raidDisks).allSatisfy { roleReadable($0, unit: s.unit) && !s.readFailed[$0] }
         if !everyRoleReadable {
             s.writeMode = .degraded
             return

@@ -138,6 +138,8 @@ extension RaidCore {
                 planWrite(s)
             }
         }
+        // The roles are read in place from the stripe's `neededRoles` (which `writeNeeds` fills):
+        // taking the returned array and asking `contains(where:)` retained and released it.
         _ = writeNeeds(s)
         var needsReads = false
         for i in 0..<s.neededRoles.count where !s.valid[s.neededRoles[i]] {
